@@ -1,0 +1,158 @@
+"""Typed, frozen configuration: the single source of truth for every constant.
+
+A ``FeatureConfig`` and a ``ModelConfig`` are saved beside every set of weights, so that
+training and inference cannot disagree. Unknown keys are an error at load time, not a
+silent ``None`` later (the fault that broke the authors' MIREX script).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """CQT front end and its preprocessing (REFERENCE.md section 1)."""
+
+    sample_rate: int = 22050
+    hop_length: int = 512
+    n_bins: int = 84
+    bins_per_octave: int = 12
+    fmin: float = 32.70319566257483  # C1, librosa's default
+    downsample_factor: int = 20  # mean-pool this many CQT frames into one
+    min_frames: int = 4000  # zero-pad shorter tracks to this many frames at inference
+    crop_frames: int = 7600  # random crop length in training
+    eps: float = 1e-6  # added to the max before max-normalisation
+
+    @property
+    def frame_rate(self) -> float:
+        """CQT frames per second (43.07 for the defaults)."""
+        return self.sample_rate / self.hop_length
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """CQT-Net size: ``channels`` is c in REFERENCE.md section 2."""
+
+    channels: int = 40
+    embedding_dim: int = 512
+
+
+# Named sizes. "mirex" is the submitted model, "ismir2024" the paper's Discogs-VINet,
+# "tiny" a fast model for tests.
+MODEL_SIZES: dict[str, ModelConfig] = {
+    "mirex": ModelConfig(channels=40, embedding_dim=512),
+    "ismir2024": ModelConfig(channels=32, embedding_dim=512),
+    "tiny": ModelConfig(channels=4, embedding_dim=16),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training recipe (REFERENCE.md section 3); paths are filled in by the user."""
+
+    train_metadata: str = ""  # light JSON (.train split) or JSONL
+    val_metadata: str = ""  # light JSON (.val split); empty: no validation
+    features_dir: str = ""
+    output_dir: str = "runs/discogs-vinet-mirex"
+    model: str = "mirex"  # a key of MODEL_SIZES
+    cliques_per_batch: int = 54
+    versions_per_clique: int = 4
+    epochs: int = 40
+    warmup_epochs: int = 5
+    lr_start: float = 1e-4
+    lr_peak: float = 1e-2
+    lr_end: float = 1e-5
+    margin: float = 0.3
+    seed: int = 27
+    amp: bool = True  # fp16 autocast + GradScaler on CUDA; ignored on CPU
+    num_workers: int = 2
+    val_chunk_size: int = 1024
+    max_val_frames: int = 0  # 0: full tracks in validation, as in the report
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return MODEL_SIZES[self.model]
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Build a (possibly nested) frozen dataclass, rejecting unknown keys.
+
+    Raises:
+        ValueError: a key is not a field of ``cls``, naming the key.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} key(s): {', '.join(unknown)}")
+    kwargs = {}
+    for name, value in data.items():
+        sub = _dataclass_type(fields[name])
+        kwargs[name] = from_dict(sub, value) if sub and isinstance(value, dict) else value
+    obj = cls(**kwargs)
+    _check_types(obj)
+    return obj
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """Plain nested dict of a config, for JSON/YAML and checkpoints."""
+    return dataclasses.asdict(obj)
+
+
+def load_yaml(path: str | Path, cls: type[T] = TrainConfig) -> T:
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return from_dict(cls, data)
+
+
+def with_overrides(cfg: T, assignments: list[str]) -> T:
+    """Apply ``key=value`` overrides (``features.crop_frames=3600``); values parsed as YAML."""
+    data = to_dict(cfg)
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        *parents, leaf = key.strip().split(".")
+        node = data
+        for p in parents:
+            if not isinstance(node.get(p), dict):
+                raise ValueError(f"override {item!r}: {p!r} is not a section")
+            node = node[p]
+        if leaf not in node:
+            raise ValueError(f"override {item!r}: unknown key {key!r}")
+        node[leaf] = yaml.safe_load(raw)
+    return from_dict(type(cfg), data)
+
+
+def dumps_json(obj: Any) -> str:
+    return json.dumps(to_dict(obj), indent=2, sort_keys=True)
+
+
+def _dataclass_type(f: dataclasses.Field) -> type | None:
+    t = f.type if isinstance(f.type, type) else globals().get(str(f.type))
+    return t if t is not None and dataclasses.is_dataclass(t) else None
+
+
+def _check_types(obj: Any) -> None:
+    """Reject values of the wrong type (YAML ``"3"`` for an int), allowing int for float."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        expected = type(default)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            object.__setattr__(obj, f.name, float(value))
+        elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ValueError(
+                f"{type(obj).__name__}.{f.name}: expected {expected.__name__}, got {value!r}"
+            )
