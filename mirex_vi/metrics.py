@@ -1,7 +1,8 @@
 """Retrieval metrics for cover song identification (REFERENCE.md section 4).
 
-Every query is ranked against the whole collection **minus itself**; an item is relevant
-when it carries the query's label (clique). Per query q with R_q relevant candidates:
+Every query is ranked against the whole collection **minus itself** (it is dropped from
+its own ranking whatever its score: the same as scoring it -inf and calling it irrelevant);
+an item is relevant when it carries the query's label (clique). Per query q with R_q relevant candidates:
 
 - ``AP_q = (1/R_q) * sum_k P@k * rel_k`` over the **full** ranking (not MAP@10);
 - ``rank1``: 1-based rank of the first relevant item (MR1 = mean, MRR = mean of 1/rank1);
@@ -100,17 +101,16 @@ def _rank_relevant(scores: torch.Tensor, query: torch.Tensor,
     """Ranks of the relevant candidates of a block of queries.
 
     Args:
-        scores: ``(q, N)`` similarities, higher first; modified in place.
+        scores: ``(q, N)`` similarities, higher first.
         query: ``(q,)`` int64 query indices into ``codes``.
         codes: ``(N,)`` integer label codes.
 
     Returns:
         ``rows (M,)`` and 0-based ``ranks (M,)`` of the M relevant (query, candidate)
-        pairs, grouped by row and ascending in rank within a row; the query itself
-        is removed from its ranking.
+        pairs, grouped by row and ascending in rank within a row. The query is taken
+        out of its own ranking after the sort (the ranks behind it move up by one),
+        which is exact whatever its score, even among other ``-inf`` candidates.
     """
-    rows = torch.arange(query.shape[0], device=scores.device)
-    scores[rows, query] = float("-inf")
     order = torch.sort(scores, dim=1, descending=True, stable=True).indices  # (q, N)
     is_self = order == query[:, None]
     self_pos = is_self.int().argmax(dim=1)  # (q,) where the query landed
@@ -155,7 +155,7 @@ class MetricAccumulator:
     """
 
     def __init__(self, labels: Sequence[Hashable]):
-        self._codes = torch.from_numpy(encode_labels(labels))  # (N,) int64
+        self._codes = torch.from_numpy(encode_labels(labels)).int()  # (N,) int32: halves codes[order]
         self._device_codes: dict[torch.device, torch.Tensor] = {}
         self._parts: list[tuple[np.ndarray, ...]] = []
         self._n_skipped = 0
@@ -177,11 +177,7 @@ class MetricAccumulator:
             scores: ``(q, N)`` similarities, higher = more similar; not modified.
             query_index: ``(q,)`` index of each query row into ``labels``.
         """
-        self._add_owned(torch.as_tensor(scores).clone(), query_index)
-
-    def _add_owned(self, scores: torch.Tensor,
-                   query_index: torch.Tensor | np.ndarray | Sequence[int]) -> None:
-        """:meth:`add` for a ``scores`` tensor that may be overwritten (no copy)."""
+        scores = torch.as_tensor(scores)
         if scores.ndim != 2 or scores.shape[1] != self.n_items:
             raise ValueError(f"scores must be (q, {self.n_items}), got {tuple(scores.shape)}")
         if torch.isnan(scores).any():
@@ -242,7 +238,7 @@ def metrics_from_embeddings(embeddings: torch.Tensor, labels: Sequence[Hashable]
     with torch.inference_mode():
         for start in _chunks(n, chunk_size, progress, "metrics"):
             query = torch.arange(start, min(start + chunk_size, n), device=device)
-            acc._add_owned(emb[query] @ emb.T, query)  # (q, N) scores
+            acc.add(emb[query] @ emb.T, query)  # (q, N) scores
     return acc.result()
 
 
@@ -263,8 +259,8 @@ def metrics_from_distances(rows: Iterable[tuple[int, np.ndarray]], labels: Seque
         queries.append(int(query))
         block.append(np.asarray(distances, dtype=np.float64))
         if len(block) == batch_size:
-            acc._add_owned(-torch.from_numpy(np.stack(block)), queries)  # (b, N)
+            acc.add(-torch.from_numpy(np.stack(block)), queries)  # (b, N)
             queries, block = [], []
     if block:
-        acc._add_owned(-torch.from_numpy(np.stack(block)), queries)
+        acc.add(-torch.from_numpy(np.stack(block)), queries)
     return acc.result()
