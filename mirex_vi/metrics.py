@@ -33,6 +33,22 @@ log = logging.getLogger(__name__)
 TOP_K = 10
 
 
+def _plain(labels: Sequence[Hashable]) -> Sequence[Hashable]:
+    """``labels`` as python values: 0-d tensors would hash by identity."""
+    return labels.tolist() if isinstance(labels, (np.ndarray, torch.Tensor)) else labels
+
+
+def encode_labels(labels: Sequence[Hashable]) -> np.ndarray:
+    """Map labels to integer codes, ``(N,)`` int64, in order of first appearance.
+
+    Arrays and tensors are compared by value (through ``tolist``), not by element identity.
+    """
+    labels = _plain(labels)
+    codes: dict[Hashable, int] = {}
+    return np.fromiter((codes.setdefault(x, len(codes)) for x in labels),
+                       dtype=np.int64, count=len(labels))
+
+
 @dataclass
 class RetrievalResult:
     """Per-query retrieval statistics for the Q evaluated queries.
@@ -80,6 +96,7 @@ class RetrievalResult:
 
         ``labels`` must be the sequence the result was computed with.
         """
+        labels = _plain(labels)
         sums: dict[Hashable, float] = {}
         counts: dict[Hashable, int] = {}
         for q, ap in zip(self.query_index.tolist(), self.ap.tolist()):
@@ -87,13 +104,6 @@ class RetrievalResult:
             sums[key] = sums.get(key, 0.0) + ap
             counts[key] = counts.get(key, 0) + 1
         return {key: sums[key] / counts[key] for key in sums}
-
-
-def encode_labels(labels: Sequence[Hashable]) -> np.ndarray:
-    """Map labels to integer codes, ``(N,)`` int64, in order of first appearance."""
-    codes: dict[Hashable, int] = {}
-    return np.fromiter((codes.setdefault(x, len(codes)) for x in labels),
-                       dtype=np.int64, count=len(labels))
 
 
 def _rank_relevant(scores: torch.Tensor, query: torch.Tensor,

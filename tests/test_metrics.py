@@ -237,3 +237,13 @@ def test_write_plots(tmp_path):
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(p.name for p in paths)
+
+
+@pytest.mark.parametrize("as_array", [np.array, torch.tensor])
+def test_array_labels_compare_by_value(as_array):
+    labels = as_array([5, 5, 6, 5, 6, 7])
+    acc = MetricAccumulator(labels)
+    acc.add(HAND_SCORES, HAND_QUERIES)
+    res = acc.result()
+    np.testing.assert_allclose(res.ap, _hand_result().ap)
+    assert res.ap_per_clique(labels) == pytest.approx({5: 0.5, 6: 0.25})
