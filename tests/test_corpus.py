@@ -1,0 +1,165 @@
+"""Tests of tools/make_corpus.py: the synthetic cover corpus and the demo collection.
+
+Rendering tests need ``apt-get install fluidsynth fluid-soundfont-gm timgm6mb-soundfont``
+and ``pip install music21``; without them they are skipped with that reason.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_tool():
+    spec = importlib.util.spec_from_file_location("make_corpus", REPO / "tools" / "make_corpus.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["make_corpus"] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+mc = _load_tool()
+HAVE_MUSIC21 = importlib.util.find_spec("music21") is not None
+HAVE_SYNTH = shutil.which("fluidsynth") is not None and all(
+    (mc.SOUNDFONT_DIR / name).exists() for name in mc.SOUNDFONTS)
+needs_music21 = pytest.mark.skipif(not HAVE_MUSIC21, reason="music21 not installed (pip install music21)")
+needs_render = pytest.mark.skipif(
+    not (HAVE_MUSIC21 and HAVE_SYNTH),
+    reason="needs music21 and fluidsynth + soundfonts "
+           "(apt-get install fluidsynth fluid-soundfont-gm timgm6mb-soundfont; pip install music21)")
+
+TINY = dict(n_works=3, versions_per_work=2, seconds=4.0, seed=5, jobs=1, quiet=True,
+            collections=("essenFolksong", "bach"))
+NAME = "Synth-VI-YT"
+YID = re.compile(r"^[A-Za-z0-9_-]{11}$")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("corpus")
+    mc.build_corpus(out, **TINY)
+    return out
+
+
+def _light(out: Path, suffix: str = "") -> dict:
+    return json.loads((out / f"{NAME}-light.json{suffix}").read_text())
+
+
+def test_youtube_ids_are_deterministic_and_well_formed():
+    a = mc.youtube_id(27, "bach/bwv66.6.mxl", 0)
+    assert YID.match(a)
+    assert a == mc.youtube_id(27, "bach/bwv66.6.mxl", 0)
+    assert len({a, mc.youtube_id(28, "bach/bwv66.6.mxl", 0), mc.youtube_id(27, "bach/bwv66.6.mxl", 1)}) == 3
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 101])
+def test_split_is_a_partition_of_cliques(n):
+    ids = [f"C-{i:07d}" for i in range(n)]
+    splits = mc.split_cliques(ids, (0.8, 0.1, 0.1), seed=3)
+    parts = [set(p) for p in splits.values()]
+    assert sum(len(p) for p in parts) == n and set().union(*parts) == set(ids)
+    if n >= 3:
+        assert all(splits[name] for name in ("train", "val", "test"))
+    assert splits == mc.split_cliques(ids, (0.8, 0.1, 0.1), seed=3)
+
+
+def test_midi_file_layout():
+    events = np.array([[0.0, 0.5, 60, 0], [0.5, 0.5, 64, 1], [0.25, 0.1, mc.KICK, -1]])
+    data = mc.midi_bytes(events, [0, 40], [80, 70], [64, 64], duration_s=2.0)
+    assert data[:4] == b"MThd" and data[14:18] == b"MTrk"
+    assert int.from_bytes(data[18:22], "big") == len(data) - 22
+    assert data.endswith(b"\xff\x2f\x00")
+    assert bytes([0x99, mc.KICK]) in data  # drums on channel 10
+    assert bytes([0x91, 64]) in data  # part 1 on channel 2
+
+
+def test_transposition_and_tempo_time_map():
+    q = np.array([0.0, 1.0, 4.0])
+    assert np.allclose(mc.quarters_to_seconds(q, 120.0, 0.0, 4.0), [0.0, 0.5, 2.0])
+    faster = mc.quarters_to_seconds(q, 120.0, 0.2, 4.0)  # speeds up: ends earlier
+    assert faster[-1] < 2.0 and np.all(np.diff(faster) > 0)
+
+
+@needs_music21
+def test_pools_are_disjoint_and_never_use_ryans_mammoth():
+    root = mc.corpus_root()
+    train = {r.key for r in mc.list_candidates(root, "train")}
+    demo = {r.key for r in mc.list_candidates(root, "demo")}
+    assert train and demo and not train & demo
+    assert not any("ryansMammoth" in k for k in train | demo)
+
+
+@needs_render
+def test_corpus_format(tiny):
+    light = _light(tiny)
+    assert sorted(light) == ["C-0000001", "C-0000002", "C-0000003"]
+    version_ids = [v["version_id"] for vs in light.values() for v in vs]
+    assert len(set(version_ids)) == len(version_ids) == 6
+    for versions in light.values():
+        assert len(versions) == 2
+        for v in versions:
+            assert YID.match(v["youtube_id"]) and v["track_title"]
+            path = tiny / "audio" / v["youtube_id"][:2] / f"{v['youtube_id']}.flac"
+            assert path.exists() and v["audio_path"] == path.relative_to(tiny).as_posix()
+            audio, sr = sf.read(path, always_2d=True)
+            assert sr == v["sample_rate"] and audio.shape[1] == v["channels"]
+            assert abs(len(audio) / sr - v["duration_s"]) < 0.01
+            assert np.sqrt(np.mean(audio**2)) > 1e-3  # not silent
+    lines = [json.loads(x) for x in (tiny / f"{NAME}.jsonl").read_text().splitlines()]
+    assert [row["clique_id"] for row in lines] == sorted(light)
+    assert all(row["versions"][0]["youtube_video"][0]["url"] for row in lines)
+
+
+@needs_render
+def test_splits_cover_all_cliques_disjointly(tiny):
+    light = _light(tiny)
+    parts = [_light(tiny, f".{s}") for s in ("train", "val", "test")]
+    assert sum(len(p) for p in parts) == len(light)
+    assert set().union(*map(set, parts)) == set(light)
+    for part in parts:
+        assert all(part[c] == light[c] for c in part)
+
+
+@needs_render
+def test_versions_of_a_work_differ(tiny):
+    for versions in _light(tiny).values():
+        a, b = versions
+        assert a["source"] == b["source"]
+        assert (a["transpose"], a["tempo_factor"], a["programs"]) != (b["transpose"], b["tempo_factor"], b["programs"])
+        wave_a, _ = sf.read(tiny / a["audio_path"])
+        wave_b, _ = sf.read(tiny / b["audio_path"])
+        assert wave_a.shape != wave_b.shape
+
+
+@needs_render
+def test_same_seed_same_corpus(tiny, tmp_path):
+    mc.build_corpus(tmp_path, **TINY)
+    assert _light(tmp_path) == _light(tiny)
+    for versions in _light(tiny).values():
+        for v in versions:
+            np.testing.assert_array_equal(sf.read(tmp_path / v["audio_path"])[0], sf.read(tiny / v["audio_path"])[0])
+
+
+@needs_render
+def test_demo_lists(tmp_path):
+    cliques = mc.build_corpus(tmp_path, **{**TINY, "n_works": 2, "seed": 9}, demo=True)
+    root = mc.corpus_root()
+    demo_keys = {r.key for r in mc.list_candidates(root, "demo")}
+    assert all(v["source"].removeprefix("music21:") in demo_keys for vs in cliques.values() for v in vs)
+    collection = (tmp_path / "collection.txt").read_text().splitlines()
+    assert collection == (tmp_path / "queries.txt").read_text().splitlines()
+    labels = dict(line.split("\t") for line in (tmp_path / "labels.tsv").read_text().splitlines())
+    assert sorted(labels) == sorted(collection) and len(collection) == 4
+    assert set(labels.values()) == set(cliques)
+    for rel in collection:
+        assert not Path(rel).is_absolute() and (tmp_path / rel).exists()
+        assert sf.info(tmp_path / rel).samplerate == 22050 and sf.info(tmp_path / rel).channels == 1
