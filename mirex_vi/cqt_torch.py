@@ -23,6 +23,7 @@ the module is moved to. See ``benchmarks/cqt_accuracy.py`` for the measured agre
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass
@@ -81,17 +82,19 @@ def _sparsify_rows(basis: np.ndarray, quantile: float) -> np.ndarray:
     return np.where(mags >= threshold, basis, 0)
 
 
-def _filter_fft_basis(freqs: np.ndarray, lengths: np.ndarray, sr: float, sparsity: float):
+def _filter_fft_basis(
+    freqs: np.ndarray, lengths: np.ndarray, sr: float, n_fft: int, sparsity: float
+) -> np.ndarray:
     """Frequency-domain basis of one octave, as librosa builds it.
 
     Args:
         freqs: (n,) centre frequencies in Hz.
         lengths: (n,) filter lengths in samples at rate ``sr`` (fractional).
+        n_fft: frame length, the power of two at or above the longest filter.
 
     Returns:
-        ((n, n_fft // 2 + 1) complex128 basis, n_fft)
+        (n, n_fft // 2 + 1) complex128 sparsified basis.
     """
-    n_fft = int(2.0 ** np.ceil(np.log2(lengths.max())))
     basis = np.zeros((len(freqs), n_fft), dtype=np.complex128)
     for row, (length, freq) in enumerate(zip(lengths, freqs)):
         taps = np.arange(-length // 2, length // 2)  # ceil(length) taps, 0 near the middle
@@ -100,7 +103,7 @@ def _filter_fft_basis(freqs: np.ndarray, lengths: np.ndarray, sr: float, sparsit
         start = (n_fft - len(filt)) // 2
         basis[row, start : start + len(filt)] = filt * length / n_fft
     spectrum = np.fft.fft(basis, axis=1)[:, : n_fft // 2 + 1]
-    return _sparsify_rows(spectrum, sparsity), n_fft
+    return _sparsify_rows(spectrum, sparsity)
 
 
 class TorchCQT(nn.Module):
@@ -166,6 +169,7 @@ class TorchCQT(nn.Module):
             lengths = self.sample_rate / factor / (alpha * freqs[lo:hi])
             n_fft = int(2.0 ** np.ceil(np.log2(lengths.max())))
             octaves.append(_Octave(lo, hi, factor, self.hop_length // factor, n_fft))
+        log.debug("CQT octave plan (top first): %s", octaves)
         return octaves
 
     def _octave_basis(
@@ -174,8 +178,7 @@ class TorchCQT(nn.Module):
         """(n_filters, n_fft // 2 + 1) complex64 basis with every librosa gain folded in."""
         sr = self.sample_rate / octave.factor
         f = freqs[octave.lo : octave.hi]
-        basis, n_fft = _filter_fft_basis(f, sr / (alpha * f), sr, sparsity)
-        assert n_fft == octave.n_fft
+        basis = _filter_fft_basis(f, sr / (alpha * f), sr, octave.n_fft, sparsity)
         # soxr resampling with scale=True multiplies by sqrt(factor); librosa rescales the
         # basis by sqrt(top_sr / sr) and finally divides by sqrt(length at top_sr).
         gain = np.sqrt(octave.factor * top_sr / sr) / np.sqrt(top_sr / (alpha * f))
@@ -198,13 +201,14 @@ class TorchCQT(nn.Module):
             raise ValueError(f"expected audio of shape (B, N), got {tuple(audio.shape)}")
         audio = audio.float()
         n_frames = self.n_frames(audio.shape[-1])
-        signals = self._decimated(audio)
         out = audio.new_zeros(audio.shape[0], self.n_bins, n_frames)
-        for i, octave in enumerate(self._octaves):
-            basis = getattr(self, f"basis{i}")
-            out[:, octave.lo : octave.hi] = self._octave_response(
-                signals[octave.factor], octave, basis, n_frames
-            )
+        with _no_autocast(audio.device):  # FFTs and the projection stay in float32
+            signals = self._decimated(audio)
+            for i, octave in enumerate(self._octaves):
+                basis = getattr(self, f"basis{i}")
+                out[:, octave.lo : octave.hi] = self._octave_response(
+                    signals[octave.factor], octave, basis, n_frames
+                )
         return out
 
     def _decimated(self, audio: Tensor) -> dict[int, Tensor]:
@@ -260,6 +264,12 @@ def _decimate(signal: Tensor, factor: int) -> Tensor:
     rel = torch.arange(n_low // 2 + 1, device=signal.device) / (n_low // 2)
     rolloff = 0.5 * torch.special.erfc((rel - _ROLLOFF_CENTRE) / _ROLLOFF_WIDTH)
     return torch.fft.irfft(band * rolloff, n=n_low)[:, :n_out] / factor
+
+
+def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    if device.type in ("cpu", "cuda"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()  # e.g. "meta", which autocast does not know
 
 
 def _smooth_length(n: int) -> int:

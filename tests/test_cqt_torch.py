@@ -85,6 +85,13 @@ def test_batch_equals_single_calls(cqt: TorchCQT) -> None:
         torch.testing.assert_close(row, single, rtol=1e-4, atol=1e-5 * float(single.max()))
 
 
+def test_forward_creates_no_tensor_off_the_module_device() -> None:
+    """On the "meta" device any CPU tensor made in forward would raise (stand-in for CUDA)."""
+    module = TorchCQT().to("meta")
+    out = module(torch.zeros(2, 3000, device="meta"))
+    assert out.device.type == "meta" and out.shape == (2, 84, module.n_frames(3000))
+
+
 def test_transposition_moves_the_peak(cqt: TorchCQT) -> None:
     """MIDI 60 peaks in bin 36 (C1 is bin 0); k semitones up moves the peak k bins."""
     for k in (0, 5, 19):
