@@ -1,0 +1,190 @@
+"""Metadata readers, feature filtering, the training dataset and the clique batch sampler."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from mirex_vi.config import FeatureConfig
+from mirex_vi.data import (CliqueBatchSampler, FullTrackDataset, TrainDataset, Version,
+                           filter_available, read_metadata, youtube_id_from_url)
+from mirex_vi.features import save_feature
+
+LIGHT = {
+    "C-0000001": [
+        {"version_id": "V-1", "youtube_id": "aaaaaaaaaaa", "track_title": "Song"},
+        {"version_id": "V-2", "youtube_id": "bbbbbbbbbbb", "track_title": "Song (live)"},
+    ],
+    "C-0000002": [{"version_id": "V-3", "youtube_id": "ccccccccccc", "track_title": "Other"}],
+}
+
+
+def _jsonl_row(cid, versions):
+    return {"clique_id": cid, "versions": [
+        {"version_id": vid, "tracks": [{"track_title": "t"}],
+         "youtube_video": [{"url": f"https://www.youtube.com/watch?v={yt}&t=3", "source": "d"}]
+         if yt else []}
+        for vid, yt in versions]}
+
+
+def test_read_light_json_split(tmp_path):
+    path = tmp_path / "Discogs-VI-YT-20240701-light.json.train"
+    path.write_text(json.dumps(LIGHT, indent=2))
+    cliques = read_metadata(path)
+    assert list(cliques) == ["C-0000001", "C-0000002"]
+    assert cliques["C-0000001"][1] == Version("C-0000001", "V-2", "bbbbbbbbbbb")
+
+
+def test_read_light_json_on_one_line(tmp_path):
+    path = tmp_path / "light.json"
+    path.write_text(json.dumps(LIGHT))
+    assert [v.youtube_id for v in read_metadata(path)["C-0000002"]] == ["ccccccccccc"]
+
+
+def test_read_jsonl_takes_first_video_and_skips_versions_without(tmp_path):
+    rows = [_jsonl_row("C-1", [("V-1", "xxxxxxxxxxx"), ("V-2", None)]),
+            _jsonl_row("C-2", [("V-3", "yyyyyyyyyyy"), ("V-4", "zzzzzzzzzzz")])]
+    path = tmp_path / "Discogs-VI-YT-20240701.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")
+    cliques = read_metadata(path)
+    assert cliques["C-1"] == [Version("C-1", "V-1", "xxxxxxxxxxx")]
+    assert [v.youtube_id for v in cliques["C-2"]] == ["yyyyyyyyyyy", "zzzzzzzzzzz"]
+
+
+def test_youtube_id_from_url():
+    assert youtube_id_from_url("https://www.youtube.com/watch?v=dQw4w9WgXcQ") == "dQw4w9WgXcQ"
+    with pytest.raises(ValueError):
+        youtube_id_from_url("https://www.youtube.com/watch?list=abc")
+
+
+def test_filter_available_drops_missing_versions_then_small_cliques(tmp_path, caplog):
+    cliques = {
+        "C-1": [Version("C-1", f"V-{i}", f"id{i}xxxxxxxx") for i in range(3)],  # 1 missing
+        "C-2": [Version("C-2", f"V-{i}", f"id{i}yyyyyyyy") for i in range(3, 5)],  # 1 missing
+        "C-3": [Version("C-3", "V-5", "id5zzzzzzzz"), Version("C-3", "V-6", "id6zzzzzzzz")],
+    }
+    for yt in ["id0xxxxxxxx", "id1xxxxxxxx", "id3yyyyyyyy", "id5zzzzzzzz", "id6zzzzzzzz"]:
+        save_feature(tmp_path, yt, np.ones((30, 84)))
+    with caplog.at_level("INFO", logger="mirex_vi.data"):
+        kept = filter_available(cliques, tmp_path)
+    assert list(kept) == ["C-1", "C-3"]
+    assert [v.version_id for v in kept["C-1"]] == ["V-0", "V-1"]
+    assert "2 versions missing" in caplog.text
+    assert "dropped 1 cliques (1 versions)" in caplog.text
+
+
+# --- sampler -------------------------------------------------------------------------------
+
+SIZES = [2, 3, 4, 5, 7, 9, 2, 2, 3, 12, 4, 6]
+
+
+def _members(sizes):
+    out, start = [], 0
+    for n in sizes:
+        out.append(list(range(start, start + n)))
+        start += n
+    return out
+
+
+def _clique_of(members):
+    return {v: c for c, m in enumerate(members) for v in m}
+
+
+def test_batches_hold_distinct_cliques_with_k_versions_each():
+    members = _members(SIZES)
+    clique_of = _clique_of(members)
+    p, k = 4, 4
+    sampler = CliqueBatchSampler(members, p, k, seed=3)
+    batches = sampler.epoch_batches(0)
+    n_groups = sum(math.ceil(n / k) for n in SIZES)
+    assert len(batches) == len(sampler) == math.ceil(n_groups / p)
+    assert len(batches) >= math.ceil(sum(SIZES) / (p * k))
+    for batch in batches:
+        assert len(batch) == p * k
+        groups = [batch[i : i + k] for i in range(0, len(batch), k)]
+        cliques = [{clique_of[v] for v in g} for g in groups]
+        assert all(len(c) == 1 for c in cliques)  # a group is one clique
+        assert len({c.pop() for c in cliques}) == p  # p distinct cliques
+        for g in groups:  # repeats inside a group only when the clique is smaller than k
+            size = len(members[clique_of[g[0]]])
+            assert len(set(g)) == min(size, k)
+
+
+def test_every_version_is_sampled_in_each_epoch():
+    members = _members(SIZES)
+    sampler = CliqueBatchSampler(members, 4, 4, seed=0)
+    for epoch in range(3):
+        counts = Counter(v for b in sampler.epoch_batches(epoch) for v in b)
+        assert set(counts) == set(range(sum(SIZES)))
+
+
+def test_each_version_is_primary_once_when_sizes_are_multiples_of_k():
+    """No filler needed: every version appears exactly once, in ceil(N / (P K)) batches."""
+    sizes = [2, 4, 2, 6, 2, 2, 4, 2]
+    sampler = CliqueBatchSampler(_members(sizes), 3, 2, seed=1)
+    batches = sampler.epoch_batches(0)
+    assert len(batches) == math.ceil(sum(sizes) / (3 * 2))
+    counts = Counter(v for b in batches[:-1] for v in b)  # the last batch may be topped up
+    counts_all = Counter(v for b in batches for v in b)
+    assert max(counts.values()) == 1
+    assert set(counts_all) == set(range(sum(sizes)))
+
+
+def test_epochs_differ_and_are_reproducible():
+    members = _members(SIZES)
+    a = CliqueBatchSampler(members, 4, 4, seed=5)
+    b = CliqueBatchSampler(members, 4, 4, seed=5)
+    assert a.epoch_batches(2) == b.epoch_batches(2)
+    assert a.epoch_batches(0) != a.epoch_batches(1)
+    a.set_epoch(2)
+    assert [[v for v, _ in batch] for batch in a] == a.epoch_batches(2)
+
+
+def test_ranks_split_the_epoch():
+    members = _members(SIZES)
+    ranks = [CliqueBatchSampler(members, 3, 4, seed=7, rank=r, world_size=2) for r in range(2)]
+    full = ranks[0].epoch_batches(0)
+    assert len(full) % 2 == 0
+    got = [[[v for v, _ in batch] for batch in s] for s in ranks]
+    assert len(got[0]) == len(got[1]) == len(ranks[0])
+    assert got[0] == full[0::2] and got[1] == full[1::2]
+
+
+def test_too_few_cliques_is_an_error():
+    with pytest.raises(ValueError, match="distinct cliques"):
+        CliqueBatchSampler(_members([2, 3]), 3, 2, seed=0)
+
+
+# --- datasets ------------------------------------------------------------------------------
+
+
+def test_train_dataset_crops_and_pads(tmp_path):
+    cfg = FeatureConfig(crop_frames=200, downsample_factor=20)
+    long = np.random.default_rng(0).random((1000, 84)).astype(np.float16)
+    save_feature(tmp_path, "longlonglon", long)
+    save_feature(tmp_path, "shortshorts", np.ones((50, 84)))
+    cliques = {"C-1": [Version("C-1", "V-1", "longlonglon"), Version("C-1", "V-2", "shortshorts")]}
+    ds = TrainDataset(cliques, tmp_path, cfg)
+    x, label, index = ds[(0, 123)]
+    assert x.shape == (84, 10) and label == 0 and index == 0
+    assert np.array_equal(x.numpy(), ds[(0, 123)][0].numpy())  # the seed fixes the crop
+    assert not np.array_equal(x.numpy(), ds[(0, 124)][0].numpy())
+    x_short = ds[(1, 0)][0].numpy()
+    assert x_short.shape == (84, 10)
+    assert np.all(x_short[:, :2] > 0.99) and np.all(x_short[:, 3:] == 0)  # 50 frames, then pad
+
+
+def test_full_track_dataset_caps_length(tmp_path):
+    cfg = FeatureConfig(min_frames=100)
+    save_feature(tmp_path, "aaaaaaaaaaa", np.ones((1000, 84)))
+    save_feature(tmp_path, "bbbbbbbbbbb", np.ones((60, 84)))
+    cliques = {"C-1": [Version("C-1", "V-1", "aaaaaaaaaaa"), Version("C-1", "V-2", "bbbbbbbbbbb")]}
+    assert FullTrackDataset(cliques, tmp_path, cfg)[0][0].shape == (84, 50)
+    capped = FullTrackDataset(cliques, tmp_path, cfg, max_frames=400)
+    assert capped[0][0].shape == (84, 20)
+    assert capped[1][0].shape == (84, 5)  # short track padded to min_frames
+    assert capped.labels.tolist() == [0, 0]
