@@ -1,0 +1,113 @@
+"""``mirex-vi evaluate``: retrieval figures of a model on a labelled set, or of a MIREX matrix."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .atomic import atomic_open
+from .metrics import RetrievalResult, metrics_from_distances, metrics_from_embeddings
+from .mirex_io import InputError, iter_distance_matrix
+from .runtime import amp_enabled, resolve_device
+
+FIGURE_NAMES = {"map": "MAP", "mr1": "MR1", "mrr": "MRR", "top1_rate": "Top-1 rate",
+                "top10_count": "Top-10 count", "p_at_10": "P@10", "n_queries": "queries"}
+
+
+def read_labels(path: Path) -> dict[Path, str]:
+    """``audio_path<TAB>clique_id`` lines -> {absolute path: clique}; relative paths are
+    resolved against the TSV's folder; blank lines and a ``path<TAB>clique`` header skipped."""
+    labels: dict[Path, str] = {}
+    bad = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = [f.strip() for f in line.split("\t")]
+        if len(fields) != 2 or not all(fields):
+            bad.append(f"  line {number}: expected 'audio_path<TAB>clique_id', got {line!r}")
+            continue
+        if number == 1 and fields[1].lower() in ("clique", "clique_id", "label"):
+            continue
+        labels[Path(os.path.abspath(path.parent / fields[0]))] = fields[1]
+    if bad:
+        raise InputError(f"{path}: bad line(s):\n" + "\n".join(bad[:20]))
+    if not labels:
+        raise InputError(f"{path}: no labelled tracks")
+    return labels
+
+
+def evaluate_matrix(matrix: Path, labels_tsv: Path) -> tuple[RetrievalResult, list[str]]:
+    """Figures of a MIREX distance matrix; every listed track must have a label."""
+    labels = read_labels(labels_tsv)
+    parts = iter_distance_matrix(matrix)
+    next(parts)  # the system name
+    paths = [Path(os.path.abspath(p)) for p in next(parts)]
+    missing = [str(p) for p in paths if p not in labels]
+    if missing:
+        raise InputError(f"{labels_tsv}: no label for {len(missing)} track(s) of {matrix}, e.g. "
+                         + ", ".join(missing[:5]))
+    cliques = [labels[p] for p in paths]
+    return metrics_from_distances(parts, cliques), cliques
+
+
+def evaluate_features(metadata: Path, features_dir: Path, weights: str | None, device: str,
+                      amp: bool, progress: bool = True) -> tuple[RetrievalResult, list[str]]:
+    """Figures of a model on a Discogs-VI split whose CQTs are stored under ``features_dir``."""
+    from tqdm import tqdm
+
+    from .data import filter_available, read_metadata
+    from .embed import embed_stored_features
+    from .weights import load_weights
+
+    cliques = filter_available(read_metadata(metadata), features_dir)
+    versions = [v for vs in cliques.values() for v in vs]
+    if not versions:
+        raise InputError(f"{metadata}: no clique with >= 2 versions has features in {features_dir}")
+    loaded = load_weights(weights)
+    dev = resolve_device(device)
+    model = loaded.model.to(dev)
+    with tqdm(total=len(versions), desc="embed", unit="track", disable=not progress) as bar:
+        emb = embed_stored_features(model, features_dir, [v.youtube_id for v in versions],
+                                    loaded.features, dev, amp_enabled(dev, amp), on_chunk=bar.update)
+    labels = [v.clique_id for v in versions]
+    return metrics_from_embeddings(emb, labels, device=dev, progress=progress), labels
+
+
+def evaluate_audio(labels_tsv: Path, weights: str | None, device: str, amp: bool,
+                   workers: int | None, progress: bool = True) -> tuple[RetrievalResult, list[str]]:
+    """Figures of a model on the audio files of a labels TSV (decoded and embedded here)."""
+    import torch
+    from tqdm import tqdm
+
+    from .embed import embed_tracks
+    from .extract import default_workers
+    from .weights import load_weights
+
+    labels = read_labels(labels_tsv)
+    paths = list(labels)
+    loaded = load_weights(weights)
+    dev = resolve_device(device)
+    with tqdm(total=len(paths), desc="embed", unit="track", disable=not progress) as bar:
+        run = embed_tracks(paths, loaded, dev, amp_enabled(dev, amp), workers or default_workers(),
+                           on_track=bar.update)
+    if run.errors:
+        bad = "\n".join(f"  {paths[i]}: {reason}" for i, reason in sorted(run.errors.items()))
+        raise InputError(f"{len(run.errors)} labelled track(s) could not be embedded:\n{bad}")
+    cliques = [labels[p] for p in paths]
+    return metrics_from_embeddings(torch.from_numpy(run.embeddings), cliques, device=dev, progress=progress), cliques
+
+
+def format_figures(figures: dict) -> str:
+    """One ``name: value`` line per figure, in the order of ``FIGURE_NAMES``."""
+    lines = []
+    for key, label in FIGURE_NAMES.items():
+        value = figures[key]
+        lines.append(f"{label:>13}: {value:.4f}" if isinstance(value, float) else f"{label:>13}: {value}")
+    return "\n".join(lines)
+
+
+def write_json(path: Path, figures: dict) -> None:
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        json.dump({k: figures[k] for k in FIGURE_NAMES}, f, indent=2)
+        f.write("\n")

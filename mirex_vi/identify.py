@@ -1,0 +1,118 @@
+"""The MIREX job: list files in, distance matrix out.
+
+``prepare`` checks everything that can be checked before audio is touched (lists, queries,
+output location, weights, device); ``identify`` embeds, scores and writes atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .atomic import atomic_open
+from .embed import EmbeddingCache, TrackError, embed_tracks
+from .extract import default_workers
+from .mirex_io import (InputError, TrackList, check_output_location, query_positions, read_list,
+                       write_distance_matrix)
+from .runtime import amp_enabled, resolve_device
+from .scoring import distance_rows
+from .weights import LoadedWeights, load_weights
+
+SYSTEM_NAME = "Discogs-VINet-MIREX (mirex_vi)"
+
+
+@dataclass(frozen=True)
+class IdentifyJob:
+    collection: TrackList
+    query_indices: list[int]  # 0-based collection index of each query
+    output: Path
+    workdir: Path
+    weights: LoadedWeights
+    device: torch.device
+
+
+@dataclass
+class IdentifySummary:
+    n_tracks: int
+    n_queries: int
+    n_cached: int
+    seconds: float
+    output: Path
+    errors: list[tuple[Path, str]] = field(default_factory=list)
+    strict_error: str | None = None
+
+    def describe(self) -> str:
+        skipped = (f"; {len(self.errors)} track(s) skipped (distance 2.0 to all others), "
+                   f"see errors.tsv" if self.errors else "")
+        return (f"wrote {self.output}: {self.n_queries} queries x {self.n_tracks} tracks "
+                f"in {self.seconds:.1f} s ({self.n_cached} embeddings from cache){skipped}")
+
+
+def default_workdir(output: Path) -> Path:
+    return output.with_name(output.name + ".work")
+
+
+def prepare(collection: Path, queries: Path, output: Path, workdir: Path | None,
+            weights: str | None, device: str) -> IdentifyJob:
+    """Validate the whole call before any audio is processed.
+
+    Raises:
+        ValueError: (``InputError``, ``WeightsError`` included) with a message for the user.
+    """
+    tracks = read_list(collection)
+    query_list = read_list(queries)
+    query_indices = query_positions(tracks, query_list)
+    output = Path(os.path.abspath(output))
+    check_output_location(output)
+    workdir = Path(os.path.abspath(workdir)) if workdir else default_workdir(output)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"{workdir}: cannot create the work folder ({err.strerror})") from err
+    if not os.access(workdir, os.W_OK | os.X_OK):
+        raise InputError(f"{workdir}: work folder is not writable")
+    return IdentifyJob(tracks, query_indices, output, workdir, load_weights(weights),
+                       resolve_device(device))
+
+
+def identify(job: IdentifyJob, amp: bool = True, batch_size: int = 16, workers: int | None = None,
+             strict: bool = False, progress: bool = True, name: str | None = None) -> IdentifySummary:
+    """Embed every collection track (cached in the workdir), score, write the matrix."""
+    from tqdm import tqdm
+
+    start = time.perf_counter()
+    paths = job.collection.paths
+    cache = EmbeddingCache(job.workdir / "embeddings", job.weights.sha256, job.weights.features,
+                           job.weights.model.cfg.embedding_dim)
+    summary = IdentifySummary(len(paths), len(job.query_indices), 0, 0.0, job.output)
+    with tqdm(total=len(paths), desc="embed", unit="track", disable=not progress) as bar:
+        try:
+            run = embed_tracks(paths, job.weights, job.device, amp_enabled(job.device, amp),
+                               workers or default_workers(), batch_size, cache, strict,
+                               on_track=bar.update)
+        except TrackError as err:
+            summary.strict_error = str(err)
+            return summary
+    summary.n_cached = run.n_cached
+    summary.errors = [(paths[i], reason) for i, reason in sorted(run.errors.items())]
+    _write_errors(job.workdir / "errors.tsv", summary.errors)
+    valid = np.ones(len(paths), dtype=bool)
+    valid[list(run.errors)] = False
+    rows = distance_rows(run.embeddings, job.query_indices, valid, job.device)
+    header = name or f"{SYSTEM_NAME}, weights {job.weights.name}"
+    write_distance_matrix(job.output, header, paths, job.query_indices, rows)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _write_errors(path: Path, errors: list[tuple[Path, str]]) -> None:
+    """``path<TAB>reason`` per skipped track (header line first); rewritten every run."""
+    with atomic_open(path, "w", encoding="utf-8", errors="surrogateescape") as f:
+        f.write("path\treason\n")
+        for track, reason in errors:
+            f.write(f"{track}\t{' '.join(reason.split())}\n")

@@ -1,0 +1,43 @@
+"""Embeddings -> MIREX distances, in float32, a chunk of query rows at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+# Distance between unit vectors pointing in opposite directions: the largest possible,
+# given to every pair that involves a track that could not be embedded.
+MAX_DISTANCE = 2.0
+
+
+def distance_rows(
+    embeddings: np.ndarray,
+    query_indices: Sequence[int],
+    valid: np.ndarray,
+    device: torch.device = torch.device("cpu"),
+    chunk_size: int = 1024,
+) -> Iterator[np.ndarray]:
+    """Distance rows ``sqrt(max(0, 2 - 2 s))`` for each query, in query order.
+
+    Args:
+        embeddings: ``(N, D)`` float32, unit-norm rows (rows of invalid tracks are ignored).
+        query_indices: collection index of each query.
+        valid: ``(N,)`` bool, False for tracks that could not be embedded.
+
+    Yields:
+        ``(N,)`` float32 rows: finite, in [0, 2], exactly 0 at the query's own index, and
+        ``MAX_DISTANCE`` to and from every invalid track.
+    """
+    emb = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32)).to(device)
+    invalid = torch.from_numpy(~np.asarray(valid, dtype=bool)).to(device)
+    for start in range(0, len(query_indices), chunk_size):
+        rows_idx = torch.as_tensor(query_indices[start : start + chunk_size], device=device)
+        sims = emb[rows_idx] @ emb.T  # (q, N)
+        dist = torch.sqrt(torch.clamp(2.0 - 2.0 * sims, min=0.0, max=MAX_DISTANCE**2))
+        dist = torch.nan_to_num(dist, nan=MAX_DISTANCE, posinf=MAX_DISTANCE)
+        dist[:, invalid] = MAX_DISTANCE
+        dist[invalid[rows_idx]] = MAX_DISTANCE
+        dist[torch.arange(len(rows_idx), device=device), rows_idx] = 0.0
+        yield from dist.cpu().numpy()

@@ -1,0 +1,259 @@
+"""Weight packages: verified, self-describing folders of model weights.
+
+A package ``weights/<name>/`` holds
+
+- ``model.safetensors``: the CQT-Net state dict (authors' key names);
+- ``config.json``: ``{"name", "model": ModelConfig, "features": FeatureConfig, "provenance"}``;
+- ``MODEL_CARD.md``: what it was trained on, how, and how well it does;
+- ``SHA256SUMS``: ``sha256sum`` lines for the two files above, checked before every load.
+
+The authors' pickled ``model_checkpoint.pth`` (and this project's training checkpoints,
+which use the same keys) are read with ``torch.load(weights_only=True)`` only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .atomic import atomic_open
+from .config import FeatureConfig, ModelConfig, from_dict, to_dict
+from .model import CQTNet
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+CARD_FILE = "MODEL_CARD.md"
+SUMS_FILE = "SHA256SUMS"
+CHECKED_FILES = (MODEL_FILE, CONFIG_FILE)
+
+# The package that identification uses when --weights is not given.
+DEFAULT_WEIGHTS = "vinet-mirex-synth"
+
+
+class WeightsError(ValueError):
+    """A weight package or checkpoint that cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class LoadedWeights:
+    """A ready model with the feature config it was trained with."""
+
+    model: CQTNet
+    features: FeatureConfig
+    name: str
+    sha256: str  # of model.safetensors (or of the .pth file): part of every cache key
+
+
+def weights_root() -> Path:
+    """Where named packages live: ``$MIREX_VI_WEIGHTS_DIR``, else the repository's ``weights/``."""
+    env = os.environ.get("MIREX_VI_WEIGHTS_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "weights"
+
+
+def list_packages(root: Path | None = None) -> list[Path]:
+    root = root or weights_root()
+    return sorted(p for p in root.glob("*") if (p / SUMS_FILE).is_file()) if root.is_dir() else []
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_package(folder: Path) -> str:
+    """Check every file listed in ``SHA256SUMS``; return the model's sha256.
+
+    Raises:
+        WeightsError: missing file, unlisted required file, or a checksum mismatch.
+    """
+    sums_path = folder / SUMS_FILE
+    if not sums_path.is_file():
+        raise WeightsError(f"{folder}: not a weight package (no {SUMS_FILE})")
+    expected = _parse_sums(sums_path)
+    for required in CHECKED_FILES:
+        if required not in expected:
+            raise WeightsError(f"{sums_path}: no checksum for {required}")
+    for name, digest in expected.items():
+        path = folder / name
+        if not path.is_file():
+            raise WeightsError(f"{folder}: {name} is missing")
+        actual = sha256_file(path)
+        if actual != digest:
+            raise WeightsError(
+                f"{path}: sha256 mismatch (expected {digest}, got {actual}); "
+                "the file is corrupt or was modified"
+            )
+    return expected[MODEL_FILE]
+
+
+def resolve_weights(spec: str | Path | None) -> Path:
+    """A package folder, a package name under :func:`weights_root`, or a ``.pth`` file."""
+    spec = str(spec or DEFAULT_WEIGHTS)
+    path = Path(spec)
+    if path.is_file() and path.suffix in (".pth", ".pt"):
+        return path
+    if path.is_dir():
+        return path
+    named = weights_root() / spec
+    if named.is_dir():
+        return named
+    known = ", ".join(p.name for p in list_packages()) or "none"
+    raise WeightsError(f"weights {spec!r} not found: not a folder, a .pth file, or a package "
+                       f"under {weights_root()} (known: {known})")
+
+
+def load_weights(spec: str | Path | None = None) -> LoadedWeights:
+    """Verify and load a package (or an authors'-format checkpoint) into an eval-mode model."""
+    path = resolve_weights(spec)
+    if path.is_file():
+        state, model_cfg, features, _ = read_checkpoint(path)
+        return LoadedWeights(_build(state, model_cfg, path), features, path.stem, sha256_file(path))
+    sha = verify_package(path)
+    from safetensors.torch import load_file
+
+    cfg = _read_config(path)
+    state = load_file(path / MODEL_FILE)
+    model_cfg = from_dict(ModelConfig, cfg["model"])
+    features = from_dict(FeatureConfig, cfg["features"])
+    return LoadedWeights(_build(state, model_cfg, path), features, cfg.get("name", path.name), sha)
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig, FeatureConfig, dict]:
+    """State dict, model and feature configs, and provenance from a ``.pth`` checkpoint.
+
+    Accepts the authors' dict (``model_state_dict`` + training state), this project's
+    training checkpoints (the same keys plus ``config``), or a bare state dict. The model
+    size is read off the tensors; features default to the report's recipe.
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure is the same user error
+        raise WeightsError(f"{path}: not a loadable checkpoint ({err})") from err
+    if not isinstance(ckpt, dict):
+        raise WeightsError(f"{path}: expected a dict, got {type(ckpt).__name__}")
+    state = ckpt.get("model_state_dict", ckpt)
+    state = {_strip_prefixes(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if "front_end.0.weight" not in state or "proj.lin.weight" not in state:
+        raise WeightsError(f"{path}: no CQT-Net weights (front_end.0.weight / proj.lin.weight)")
+    model_cfg = ModelConfig(channels=state["front_end.0.weight"].shape[0],
+                            embedding_dim=state["proj.lin.weight"].shape[0])
+    features = FeatureConfig()
+    config = ckpt.get("config")
+    if isinstance(config, dict) and isinstance(config.get("features"), dict):
+        features = from_dict(FeatureConfig, config["features"])
+    provenance = {
+        "source_file": path.name,
+        "source_sha256": sha256_file(path),
+        **{k: _plain(ckpt[k]) for k in ("epoch", "train_loss", "mAP", "date_time",
+                                         "git_commit", "val_metrics", "config") if k in ckpt},
+    }
+    return state, model_cfg, features, provenance
+
+
+def write_package(
+    folder: Path,
+    state: dict[str, torch.Tensor],
+    model_cfg: ModelConfig,
+    features: FeatureConfig,
+    provenance: dict[str, Any],
+    card: str,
+) -> str:
+    """Write a complete package (weights, config, card, checksums); return the model sha256.
+
+    The state dict is checked by loading it into a fresh model with ``strict=True`` first.
+    Only inference weights are written: optimizer and training state are dropped.
+    """
+    from safetensors.torch import save_file
+
+    _build(state, model_cfg, folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    tmp = folder / f".{MODEL_FILE}.tmp"
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, folder / MODEL_FILE)
+    config = {"name": folder.name, "model": to_dict(model_cfg), "features": to_dict(features),
+              "provenance": {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                             **provenance}}
+    with atomic_open(folder / CONFIG_FILE, "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
+    with atomic_open(folder / CARD_FILE, "w", encoding="utf-8") as f:
+        f.write(card)
+    sums = "".join(f"{sha256_file(folder / name)}  {name}\n" for name in CHECKED_FILES)
+    with atomic_open(folder / SUMS_FILE, "w", encoding="utf-8") as f:
+        f.write(sums)
+    return verify_package(folder)
+
+
+def import_checkpoint(checkpoint: Path, folder: Path, card: str | None = None) -> str:
+    """Turn a ``.pth`` checkpoint into a package at ``folder``; return the model sha256."""
+    state, model_cfg, features, provenance = read_checkpoint(checkpoint)
+    card = card or default_card(folder.name, model_cfg, provenance)
+    return write_package(folder, state, model_cfg, features, provenance, card)
+
+
+def default_card(name: str, model_cfg: ModelConfig, provenance: dict[str, Any]) -> str:
+    """A minimal model card for an imported checkpoint, stating where it came from."""
+    lines = [f"# {name}", "",
+             f"CQT-Net (c={model_cfg.channels}, {model_cfg.embedding_dim}-d embeddings), "
+             f"imported from `{provenance.get('source_file')}` "
+             f"(sha256 `{provenance.get('source_sha256')}`) with `mirex-vi weights import`.", "",
+             "## Provenance", ""]
+    lines += [f"- {k}: {json.dumps(v)}" for k, v in provenance.items() if k != "config"]
+    return "\n".join(lines) + "\n"
+
+
+def _build(state: dict[str, torch.Tensor], model_cfg: ModelConfig, where: Path) -> CQTNet:
+    model = CQTNet(model_cfg)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise WeightsError(f"{where}: weights do not fit CQT-Net {model_cfg}: {err}") from err
+    return model.eval()
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    try:
+        cfg = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+        if not isinstance(cfg.get("model"), dict) or not isinstance(cfg.get("features"), dict):
+            raise ValueError("needs 'model' and 'features' objects")
+        return cfg
+    except ValueError as err:
+        raise WeightsError(f"{folder / CONFIG_FILE}: invalid ({err})") from err
+
+
+def _parse_sums(path: Path) -> dict[str, str]:
+    sums = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        digest, sep, name = line.partition("  ")
+        if not sep or len(digest) != 64:
+            raise WeightsError(f"{path}:{number}: not a 'sha256  filename' line")
+        sums[name.lstrip("*")] = digest.lower()
+    return sums
+
+
+def _strip_prefixes(key: str) -> str:
+    for prefix in ("module.", "_orig_mod."):
+        key = key.removeprefix(prefix)
+    return key
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly copy of checkpoint metadata (tensors become numbers)."""
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value if isinstance(value, (int, float, str, bool, list, type(None))) else str(value)
