@@ -1,0 +1,160 @@
+"""LR schedule, a tiny end-to-end run on synthetic features, resume, and 2-process DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from mirex_vi.config import TrainConfig, load_yaml, with_overrides
+from mirex_vi.features import save_feature
+from mirex_vi import train
+from mirex_vi.train import (BEST, LAST, METRICS, build_model_and_optimizer, build_train_loader,
+                            init_distributed, lr_at, run_training, train_epoch, unwrap)
+
+TINY = "configs/tiny.yaml"
+POOL = 20  # FeatureConfig.downsample_factor
+
+
+def test_lr_schedule_of_the_report():
+    cfg = TrainConfig()
+    assert lr_at(0, cfg) == pytest.approx(1e-4)
+    assert lr_at(5, cfg) == pytest.approx(1e-2)
+    assert lr_at(40, cfg) == pytest.approx(1e-5)
+    assert lr_at(2.5, cfg) == pytest.approx((1e-4 + 1e-2) / 2)
+    assert lr_at(22.5, cfg) == pytest.approx((1e-2 + 1e-5) / 2)
+    assert all(lr_at(e, cfg) > lr_at(e + 1, cfg) for e in range(5, 40))
+
+
+def _write_split(root, name, n_cliques, n_versions, rng, offset=0):
+    """Synthetic cliques: a random (T', 84) pattern per clique; versions are time-shifted,
+    noisy copies, stored at the CQT frame rate (each pooled frame repeated 20 times)."""
+    light = {}
+    for c in range(offset, offset + n_cliques):
+        pattern = rng.random((220, 84)) ** 4  # sparse-ish peaks
+        versions = []
+        for v in range(n_versions):
+            yt = f"y{c:04d}v{v:02d}xx"
+            shifted = np.roll(pattern, int(rng.integers(0, 40)), axis=0)
+            noisy = shifted + 0.15 * rng.random(shifted.shape)
+            save_feature(root / "features", yt, np.repeat(noisy, POOL, axis=0))
+            versions.append({"version_id": f"V-{c}-{v}", "youtube_id": yt})
+        light[f"C-{c:07d}"] = versions
+    path = root / name
+    path.write_text(json.dumps(light))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    rng = np.random.default_rng(0)
+    _write_split(root, "light.json.train", 10, 4, rng)
+    _write_split(root, "light.json.val", 4, 2, rng, offset=100)
+    return root
+
+
+def _cfg(root, out, *extra):
+    return with_overrides(load_yaml(TINY), [
+        f"train_metadata={root / 'light.json.train'}",
+        f"val_metadata={root / 'light.json.val'}",
+        f"features_dir={root / 'features'}",
+        f"output_dir={out}",
+        *extra,
+    ])
+
+
+def _metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / METRICS).read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def full_run(dataset_dir, tmp_path_factory):
+    """An uninterrupted tiny run (3 epochs of 5 steps, validation each epoch)."""
+    return run_training(_cfg(dataset_dir, tmp_path_factory.mktemp("full") / "run"), device="cpu")
+
+
+def test_tiny_run_learns_and_checkpoints(full_run):
+    cfg = load_yaml(full_run / "config.yaml")
+    assert (full_run / BEST).is_file() and (full_run / LAST).is_file()
+    ckpt = torch.load(full_run / LAST, map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == cfg.epochs
+    for key in ("model_state_dict", "optimizer_state_dict", "scheduler_state_dict",
+                "scaler_state_dict", "train_loss", "mAP", "date_time", "config",
+                "git_commit", "val_metrics"):
+        assert key in ckpt
+    assert ckpt["config"]["model"] == "tiny"
+    assert 0.0 <= ckpt["val_metrics"]["map"] <= 1.0
+    records = _metrics(full_run)
+    assert [r["epoch"] for r in records] == list(range(1, cfg.epochs + 1))
+    assert [r["lr"] for r in records] == pytest.approx([lr_at(e, cfg) for e in range(cfg.epochs)])
+    assert records[-1]["train_loss"] < 0.85 * records[0]["train_loss"]
+    best = torch.load(full_run / BEST, map_location="cpu", weights_only=True)
+    assert best["mAP"] == max(r["val"]["map"] for r in records)
+    with pytest.raises(FileExistsError):
+        run_training(cfg, device="cpu")
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(full_run, dataset_dir, tmp_path,
+                                                          monkeypatch):
+    cfg = _cfg(dataset_dir, tmp_path / "killed")
+    real_epoch = train._run_epoch
+
+    def killed_at_last_epoch(epoch, *args):
+        if epoch == cfg.epochs - 1:
+            raise KeyboardInterrupt
+        return real_epoch(epoch, *args)
+
+    monkeypatch.setattr(train, "_run_epoch", killed_at_last_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(cfg, device="cpu")
+    monkeypatch.setattr(train, "_run_epoch", real_epoch)
+    assert torch.load(tmp_path / "killed" / LAST, weights_only=True)["epoch"] == cfg.epochs - 1
+    run_dir = run_training(cfg, resume=True, device="cpu")
+    assert _metrics(run_dir)[-1]["epoch"] == cfg.epochs
+    a, b = (torch.load(d / LAST, weights_only=True)["model_state_dict"] for d in (full_run, run_dir))
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+# --- two CPU processes with gloo -------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, cfg, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist, device = init_distributed("cpu")
+    model, optimizer, _, scaler = build_model_and_optimizer(cfg, device, dist)
+    loader, sampler = build_train_loader(cfg, dist, device)
+    stats = train_epoch(model, loader, optimizer, scaler, cfg, device,
+                        torch.Generator().manual_seed(rank), dist)
+    seen = sorted(int(v) for _, _, versions in loader for v in versions)
+    torch.save({"state": unwrap(model).state_dict(), "steps": stats["steps"], "seen": seen},
+               out_dir / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_two_process_ddp_keeps_replicas_identical(dataset_dir, tmp_path):
+    cfg = _cfg(dataset_dir, tmp_path / "ddp", "val_metadata=''", "cliques_per_batch=3",
+               "versions_per_clique=4")  # 10 groups: 4 batches, 2 per rank
+    mp.spawn(_ddp_worker, args=(2, _free_port(), cfg, tmp_path), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
+    assert r0["steps"] == r1["steps"] > 0
+    assert r0["seen"] != r1["seen"]  # each rank drew its own share of the epoch
+    torch.manual_seed(cfg.seed)
+    init = unwrap(build_model_and_optimizer(cfg, torch.device("cpu"), init_distributed("cpu")[0])[0])
+    for name, param in init.named_parameters():
+        assert torch.equal(r0["state"][name], r1["state"][name]), name
+        assert not torch.equal(param.detach(), r0["state"][name]), name
