@@ -40,7 +40,10 @@ def main() -> None:
 @click.option("--weights", "weights_spec", help="Weight package folder or name, or an authors' .pth.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--no-amp", is_flag=True, help="Run the model in fp32 on CUDA too.")
-@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--batch-size", type=click.IntRange(1),
+              help="Tracks of equal length per forward pass [default: 16 on CUDA, 1 on CPU, "
+                   "where batching gains nothing and would make a resumed run differ in the "
+                   "last digit].")
 @click.option("--workers", type=click.IntRange(1), help="Decode/CQT processes [default: CPU count].")
 @click.option("--strict", is_flag=True, help="Stop at the first bad audio file (exit 1, no output).")
 @click.option("--quiet", is_flag=True, help="No progress bar or info messages.")

@@ -80,12 +80,14 @@ def prepare(collection: Path, queries: Path, output: Path, workdir: Path | None,
                        resolve_device(device))
 
 
-def identify(job: IdentifyJob, amp: bool = True, batch_size: int = 16, workers: int | None = None,
-             strict: bool = False, progress: bool = True, name: str | None = None) -> IdentifySummary:
+def identify(job: IdentifyJob, amp: bool = True, batch_size: int | None = None,
+             workers: int | None = None, strict: bool = False, progress: bool = True,
+             name: str | None = None) -> IdentifySummary:
     """Embed every collection track (cached in the workdir), score, write the matrix."""
     from tqdm import tqdm
 
     start = time.perf_counter()
+    batch_size = batch_size or (16 if job.device.type == "cuda" else 1)
     paths = job.collection.paths
     cache = EmbeddingCache(job.workdir / "embeddings", job.weights.sha256, job.weights.features,
                            job.weights.model.cfg.embedding_dim)

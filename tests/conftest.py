@@ -1,0 +1,66 @@
+"""Shared fixtures: synthetic audio (tones, melodies) and a tiny weight package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from mirex_vi.config import MODEL_SIZES, FeatureConfig
+from mirex_vi.model import CQTNet
+from mirex_vi.weights import write_package
+
+SR = 22050
+
+
+def midi_to_hz(note: float) -> float:
+    return 440.0 * 2 ** ((note - 69) / 12)
+
+
+def tone(note: float, seconds: float, sr: int = SR, harmonics: int = 1) -> np.ndarray:
+    """A (decaying, optionally harmonic) tone at a MIDI pitch, float32 in [-0.5, 0.5]."""
+    t = np.arange(int(seconds * sr)) / sr
+    wave = sum(np.sin(2 * np.pi * k * midi_to_hz(note) * t) / k for k in range(1, harmonics + 1))
+    return (0.3 * wave).astype(np.float32)
+
+
+def melody(notes: list[float], note_seconds: float = 0.25, sr: int = SR) -> np.ndarray:
+    """Notes one after another, each with a short decay envelope."""
+    env = np.exp(-3 * np.arange(int(note_seconds * sr)) / sr).astype(np.float32)
+    return np.concatenate([tone(n, note_seconds, sr, harmonics=3) * env for n in notes])
+
+
+def write_audio(path: Path, samples: np.ndarray, sr: int = SR, **kwargs) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, samples, sr, **kwargs)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_package(tmp_path_factory) -> Path:
+    """A verified package of the tiny model with random (seeded) weights."""
+    torch.manual_seed(0)
+    model = CQTNet(MODEL_SIZES["tiny"])
+    folder = tmp_path_factory.mktemp("weights") / "tiny-test"
+    write_package(folder, model.state_dict(), model.cfg, FeatureConfig(),
+                  {"note": "random weights for tests"}, "# tiny-test\n")
+    return folder
+
+
+@pytest.fixture()
+def tracks(tmp_path) -> list[Path]:
+    """Four short WAV tracks: two melodies and their transpositions, one at 44.1 kHz stereo."""
+    tune_a = [60, 62, 64, 65, 67, 65, 64, 62] * 2
+    tune_b = [57, 57, 64, 64, 66, 66, 64, 62] * 2
+    folder = tmp_path / "audio dir"
+    paths = [
+        write_audio(folder / "a.wav", melody(tune_a)),
+        write_audio(folder / "a up 3.wav", melody([n + 3 for n in tune_a])),
+        write_audio(folder / "b.flac", melody(tune_b)),
+    ]
+    stereo = melody([n - 2 for n in tune_b], sr=44100)
+    paths.append(write_audio(folder / "b-ünïcode.wav", np.stack([stereo, stereo], 1), sr=44100))
+    return paths

@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+
+from conftest import SR, tone, write_audio
+from mirex_vi.audio import AudioError, load_audio
+from mirex_vi.config import FeatureConfig
+from mirex_vi.features import compute_cqt, load_feature, preprocess, random_crop, save_feature
+
+CFG = FeatureConfig()
+
+
+def peak_bin(samples: np.ndarray) -> int:
+    return int(compute_cqt(samples, CFG).astype(np.float32).mean(axis=0).argmax())
+
+
+def test_c4_sine_peaks_in_bin_36_and_transposition_moves_it():
+    # C1 (MIDI 24) is bin 0 at 12 bins per octave, so C4 (MIDI 60) is bin 36.
+    assert peak_bin(tone(60, 2.0)) == 36
+    assert peak_bin(tone(65, 2.0)) == 41
+    assert peak_bin(tone(53, 2.0)) == 29
+
+
+def test_cqt_shape_dtype_and_frame_count():
+    samples = tone(60, 3.0)
+    cqt = compute_cqt(samples, CFG)
+    assert cqt.shape == (1 + len(samples) // CFG.hop_length, 84)
+    assert cqt.dtype == np.float16
+    assert cqt.min() >= 0
+
+
+def test_preprocess_pads_pools_and_normalises():
+    cqt = np.random.default_rng(0).random((130, 84)).astype(np.float16)
+    x = preprocess(cqt, CFG)
+    assert x.shape == (84, 4000 // 20) and x.dtype == np.float32
+    assert np.isclose(x.max(), 1.0, atol=1e-5) and x.min() >= 0
+    assert np.all(x[:, 7:] == 0)  # 130 real frames fill 6.5 pooled frames; the rest is padding
+    long = np.ones((4031, 84), dtype=np.float16)
+    assert preprocess(long, CFG).shape == (84, 201)  # remainder of 11 frames dropped
+
+
+def test_preprocess_mean_pools_by_20():
+    cqt = np.repeat(np.arange(200, dtype=np.float32), 20)[:, None] * np.ones((1, 84))
+    x = preprocess(cqt, CFG, min_frames=0)
+    np.testing.assert_allclose(x[0], np.arange(200) / (199 + CFG.eps), rtol=1e-6)
+
+
+def test_random_crop_and_short_tracks():
+    rng = np.random.default_rng(0)
+    cqt = np.arange(100)[:, None] * np.ones((1, 84))
+    crop = random_crop(cqt, 30, rng)
+    assert crop.shape == (30, 84) and np.all(np.diff(crop[:, 0]) == 1)
+    assert random_crop(cqt, 300, rng).shape == (100, 84)
+
+
+def test_feature_store_roundtrip(tmp_path):
+    cqt = np.random.default_rng(1).random((50, 84)).astype(np.float16)
+    save_feature(tmp_path, "abcdefghijk", cqt)
+    assert (tmp_path / "ab" / "abcdefghijk.mm").stat().st_size == 50 * 84 * 2
+    np.testing.assert_array_equal(load_feature(tmp_path, "abcdefghijk"), cqt)
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_load_audio_resamples_and_mixes_down(tmp_path):
+    stereo = np.stack([tone(69, 1.0, sr=44100)] * 2, axis=1)
+    path = write_audio(tmp_path / "s.flac", stereo, sr=44100)
+    mono = load_audio(path, SR)
+    assert mono.ndim == 1 and abs(len(mono) - SR) <= 1 and mono.dtype == np.float32
+
+
+@pytest.mark.parametrize("content, reason", [
+    (None, "file not found"),
+    (b"", "empty file"),
+    (b"this is not audio at all", "unreadable"),
+])
+def test_load_audio_errors(tmp_path, content, reason):
+    path = tmp_path / "x.wav"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(AudioError, match=reason):
+        load_audio(path, SR)
+
+
+def test_load_audio_rejects_digital_silence(tmp_path):
+    path = write_audio(tmp_path / "z.wav", np.zeros(SR, dtype=np.float32))
+    with pytest.raises(AudioError, match="digital silence"):
+        load_audio(path, SR)

@@ -1,0 +1,212 @@
+"""The MIREX call end to end: lists in, a strictly parsed matrix out, every bad-input case."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import write_audio
+from mirex_vi.cli import main
+from mirex_vi.mirex_io import format_row, read_distance_matrix
+
+
+def write_list(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def run_cli(*args: str | Path):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result.exit_code, result.output + (result.stderr if result.stderr_bytes else "")
+
+
+def identify(tmp_path, collection, queries, package, *extra):
+    return run_cli("identify", collection, queries, tmp_path / "out.txt", "--weights", package,
+                   "--workers", "1", "--quiet", *extra)
+
+
+def test_end_to_end_relative_paths_spaces_and_unicode(tmp_path, tracks, tiny_package):
+    # Relative paths (against the list's folder), surrounding whitespace and blank lines.
+    rel = [f"  audio dir/{p.name}  " for p in tracks]
+    collection = write_list(tmp_path / "collection.txt", ["", *rel, ""])
+    queries = write_list(tmp_path / "queries.txt", [rel[2], rel[0]])
+    code, out = identify(tmp_path, collection, queries, tiny_package, "--name", "test system")
+    assert code == 0, out
+    matrix = read_distance_matrix(tmp_path / "out.txt")
+    assert matrix.name == "test system"
+    assert matrix.paths == [str(p) for p in tracks]
+    assert matrix.query_indices == [2, 0]
+    d = matrix.distances
+    assert d.shape == (2, 4) and np.all(np.isfinite(d)) and d.min() >= 0 and d.max() <= 2
+    assert d[0, 2] == 0 and d[1, 0] == 0
+    assert np.all(d[0, [0, 1, 3]] > 0)
+    assert abs(d[0, 0] - d[1, 2]) < 1e-6  # symmetric
+
+
+def test_raw_format_uses_single_tabs(tmp_path, tracks, tiny_package):
+    collection = write_list(tmp_path / "c.txt", [str(p) for p in tracks])
+    assert identify(tmp_path, collection, collection, tiny_package)[0] == 0
+    lines = (tmp_path / "out.txt").read_text(encoding="utf-8").splitlines()
+    assert lines[0].startswith("Discogs-VINet-MIREX") and "tiny-test" in lines[0]
+    assert lines[5] == "Q/R\t1\t2\t3\t4"
+    for i, line in enumerate(lines[6:], 1):
+        fields = line.split("\t")
+        assert fields[0] == str(i) and len(fields) == 5 and all(fields[1:])
+
+
+def test_workers_and_batching_give_the_same_matrix(tmp_path, tracks, tiny_package):
+    collection = write_list(tmp_path / "c.txt", [str(p) for p in tracks])
+    out = {}
+    for label, args in {"serial": ["--workers", "1", "--batch-size", "1"],
+                        "parallel": ["--workers", "2", "--batch-size", "8"]}.items():
+        code, text = run_cli("identify", collection, collection, tmp_path / f"{label}.txt",
+                             "--weights", tiny_package, "--quiet", *args)
+        assert code == 0, text
+        out[label] = read_distance_matrix(tmp_path / f"{label}.txt").distances
+    np.testing.assert_allclose(out["serial"], out["parallel"], atol=2e-6)
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "not_audio", "silence", "directory"])
+def test_bad_audio_is_skipped_with_max_distance(tmp_path, tracks, tiny_package, case):
+    bad = tmp_path / "bad.wav"
+    if case == "empty":
+        bad.write_bytes(b"")
+    elif case == "not_audio":
+        bad.write_text("<html>not audio</html>")
+    elif case == "silence":
+        write_audio(bad, np.zeros(22050, dtype=np.float32))
+    elif case == "directory":
+        bad.mkdir()
+    collection = write_list(tmp_path / "c.txt", [str(tracks[0]), str(bad), str(tracks[1])])
+    code, out = identify(tmp_path, collection, collection, tiny_package,
+                         "--workdir", tmp_path / "work")
+    assert code == 0, out
+    assert f"skipped {bad}" in out and "1 track(s) skipped" in out
+    d = read_distance_matrix(tmp_path / "out.txt").distances
+    assert d[1, 1] == 0 and np.all(d[1, [0, 2]] == 2.0) and np.all(d[[0, 2], 1] == 2.0)
+    assert 0 < d[0, 2] < 2
+    errors = (tmp_path / "work" / "errors.tsv").read_text().splitlines()
+    assert errors[0] == "path\treason" and errors[1].startswith(f"{bad}\t")
+
+
+def test_strict_stops_with_exit_1_and_no_output(tmp_path, tracks, tiny_package):
+    collection = write_list(tmp_path / "c.txt", [str(tracks[0]), str(tmp_path / "gone.wav")])
+    code, out = identify(tmp_path, collection, collection, tiny_package, "--strict")
+    assert code == 1 and "gone.wav" in out and "file not found" in out
+    assert not (tmp_path / "out.txt").exists()
+
+
+def test_list_errors_exit_2_before_any_audio(tmp_path, tracks, tiny_package):
+    good = write_list(tmp_path / "c.txt", [str(tracks[0]), str(tracks[1])])
+    cases = {
+        "missing list": (tmp_path / "nope.txt", good, "list file not found"),
+        "empty list": (write_list(tmp_path / "e.txt", ["", "   "]), good, "holds no paths"),
+        "query not in collection": (good, write_list(tmp_path / "q.txt", [str(tracks[0]), "", "x.wav"]),
+                                    "line 3: .*x.wav"),
+    }
+    for label, (collection, queries, message) in cases.items():
+        code, out = identify(tmp_path, collection, queries, tiny_package)
+        assert code == 2, label
+        assert re.search(message, out), (label, out)
+    code, out = run_cli("identify", good, good, tmp_path / "no dir" / "out.txt",
+                        "--weights", tiny_package)
+    assert code == 2 and "does not exist" in out
+    code, out = run_cli("identify", good, good, tmp_path / "out.txt", "--weights", tmp_path / "none")
+    assert code == 2 and "not found" in out
+    code, out = run_cli("identify", good, good, tmp_path / "out.txt", "--weights", tiny_package,
+                        "--device", "cuda:7")
+    assert code == 2 and "CUDA" in out
+    assert not (tmp_path / "out.txt").exists()
+
+
+def test_unwritable_output_folder(tmp_path, tracks, tiny_package):
+    if os.geteuid() == 0:
+        pytest.skip("root can write anywhere")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    good = write_list(tmp_path / "c.txt", [str(tracks[0])])
+    code, out = run_cli("identify", good, good, locked / "out.txt", "--weights", tiny_package)
+    assert code == 2 and "not writable" in out
+
+
+def test_cache_is_reused_and_corrupt_entries_recomputed(tmp_path, tracks, tiny_package):
+    collection = write_list(tmp_path / "c.txt", [str(p) for p in tracks])
+    args = ("--workdir", tmp_path / "work")
+    assert identify(tmp_path, collection, collection, tiny_package, *args)[0] == 0
+    first = (tmp_path / "out.txt").read_bytes()
+    entries = sorted((tmp_path / "work" / "embeddings").rglob("*.npy"))
+    assert len(entries) == 4
+    entries[0].write_bytes(b"garbage")
+    np.save(entries[1], np.zeros(16, dtype=np.float32))  # loads, but is not a unit vector
+    code, out = run_cli("identify", collection, collection, tmp_path / "out.txt", "--weights",
+                        tiny_package, "--workers", "1", *args)
+    assert code == 0 and "(2 embeddings from cache)" in out
+    assert (tmp_path / "out.txt").read_bytes() == first
+
+
+def identify_command(collection: Path, out: Path, package: Path, work: Path) -> list[str]:
+    return [sys.executable, "-m", "mirex_vi", "identify", str(collection), str(collection),
+            str(out), "--weights", str(package), "--workers", "1", "--batch-size", "1",
+            "--quiet", "--workdir", str(work)]
+
+
+def test_kill_and_resume_gives_identical_matrix(tmp_path, tiny_package):
+    rng = np.random.default_rng(0)
+    paths = [write_audio(tmp_path / "a" / f"{i:02d}.wav",
+                         (0.1 * rng.standard_normal(22050 * 20)).astype(np.float32))
+             for i in range(12)]
+    collection = write_list(tmp_path / "c.txt", [str(p) for p in paths])
+    work, out = tmp_path / "work", tmp_path / "out.txt"
+    cmd = identify_command(collection, out, tiny_package, work)
+    proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(work.rglob("*.npy"))) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(work.rglob("*.npy")))
+    assert 3 <= done_before < 12, "the run finished before it could be killed"
+    assert not out.exists() and not list(tmp_path.glob(".out.txt*"))
+    assert not list(work.rglob("*.tmp"))
+    resumed = subprocess.run([c for c in cmd if c != "--quiet"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"({done_before} embeddings from cache)" in resumed.stderr
+    clean = subprocess.run(identify_command(collection, tmp_path / "clean.txt", tiny_package,
+                                            tmp_path / "work2"), capture_output=True)
+    assert clean.returncode == 0
+    assert out.read_bytes() == (tmp_path / "clean.txt").read_bytes()
+
+
+def test_run_sh_three_and_four_arguments(tmp_path, tracks, tiny_package):
+    run_sh = Path(__file__).resolve().parent.parent / "run.sh"
+    collection = write_list(tmp_path / "c.txt", [str(p) for p in tracks[:2]])
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "MIREX_VI_WEIGHTS_DIR": str(tiny_package.parent)}
+    for args in ([collection, collection, tmp_path / "o3.txt"],
+                 [collection, collection, tmp_path / "wd", tmp_path / "o4.txt"]):
+        result = subprocess.run(["bash", str(run_sh), *map(str, args)], env=env,
+                                capture_output=True, text=True, input="")
+        # No default package in this weights dir: run.sh must still reach mirex-vi identify.
+        assert result.returncode == 2 and "vinet-mirex-synth" in result.stderr, result.stderr
+    result = subprocess.run(["bash", str(run_sh), "weights", "list"], env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and "tiny-test" in result.stdout
+
+
+def test_fast_row_formatter_is_byte_identical_to_python_formatting():
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.random(20000) * 2, [0.0, 2.0, 1.0, 0.5, 1e-7, 1.9999995]])
+    values = np.concatenate([values, np.float32(np.arange(4000) / 2e6 + 5e-7)]).astype(np.float32)
+    simple = "\t".join(f"{float(v):.6f}" for v in values).encode()
+    assert format_row(values) == simple
+    with pytest.raises(ValueError):
+        format_row(np.array([np.nan], dtype=np.float32))
