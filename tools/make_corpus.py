@@ -32,6 +32,7 @@ import argparse
 import base64
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -75,6 +76,7 @@ DEMO_OVERRIDES = (("sample_rate", 22050), ("channels", 1), ("snr_db", None))  # 
 
 MIN_NOTES = 16
 MIN_QUARTERS = 8.0
+MAX_EXPAND_QUARTERS = 256.0
 FINGERPRINT_INTERVALS = 12
 TICKS_PER_SECOND = 960  # 480 ticks per quarter at the file's fixed 120 bpm
 FADE_OUT_S = 1.0
@@ -233,17 +235,38 @@ def parse_score(root: Path, ref: WorkRef):
     return score
 
 
+def part_notes(part, index: int) -> list[list[float]]:
+    """[onset_q, dur_q, pitch, index] rows of one part, tied notes merged.
+
+    A linear pass over the flat part (music21's ``stripTies`` is far slower on long scores).
+    """
+    rows: list[list[float]] = []
+    open_ties: dict[int, list[float]] = {}  # pitch -> row of a tie still running
+    for element in part.flatten().getElementsByClass(["Note", "Chord"]):
+        dur = float(element.duration.quarterLength)
+        if dur <= 0:  # grace notes
+            continue
+        onset = float(element.offset)
+        for note in getattr(element, "notes", None) or [element]:
+            pitch = note.pitch.midi
+            tie = (note.tie or element.tie).type if (note.tie or element.tie) else None
+            row = open_ties.get(pitch)
+            if tie in ("stop", "continue") and row is not None:
+                row[1] = onset + dur - row[0]
+            else:
+                row = [onset, dur, pitch, index]
+                rows.append(row)
+            if tie in ("start", "continue"):
+                open_ties[pitch] = row
+            else:
+                open_ties.pop(pitch, None)
+    return rows
+
+
 def score_notes(score) -> tuple[np.ndarray, int]:
     """(N, 4) note array (onset_q, dur_q, pitch, part) of a music21 score, and its part count."""
     parts = list(score.parts) or [score]
-    rows = []
-    for index, part in enumerate(parts):
-        for element in part.flatten().stripTies().getElementsByClass(["Note", "Chord"]):
-            dur = float(element.duration.quarterLength)
-            if dur <= 0:  # grace notes
-                continue
-            onset = float(element.offset)
-            rows.extend((onset, dur, p.midi, index) for p in element.pitches)
+    rows = [row for index, part in enumerate(parts) for row in part_notes(part, index)]
     notes = np.array(rows, dtype=np.float64).reshape(-1, 4)
     return notes[np.lexsort((notes[:, 3], notes[:, 0]))], len(parts)
 
@@ -265,10 +288,11 @@ def load_work(ref: WorkRef, root: Path) -> Work | None:
     warnings.filterwarnings("ignore")
     try:
         score = parse_score(root, ref)
-        try:
-            score = score.expandRepeats()
-        except Exception:  # music21 raises many kinds on malformed repeat marks
-            pass
+        if score.highestTime <= MAX_EXPAND_QUARTERS:  # long pieces: the excerpt ends first
+            try:
+                score = score.expandRepeats()
+            except Exception:  # music21 raises many kinds on malformed repeat marks
+                pass
         notes, n_parts = score_notes(score)
         bar_q, downbeat, bpm = score_meter(score)
         meta = score.metadata
@@ -418,7 +442,8 @@ def accompaniment_notes(work: Work, style: str, first_part: int) -> np.ndarray:
 def drum_notes(work: Work, part: int) -> np.ndarray:
     """A plain kick / snare / hi-hat pattern on the bar grid (pitches are GM drum keys)."""
     rows = []
-    for b0 in bar_starts(work)[work.downbeat_q > 0:]:
+    starts = bar_starts(work)
+    for b0 in starts[1:] if work.downbeat_q > 0 else starts:  # no beat in a pick-up bar
         rows += [(b0, 0.25, KICK, part), (b0 + work.bar_q / 2, 0.25, SNARE, part)]
         rows += [(t, 0.25, HIHAT, part) for t in np.arange(b0, b0 + work.bar_q - 1e-9, 0.5)]
     return np.array(rows, dtype=np.float64).reshape(-1, 4)
@@ -676,7 +701,7 @@ def pick_works(candidates: Iterable[WorkRef], n_works: int, root: Path, mapper) 
     seen: set[tuple[int, ...]] = set()
     it: Iterator[WorkRef] = iter(candidates)
     while len(chosen) < n_works:
-        batch = [(ref, root) for ref, _ in zip(it, range(max(8, int((n_works - len(chosen)) * 1.3))))]
+        batch = [(ref, root) for ref in itertools.islice(it, max(8, int((n_works - len(chosen)) * 1.3)))]
         if not batch:
             log.warning("only %d works available", len(chosen))
             break
