@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Set up a development environment on a fresh Debian/Ubuntu machine (idempotent):
+# system packages (ffmpeg, libsndfile, FluidSynth + a GM soundfont for the corpus tool)
+# and a virtualenv in .venv with the pinned requirements and this package.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_packages=(ffmpeg libsndfile1 fluidsynth fluid-soundfont-gm)
+missing=()
+for p in "${apt_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
+    echo "setup: installing ${missing[*]}" >&2
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+    "$PYTHON" -m venv .venv
+fi
+# requirements.txt pins torch==2.13.0 first, so no newer (CUDA) torch is ever pulled in.
+.venv/bin/pip install -q -r requirements.txt
+.venv/bin/pip install -q -r requirements-dev.txt
+.venv/bin/pip install -q --no-deps -e .
+echo "setup: ready (.venv)" >&2
