@@ -190,13 +190,19 @@ def validate(model: nn.Module, dataset: FullTrackDataset, cfg: TrainConfig,
     model.eval()
     loader = DataLoader(dataset, batch_size=None, num_workers=cfg.num_workers)
     parts, chunk = [], []
-    for x, _ in loader:
-        chunk.append(np.asarray(x))
-        if len(chunk) == _VAL_CHUNK:
+    # Full tracks have many distinct lengths: cuDNN autotuning each one would cost more
+    # than it saves.
+    benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
+    try:
+        for x, _ in loader:
+            chunk.append(np.asarray(x))
+            if len(chunk) == _VAL_CHUNK:
+                parts.append(embed_inputs(model, chunk, device, cfg.amp, batch_size=16))
+                chunk = []
+        if chunk:
             parts.append(embed_inputs(model, chunk, device, cfg.amp, batch_size=16))
-            chunk = []
-    if chunk:
-        parts.append(embed_inputs(model, chunk, device, cfg.amp, batch_size=16))
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
     embeddings = torch.cat(parts)  # (N, D)
     result = metrics_from_embeddings(embeddings, dataset.labels.tolist(), cfg.val_chunk_size, device)
     return result.summary()
@@ -293,6 +299,8 @@ def run_training(cfg: TrainConfig, resume: bool = False, device: str = "auto") -
         FileNotFoundError: ``resume`` without a ``last.pt``.
     """
     dist, dev = init_distributed(device)
+    if not dist.is_main:  # only rank 0 reports
+        logging.getLogger(__package__).setLevel(logging.WARNING)
     run_dir = Path(cfg.output_dir)
     try:
         if dist.is_main:
