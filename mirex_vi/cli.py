@@ -45,11 +45,13 @@ def main() -> None:
                    "where batching gains nothing and would make a resumed run differ in the "
                    "last digit].")
 @click.option("--workers", type=click.IntRange(1), help="Decode/CQT processes [default: CPU count].")
+@click.option("--cqt", "cqt_backend", type=click.Choice(["auto", "librosa", "torch"]), default="auto",
+              show_default=True, help="CQT on the device in torch (auto: on CUDA) or librosa.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad audio file (exit 1, no output).")
 @click.option("--quiet", is_flag=True, help="No progress bar or info messages.")
 @click.option("--name", help="First line of the output [default: system and weights name].")
 def identify(collection, queries, output, workdir, weights_spec, device, no_amp, batch_size,
-             workers, strict, quiet, name) -> None:
+             workers, cqt_backend, strict, quiet, name) -> None:
     """Write the MIREX distance matrix of QUERIES against COLLECTION to OUTPUT."""
     _setup_logging(quiet)
     from .identify import identify as run_identify, prepare
@@ -59,7 +61,7 @@ def identify(collection, queries, output, workdir, weights_spec, device, no_amp,
     except ValueError as err:  # InputError, WeightsError and bad devices are all ValueErrors
         _fail(str(err))
     summary = run_identify(job, amp=not no_amp, batch_size=batch_size, workers=workers,
-                           strict=strict, progress=not quiet, name=name)
+                           strict=strict, progress=not quiet, name=name, cqt_backend=cqt_backend)
     for path, reason in summary.errors:
         click.echo(f"skipped {path}: {reason}", err=True)
     if summary.strict_error:

@@ -14,7 +14,7 @@ import torch
 
 from .atomic import atomic_open
 from .config import FeatureConfig, to_dict
-from .extract import iter_cqts
+from .extract import iter_files
 from .features import load_feature, preprocess
 from .model import CQTNet
 from .runtime import autocast
@@ -34,7 +34,7 @@ class TrackError(Exception):
 @torch.inference_mode()
 def embed_inputs(
     model: CQTNet,
-    inputs: Sequence[np.ndarray],
+    inputs: Sequence[np.ndarray | torch.Tensor],
     device: torch.device,
     amp: bool,
     batch_size: int = 16,
@@ -45,7 +45,7 @@ def embed_inputs(
     inputs of different lengths never share a batch; results equal batch-size-1 calls.
 
     Args:
-        inputs: ``(n_bins, T')`` float32 arrays, one per track.
+        inputs: ``(n_bins, T')`` float32 arrays or tensors (any device), one per track.
 
     Returns:
         ``(N, D)`` float32 on the CPU, rows in input order, unit norm.
@@ -57,7 +57,7 @@ def embed_inputs(
     for indices in by_length.values():
         for start in range(0, len(indices), batch_size):
             chunk = indices[start : start + batch_size]
-            batch = torch.from_numpy(np.stack([inputs[i] for i in chunk]))[:, None]  # (B, 1, F, T')
+            batch = torch.stack([torch.as_tensor(inputs[i]) for i in chunk])[:, None]  # (B, 1, F, T')
             with autocast(device, amp):
                 emb = model(batch.to(device, non_blocking=True))
             out[chunk] = emb.float().cpu()
@@ -94,6 +94,41 @@ def embed_stored_features(
         parts.append(embed_inputs(model, inputs, device, amp, batch_size))
         on_chunk(len(ids))
     return torch.cat(parts) if parts else torch.empty(0, model.cfg.embedding_dim)
+
+
+class TorchFrontEnd:
+    """Decoded audio -> model input on ``device``, mirroring ``compute_cqt`` + ``preprocess``.
+
+    The CQT is :class:`~mirex_vi.cqt_torch.TorchCQT` (agrees with librosa to ~1e-6
+    relative); it goes through float16 as stored features do, then the same pad, mean-pool,
+    clip and max-normalisation as :func:`~mirex_vi.features.preprocess`.
+    """
+
+    def __init__(self, cfg: FeatureConfig, device: torch.device):
+        from .cqt_torch import TorchCQT
+
+        self.cfg = cfg
+        self.device = device
+        self.cqt = TorchCQT.from_config(cfg).to(device)
+
+    @torch.inference_mode()
+    def __call__(self, audio: np.ndarray) -> torch.Tensor:
+        """``(N,)`` float32 audio -> ``(n_bins, T')`` float32 on ``device``."""
+        wave = torch.from_numpy(audio).to(self.device, non_blocking=True)[None]  # (1, N)
+        spec = self.cqt(wave)[0].T.half().float()  # (T, n_bins), float16 round trip
+        return preprocess_tensor(spec, self.cfg)
+
+
+def preprocess_tensor(cqt: torch.Tensor, cfg: FeatureConfig, min_frames: int | None = None) -> torch.Tensor:
+    """Torch twin of :func:`~mirex_vi.features.preprocess`: ``(T, F)`` -> ``(F, T')`` float32."""
+    min_frames = cfg.min_frames if min_frames is None else min_frames
+    x = cqt.float()
+    if x.shape[0] < min_frames:
+        x = torch.nn.functional.pad(x, (0, 0, 0, min_frames - x.shape[0]))
+    k = cfg.downsample_factor
+    t_out = x.shape[0] // k
+    x = x[: t_out * k].reshape(t_out, k, x.shape[1]).mean(dim=1).clamp_(min=0.0)  # (T', F)
+    return (x / (x.max() + cfg.eps)).T.contiguous()
 
 
 class EmbeddingCache:
@@ -155,11 +190,15 @@ def embed_tracks(
     cache: EmbeddingCache | None = None,
     strict: bool = False,
     on_track: Callable[[], None] = lambda: None,
+    cqt_backend: str = "auto",
 ) -> EmbeddingRun:
     """Embed every track: cached ones are read, the rest decoded in ``workers`` processes.
 
-    Inputs wait until ``batch_size`` of them are ready, then go through the model (equal
-    lengths share a batch) and into the cache, so a killed run loses at most one batch. ``on_track`` is called once per finished track.
+    ``cqt_backend``: ``librosa`` computes CQTs in the workers (exact); ``torch`` has the
+    workers only decode and computes CQTs on ``device`` (:class:`TorchFrontEnd`); ``auto``
+    is ``torch`` on CUDA and ``librosa`` on the CPU. Inputs wait until ``batch_size`` of them
+    are ready, then go through the model (equal lengths share a batch) and into the cache,
+    so a killed run loses at most one batch. ``on_track`` is called once per finished track.
 
     Raises:
         TrackError: in ``strict`` mode, at the first track that cannot be embedded.
@@ -175,9 +214,11 @@ def embed_tracks(
         else:
             emb[i] = cached
             on_track()
-    pending: dict[int, list[tuple[int, np.ndarray]]] = {}  # T' -> [(track, input)]
+    on_gpu = cqt_backend == "torch" or (cqt_backend == "auto" and device.type == "cuda")
+    front_end = TorchFrontEnd(weights.features, device) if on_gpu else None
+    pending: dict[int, list[tuple[int, np.ndarray | torch.Tensor]]] = {}  # T' -> [(track, input)]
 
-    def flush(group: list[tuple[int, np.ndarray]]) -> None:
+    def flush(group: list[tuple[int, np.ndarray | torch.Tensor]]) -> None:
         if not group:
             return
         vectors = embed_inputs(model, [x for _, x in group], device, amp, batch_size).numpy()
@@ -188,7 +229,7 @@ def embed_tracks(
             on_track()
         group.clear()
 
-    for result in iter_cqts([paths[i] for i in todo], weights.features, workers):
+    for result in iter_files([paths[i] for i in todo], weights.features, workers, decode_only=on_gpu):
         track = todo[result.index]
         if result.error is not None:
             if strict:
@@ -196,7 +237,7 @@ def embed_tracks(
             errors[track] = result.error
             on_track()
             continue
-        x = preprocess(result.cqt, weights.features)
+        x = front_end(result.data) if front_end else preprocess(result.data, weights.features)
         pending.setdefault(x.shape[-1], []).append((track, x))
         if sum(map(len, pending.values())) >= batch_size:
             for group in pending.values():

@@ -1,7 +1,8 @@
 """Audio files -> CQTs in parallel worker processes, and the dataset ``extract`` command.
 
-Workers decode and transform; the caller (identification or dataset extraction) receives
-``(index, cqt)`` or ``(index, reason)`` as soon as each file is done, in completion order.
+Workers decode and (unless asked only to decode) transform; the caller (identification or dataset
+extraction) receives each file's array or the reason it failed as soon as it is done, in
+completion order.
 Workers are started with ``forkserver`` so they never inherit the parent's torch threads.
 """
 
@@ -26,11 +27,12 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class CQTResult:
-    """One finished file: ``cqt`` ``(T, n_bins)`` float16, or ``error`` saying why not."""
+class FileResult:
+    """One finished file: ``data`` (a ``(T, n_bins)`` float16 CQT, or ``(N,)`` float32 audio
+    when only decoding was asked for), or ``error`` saying why not."""
 
     index: int
-    cqt: np.ndarray | None = None
+    data: np.ndarray | None = None
     error: str | None = None
 
 
@@ -51,23 +53,25 @@ def file_to_cqt(path: str | Path, cfg: FeatureConfig) -> np.ndarray:
     return cqt
 
 
-def _job(index: int, path: str, cfg: FeatureConfig) -> CQTResult:
+def _job(index: int, path: str, cfg: FeatureConfig, decode_only: bool) -> FileResult:
     try:
-        return CQTResult(index, cqt=file_to_cqt(path, cfg))
+        data = load_audio(path, cfg.sample_rate) if decode_only else file_to_cqt(path, cfg)
+        return FileResult(index, data=data)
     except AudioError as err:
-        return CQTResult(index, error=str(err))
+        return FileResult(index, error=str(err))
     except Exception as err:  # noqa: BLE001 - a decoder/transform crash on one file is that file's error
-        return CQTResult(index, error=f"{type(err).__name__}: {err}")
+        return FileResult(index, error=f"{type(err).__name__}: {err}")
 
 
-def iter_cqts(paths: Sequence[str | Path], cfg: FeatureConfig, workers: int) -> Iterator[CQTResult]:
-    """CQTs of ``paths`` in completion order, computed by ``workers`` processes (1: in-process).
+def iter_files(paths: Sequence[str | Path], cfg: FeatureConfig, workers: int,
+               decode_only: bool = False) -> Iterator[FileResult]:
+    """CQTs (or decoded audio) of ``paths`` in completion order, by ``workers`` processes.
 
     At most ``2 * workers`` files are in flight, so memory stays bounded on long lists.
     """
     if workers <= 1 or len(paths) <= 1:
         for i, path in enumerate(paths):
-            yield _job(i, str(path), cfg)
+            yield _job(i, str(path), cfg, decode_only)
         return
     ctx = mp.get_context("forkserver")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
@@ -75,7 +79,7 @@ def iter_cqts(paths: Sequence[str | Path], cfg: FeatureConfig, workers: int) -> 
         todo = iter(enumerate(paths))
         try:
             for i, path in todo:
-                pending.add(pool.submit(_job, i, str(path), cfg))
+                pending.add(pool.submit(_job, i, str(path), cfg, decode_only))
                 if len(pending) >= 2 * workers:
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     yield from (f.result() for f in done)
@@ -162,13 +166,13 @@ def extract_features(
         log.info("%d of %d tracks already extracted; skipping them", skipped, len(items))
     failed: dict[str, str] = {}
     bar = tqdm(total=len(todo), desc="extract", unit="track", disable=not progress)
-    for result in iter_cqts([p for _, p in todo], cfg, workers):
+    for result in iter_files([p for _, p in todo], cfg, workers):
         tid, path = todo[result.index]
         if result.error is not None:
             failed[tid] = result.error
             log.warning("%s (%s): %s", tid, path, result.error)
         else:
-            save_feature(out_dir, tid, result.cqt)
+            save_feature(out_dir, tid, result.data)
         bar.update()
     bar.close()
     if failed:

@@ -82,7 +82,7 @@ def prepare(collection: Path, queries: Path, output: Path, workdir: Path | None,
 
 def identify(job: IdentifyJob, amp: bool = True, batch_size: int | None = None,
              workers: int | None = None, strict: bool = False, progress: bool = True,
-             name: str | None = None) -> IdentifySummary:
+             name: str | None = None, cqt_backend: str = "auto") -> IdentifySummary:
     """Embed every collection track (cached in the workdir), score, write the matrix."""
     from tqdm import tqdm
 
@@ -96,7 +96,7 @@ def identify(job: IdentifyJob, amp: bool = True, batch_size: int | None = None,
         try:
             run = embed_tracks(paths, job.weights, job.device, amp_enabled(job.device, amp),
                                workers or default_workers(), batch_size, cache, strict,
-                               on_track=bar.update)
+                               on_track=bar.update, cqt_backend=cqt_backend)
         except TrackError as err:
             summary.strict_error = str(err)
             return summary

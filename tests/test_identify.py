@@ -210,3 +210,16 @@ def test_fast_row_formatter_is_byte_identical_to_python_formatting():
     assert format_row(values) == simple
     with pytest.raises(ValueError):
         format_row(np.array([np.nan], dtype=np.float32))
+
+
+def test_torch_cqt_backend_gives_the_same_embeddings(tmp_path, tracks, tiny_package):
+    collection = write_list(tmp_path / "c.txt", [str(p) for p in tracks])
+    rows = {}
+    for backend in ("librosa", "torch"):
+        out = tmp_path / f"{backend}.txt"
+        code, text = run_cli("identify", collection, collection, out, "--weights", tiny_package,
+                             "--workers", "1", "--quiet", "--cqt", backend)
+        assert code == 0, text
+        rows[backend] = read_distance_matrix(out).distances
+    # distance = sqrt(2 - 2 cos): cos >= 0.9999 between backends means |d| small everywhere.
+    np.testing.assert_allclose(rows["torch"], rows["librosa"], atol=2e-3)
