@@ -33,13 +33,14 @@ import torch
 import torch.distributed as torch_dist
 import yaml
 from torch import nn
+from torch.utils.data import DataLoader
 
 from .atomic import atomic_open
 from .config import TrainConfig, to_dict
 from .data import (CliqueBatchSampler, FullTrackDataset, TrainDataset, filter_available,
                    make_train_loader, read_metadata)
 from .losses import triplet_loss
-from .model import build_model
+from .model import CQTNet, build_model
 from .runtime import amp_enabled, autocast, resolve_device
 
 log = logging.getLogger(__name__)
@@ -116,8 +117,16 @@ def _seed(cfg: TrainConfig, epoch: int, dist: Dist) -> torch.Generator:
 # --- building blocks -----------------------------------------------------------------------
 
 
-def build_train_loader(cfg: TrainConfig, dist: Dist, device: torch.device):
-    """Dataset, sampler and DataLoader of the training split (missing features dropped)."""
+def build_train_loader(cfg: TrainConfig, dist: Dist,
+                       device: torch.device) -> tuple[DataLoader, CliqueBatchSampler]:
+    """Dataset, sampler and DataLoader of the training split (missing features dropped).
+
+    Raises:
+        ValueError: crops shorter than the model's minimum input (172 pooled frames).
+    """
+    if cfg.features.crop_frames // cfg.features.downsample_factor < CQTNet.min_frames:
+        raise ValueError(f"features.crop_frames={cfg.features.crop_frames} is too short: CQT-Net "
+                         f"needs {CQTNet.min_frames * cfg.features.downsample_factor} frames")
     cliques = filter_available(read_metadata(cfg.train_metadata), cfg.features_dir)
     dataset = TrainDataset(cliques, cfg.features_dir, cfg.features)
     sampler = CliqueBatchSampler(dataset.members, cfg.cliques_per_batch, cfg.versions_per_clique,
@@ -133,7 +142,8 @@ def build_val_set(cfg: TrainConfig) -> FullTrackDataset | None:
     return FullTrackDataset(cliques, cfg.features_dir, cfg.features, cfg.max_val_frames)
 
 
-def build_model_and_optimizer(cfg: TrainConfig, device: torch.device, dist: Dist):
+def build_model_and_optimizer(cfg: TrainConfig, device: torch.device, dist: Dist) -> tuple[
+        nn.Module, torch.optim.Adam, torch.optim.lr_scheduler.LambdaLR, torch.amp.GradScaler]:
     """Seeded model (DDP-wrapped when distributed), Adam and the per-epoch LR schedule."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model).to(device)
@@ -182,8 +192,6 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
 def validate(model: nn.Module, dataset: FullTrackDataset, cfg: TrainConfig,
              device: torch.device) -> dict[str, Any]:
     """MAP, MR1, ... of full-track embeddings of the validation split (``summary()`` dict)."""
-    from torch.utils.data import DataLoader
-
     from .embed import embed_inputs
     from .metrics import metrics_from_embeddings
 

@@ -125,6 +125,12 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(full_run, dataset_dir,
 # --- two CPU processes with gloo -------------------------------------------------------------
 
 
+def test_crops_shorter_than_the_model_minimum_are_refused(dataset_dir, tmp_path):
+    cfg = _cfg(dataset_dir, tmp_path / "short", "features.crop_frames=3400")
+    with pytest.raises(ValueError, match="3440 frames"):
+        build_train_loader(cfg, init_distributed("cpu")[0], torch.device("cpu"))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
