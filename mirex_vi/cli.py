@@ -7,6 +7,7 @@ location, weights, config), reported before any audio is processed.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -205,7 +206,8 @@ def train(config_path, overrides, resume, device, quiet) -> None:
     except (ValueError, OSError) as err:
         _fail(str(err))
     run_dir = run_training(cfg, resume=resume, device=device)
-    click.echo(f"run folder: {run_dir}", err=True)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, only rank 0 reports
+        click.echo(f"run folder: {run_dir}", err=True)
 
 
 @main.command()

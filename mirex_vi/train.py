@@ -169,7 +169,10 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
     model.train()
     amp = amp_enabled(device, cfg.amp)
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss, active, steps
-    for x, labels, versions in loader:
+    from tqdm import tqdm
+
+    bar = tqdm(loader, desc="train", unit="step", leave=False, disable=not dist.is_main)
+    for x, labels, versions in bar:
         x = x.to(device, non_blocking=True).unsqueeze(1)  # (B, 1, F, T')
         with autocast(device, amp):
             emb = model(x)  # (B, D)
@@ -181,6 +184,8 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
         scaler.update()
         totals += torch.stack([loss.detach().double(), stats["active"].double(),
                                torch.ones((), dtype=torch.float64, device=device)])
+        if device.type == "cpu":  # a per-step readout costs a device sync on CUDA
+            bar.set_postfix(loss=f"{loss.item():.4f}")
     if dist.world_size > 1:
         torch_dist.all_reduce(totals)
     loss_sum, active_sum, steps = totals.tolist()
