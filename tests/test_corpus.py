@@ -90,6 +90,19 @@ def test_transposition_and_tempo_time_map():
 
 
 @needs_music21
+def test_ties_merge_only_equal_pitches():
+    from music21 import note, stream, tie
+
+    part = stream.Part()
+    for name, ql, kind in [("C4", 1.0, "start"), ("C4", 0.5, "stop"), ("D4", 1.0, "start"), ("E4", 0.5, "stop")]:
+        n = note.Note(name, quarterLength=ql)
+        n.tie = tie.Tie(kind)
+        part.append(n)
+    rows = mc.part_notes(part, 0)
+    assert rows == [[0.0, 1.5, 60, 0], [1.5, 1.0, 62, 0], [2.5, 0.5, 64, 0]]  # ABC slurs parse as ties
+
+
+@needs_music21
 def test_pools_are_disjoint_and_never_use_ryans_mammoth():
     root = mc.corpus_root()
     train = {r.key for r in mc.list_candidates(root, "train")}

@@ -691,12 +691,15 @@ def _load(args: tuple[WorkRef, Path]) -> Work | None:
     return load_work(*args)
 
 
-def pick_works(candidates: Iterable[WorkRef], n_works: int, root: Path, mapper) -> list[Work]:
+def pick_works(candidates: Iterable[WorkRef], n_works: int, root: Path, mapper,
+               quiet: bool = False) -> list[Work]:
     """The first ``n_works`` candidates that load and whose melody opening is new.
 
-    Candidates are parsed in batches through ``mapper`` (an order-keeping map), so the
-    result does not depend on the number of processes.
+    Candidates are parsed in batches through ``mapper`` (an order-keeping, possibly
+    parallel ``map``), so the result does not depend on the number of processes.
     """
+    from tqdm import tqdm
+
     chosen: list[Work] = []
     seen: set[tuple[int, ...]] = set()
     it: Iterator[WorkRef] = iter(candidates)
@@ -705,7 +708,8 @@ def pick_works(candidates: Iterable[WorkRef], n_works: int, root: Path, mapper) 
         if not batch:
             log.warning("only %d works available", len(chosen))
             break
-        for work in mapper(_load, batch):
+        for work in tqdm(mapper(_load, batch), total=len(batch), desc="parse", unit="score",
+                         disable=quiet, file=sys.stderr):
             if work is None or work.fingerprint() in seen or len(chosen) >= n_works:
                 continue
             seen.add(work.fingerprint())
@@ -785,14 +789,13 @@ def build_corpus(out_dir: Path, n_works: int, versions_per_work: int, seconds: f
     log.info("%d candidate works in the %s pool", len(candidates), "demo" if demo else "train")
     pool = multiprocessing.Pool(jobs) if jobs > 1 else None
     try:
-        mapper = (lambda f, xs: pool.map(f, xs, chunksize=2)) if pool else (lambda f, xs: list(map(f, xs)))
-        works = pick_works(candidates, n_works, root, mapper)
+        mapper = pool.imap if pool else map
+        works = pick_works(candidates, n_works, root, mapper, quiet)
         tasks = [Task(work, k, f"C-{i + 1:07d}", f"V-{i * versions_per_work + k + 1:07d}",
                       youtube_id(seed, work.ref.key, k), seed, seconds, out_dir, soundfont_dir, overwrite,
                       DEMO_OVERRIDES if demo else ())
                  for i, work in enumerate(works) for k in range(versions_per_work)]
-        results = pool.imap(render_version, tasks, chunksize=1) if pool else map(render_version, tasks)
-        records = list(tqdm(results, total=len(tasks), desc="render", unit="clip",
+        records = list(tqdm(mapper(render_version, tasks), total=len(tasks), desc="render", unit="clip",
                             disable=quiet, file=sys.stderr))
     finally:
         if pool:
