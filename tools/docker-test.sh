@@ -8,8 +8,9 @@
 # 3. fills wheels/ (git-ignored) with CPython 3.11 wheels of requirements.txt, with the CPU
 #    build of torch from TORCH_WHEEL_DIR (pip cannot reach an index inside the build);
 # 4. builds the image from the repository with that base and wheelhouse;
-# 5. runs the MIREX call (three- and four-argument forms) with --network none on synthetic
-#    22.05 kHz 16-bit mono WAVs mounted read-only, and checks the matrix independently;
+# 5. runs the MIREX call (three- and four-argument forms, the image's user and an arbitrary
+#    one) with --network none on synthetic 22.05 kHz 16-bit mono WAVs mounted read-only, and
+#    checks the matrix independently;
 # 6. checks that numba's cache from the build is used (no compilation in a new container),
 #    that `train --help` and the other subcommands answer, and reports timings and size.
 #
@@ -84,6 +85,11 @@ ensure_base() {
     tar -C "$root" -c . | docker import - "$BASE" >/dev/null
     rm -rf "$root"
     log "base image $BASE: debootstrap + import took $(took "$t0") s"
+}
+
+ensure_containers_run() {
+    docker run --rm --network none "$BASE" true >"$CACHE/smoke.log" 2>&1 \
+        || skip "dockerd runs but cannot start a container: $(tail -n 1 "$CACHE/smoke.log")"
 }
 
 fill_wheelhouse() {
@@ -208,8 +214,9 @@ mirex_calls() {
     mode=$(stat -c %a "$out/out3.txt")
     (( (8#$mode & 8#004) != 0 )) || fail "output matrix has mode $mode: not readable by other users"
 
-    "${run[@]}" "$IMAGE" /data/collection.txt /data/queries.txt /out/work /out/out4.txt \
-        || fail "MIREX call (4 arguments, working dir)"
+    # MIREX's own form, as an arbitrary host user (docker run --user "$(id -u):$(id -g)").
+    "${run[@]}" --user 4321:4321 "$IMAGE" /data/collection.txt /data/queries.txt /out/work \
+        /out/out4.txt || fail "MIREX call (4 arguments, working dir, --user 4321:4321)"
     cmp -s "$out/out3.txt" "$out/out4.txt" || fail "the 3- and 4-argument calls disagree"
     [[ -d "$out/work" ]] || fail "the working dir was not used"
 }
@@ -250,6 +257,7 @@ main() {
     ensure_tools
     ensure_daemon
     ensure_base
+    ensure_containers_run
     fill_wheelhouse
     build_image
     WORK=$(mktemp -d)
