@@ -1,0 +1,132 @@
+"""Dataset extraction (resumable, atomic, errors logged) and the evaluate command."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import melody, write_audio
+from mirex_vi.cli import main
+from mirex_vi.features import has_feature, load_feature
+
+IDS = {"C-01": ["aaaaaaaaaa1", "aaaaaaaaaa2"], "C-02": ["bbbbbbbbbb1", "bbbbbbbbbb2"]}
+
+
+def invoke(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result.exit_code, result.output + (result.stderr if result.stderr_bytes else "")
+
+
+@pytest.fixture()
+def dataset(tmp_path) -> tuple[Path, Path]:
+    """A Discogs-VI-YT-style light JSON with audio under root/audio/<id[:2]>/<id>.flac;
+    one version's audio is broken."""
+    root = tmp_path / "root"
+    meta = {}
+    for c, (clique, ids) in enumerate(IDS.items()):
+        meta[clique] = [{"version_id": f"V-{c}{v}", "youtube_id": yid, "track_title": "t"}
+                        for v, yid in enumerate(ids)]
+        for v, yid in enumerate(ids):
+            notes = [60 + c * 5 + v * 2 + k % 5 for k in range(16)]
+            write_audio(root / "audio" / yid[:2] / f"{yid}.flac", melody(notes))
+    (root / "audio" / "bb" / "bbbbbbbbbb2.flac").write_bytes(b"broken")
+    path = tmp_path / "set-light.json"
+    path.write_text(json.dumps(meta))
+    return path, root
+
+
+def test_extract_writes_authors_layout_logs_errors_and_resumes(tmp_path, dataset):
+    meta, root = dataset
+    out = tmp_path / "features"
+    code, text = invoke("extract", out, "--metadata", meta, "--audio-root", root,
+                        "--workers", "1", "--quiet")
+    assert code == 0, text
+    assert "extracted 3, already there 0, failed 1" in text
+    for yid in ("aaaaaaaaaa1", "aaaaaaaaaa2", "bbbbbbbbbb1"):
+        cqt = load_feature(out, yid)
+        assert cqt.shape[1] == 84 and cqt.dtype == np.float16 and np.asarray(cqt).max() > 0
+        assert tuple(np.load(out / yid[:2] / f"{yid}.npy")) == cqt.shape
+    assert not has_feature(out, "bbbbbbbbbb2")  # never a zero-filled feature file
+    assert "bbbbbbbbbb2" in (out / "extract_errors.tsv").read_text()
+    assert not list(out.rglob("*.tmp"))
+    code, text = invoke("extract", out, "--metadata", meta, "--audio-root", root,
+                        "--workers", "2", "--quiet")
+    assert code == 0 and "extracted 0, already there 3, failed 1" in text
+
+
+def test_extract_from_plain_list(tmp_path, tracks):
+    lst = tmp_path / "list.txt"
+    lst.write_text("\n".join(str(p) for p in tracks))
+    code, text = invoke("extract", tmp_path / "f", "--list", lst, "--workers", "1", "--quiet")
+    assert code == 0 and "extracted 4" in text
+    assert has_feature(tmp_path / "f", "a up 3")
+
+
+def test_extract_interrupted_leaves_no_partial_files(tmp_path, dataset):
+    meta, root = dataset
+    out = tmp_path / "features"
+    cmd = [sys.executable, "-m", "mirex_vi", "extract", str(out), "--metadata", str(meta),
+           "--audio-root", str(root), "--workers", "1", "--quiet"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+    while proc.poll() is None and not list(out.rglob("*.npy")):
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    for mm in out.rglob("*.mm"):  # whatever exists is complete
+        load_feature(out, mm.stem)
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_evaluate_features_matrix_and_labels(tmp_path, dataset, tiny_package):
+    meta, root = dataset
+    features = tmp_path / "features"
+    invoke("extract", features, "--metadata", meta, "--audio-root", root, "--workers", "1", "--quiet")
+    shutil.copy(root / "audio" / "bb" / "bbbbbbbbbb1.flac", root / "audio" / "bb" / "bbbbbbbbbb2.flac")
+    invoke("extract", features, "--metadata", meta, "--audio-root", root, "--workers", "1", "--quiet")
+
+    code, text = invoke("evaluate", "--metadata", meta, "--features-dir", features,
+                        "--weights", tiny_package, "--json", tmp_path / "f.json", "--quiet")
+    assert code == 0, text
+    figures = json.loads((tmp_path / "f.json").read_text())
+    assert set(figures) == {"map", "mr1", "mrr", "top1_rate", "top10_count", "p_at_10", "n_queries"}
+    assert figures["n_queries"] == 4 and 0 < figures["map"] <= 1
+    assert "MAP" in text and "MR1" in text
+
+    labels = tmp_path / "labels.tsv"
+    labels.write_text("".join(f"root/audio/{y[:2]}/{y}.flac\t{c}\n" for c, ys in IDS.items() for y in ys))
+    code, text = invoke("evaluate", "--labels", labels, "--weights", tiny_package,
+                        "--json", tmp_path / "a.json", "--workers", "1", "--quiet")
+    assert code == 0, text
+    from_audio = json.loads((tmp_path / "a.json").read_text())
+
+    collection = tmp_path / "collection.txt"
+    collection.write_text("".join(line.split("\t")[0] + "\n" for line in labels.read_text().splitlines()))
+    code, text = invoke("identify", collection, collection, tmp_path / "out.txt", "--weights",
+                        tiny_package, "--workers", "1", "--quiet")
+    assert code == 0, text
+    code, text = invoke("evaluate", "--matrix", tmp_path / "out.txt", "--labels", labels,
+                        "--json", tmp_path / "m.json", "--plot", tmp_path / "plots")
+    assert code == 0, text
+    from_matrix = json.loads((tmp_path / "m.json").read_text())
+    for key in from_audio:
+        assert from_matrix[key] == pytest.approx(from_audio[key], abs=1e-6), key
+    assert sorted(p.suffix for p in (tmp_path / "plots").iterdir()) == [".png", ".png"]
+
+
+def test_evaluate_matrix_requires_every_track_labelled(tmp_path, tracks, tiny_package):
+    collection = tmp_path / "c.txt"
+    collection.write_text("\n".join(str(p) for p in tracks))
+    invoke("identify", collection, collection, tmp_path / "out.txt", "--weights", tiny_package,
+           "--workers", "1", "--quiet")
+    labels = tmp_path / "labels.tsv"
+    labels.write_text(f"{tracks[0]}\tA\n{tracks[1]}\tA\n")
+    code, text = invoke("evaluate", "--matrix", tmp_path / "out.txt", "--labels", labels)
+    assert code == 2 and "no label for 2 track(s)" in text
