@@ -89,6 +89,12 @@ def test_transposition_and_tempo_time_map():
     assert faster[-1] < 2.0 and np.all(np.diff(faster) > 0)
 
 
+def test_bar_chords_find_triads():
+    notes = np.array([[0, 1, 60, 0], [1, 1, 64, 0], [2, 2, 67, 0],  # bar 1: C major
+                      [4, 2, 57, 0], [6, 1, 60, 0], [7, 1, 64, 0]])  # bar 2: A minor
+    assert mc.bar_chords(notes, np.array([0.0, 4.0]), 8.0) == [(0, "maj"), (9, "min")]
+
+
 @needs_music21
 def test_ties_merge_only_equal_pitches():
     from music21 import note, stream, tie

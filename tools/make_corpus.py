@@ -355,7 +355,7 @@ def draw_spec(work: Work, rng: np.random.Generator, version: int, seconds: float
     accompaniment = "none"
     if rng.random() < p_accomp:
         accompaniment = str(rng.choice(["pad", "arpeggio", "bass"]))
-    has_filter = rng.random() < 0.3
+    filter_kind = str(rng.choice(["lowpass", "highpass"])) if rng.random() < 0.3 else "none"
     return VersionSpec(
         transpose=0 if version == 0 else int(rng.integers(-6, 7)),
         tempo_factor=1.0 if version == 0 else float(np.exp(rng.uniform(np.log(0.75), np.log(1.33)))),
@@ -376,8 +376,8 @@ def draw_spec(work: Work, rng: np.random.Generator, version: int, seconds: float
         sample_rate=44100 if rng.random() < 0.25 else 22050,
         channels=int(rng.choice([1, 2])),
         level_dbfs=float(rng.uniform(-26.0, -14.0)),
-        filter=str(rng.choice(["lowpass", "highpass"])) if has_filter else "none",
-        cutoff_hz=float(rng.uniform(2500.0, 7000.0) if rng.random() < 0.5 else rng.uniform(80.0, 300.0)),
+        filter=filter_kind,
+        cutoff_hz=float(rng.uniform(80.0, 300.0) if filter_kind == "highpass" else rng.uniform(2500.0, 7000.0)),
         snr_db=float(rng.uniform(12.0, 40.0)) if rng.random() < 0.5 else None,
         noise=str(rng.choice(["white", "pink", "brown"])),
     )
@@ -413,7 +413,7 @@ def bar_chords(notes: np.ndarray, starts: np.ndarray, end: float) -> list[tuple[
         if weights.sum() == 0:
             chords.append(chords[-1] if chords else (0, "maj"))
             continue
-        chords.append(TRIADS[int(np.argmax(templates @ weights - 0.3 * weights.sum()))])
+        chords.append(TRIADS[int(np.argmax(templates @ weights))])
     return chords
 
 
