@@ -1,3 +1,6 @@
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 
@@ -70,7 +73,7 @@ def test_load_audio_resamples_and_mixes_down(tmp_path):
 @pytest.mark.parametrize("content, reason", [
     (None, "file not found"),
     (b"", "empty file"),
-    (b"this is not audio at all", "unreadable"),
+    (b"this is not audio at all", "unreadable|not an audio file"),  # without/with ffmpeg
 ])
 def test_load_audio_errors(tmp_path, content, reason):
     path = tmp_path / "x.wav"
@@ -84,3 +87,13 @@ def test_load_audio_rejects_digital_silence(tmp_path):
     path = write_audio(tmp_path / "z.wav", np.zeros(SR, dtype=np.float32))
     with pytest.raises(AudioError, match="digital silence"):
         load_audio(path, SR)
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
+def test_load_audio_decodes_m4a_through_ffmpeg(tmp_path):
+    wav = write_audio(tmp_path / "x.wav", tone(69, 2.0, sr=44100), sr=44100)
+    m4a = tmp_path / "x.m4a"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(wav), "-c:a", "aac", str(m4a)], check=True)
+    audio = load_audio(m4a, SR)
+    assert abs(len(audio) - 2 * SR) < 0.05 * SR
+    assert peak_bin(audio) == 45  # A4 = MIDI 69 = bin 45
