@@ -1,0 +1,127 @@
+"""Trained weights beside baselines on one labelled split: MAP, MR1, ... for each system.
+
+    python benchmarks/baselines.py --metadata CORPUS/Synth-VI-YT-light.json.test \
+        --features-dir FEATURES --audio-root CORPUS [--weights NAME] [--skip-chroma]
+
+Systems (the same queries, candidates and metrics for all):
+
+- ``chance``: uniformly random scores (mean over 5 draws);
+- ``cqtnet-random``: the MIREX CQT-Net with random (seeded) weights, same features;
+- ``chroma-qmax``: essentia's HPCP -> ChromaCrossSimilarity (OTI) -> CoverSongSimilarity
+  (Serra et al. 2009 Qmax), the classic chroma alignment baseline (needs
+  ``pip install essentia``; all pairs, so O(N^2) alignments);
+- ``weights``: the given weight package (default: the shipped one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mirex_vi.audio import load_audio
+from mirex_vi.config import MODEL_SIZES
+from mirex_vi.data import filter_available, read_metadata
+from mirex_vi.embed import embed_stored_features
+from mirex_vi.evaluate import format_figures
+from mirex_vi.extract import AUDIO_EXTENSIONS
+from mirex_vi.metrics import metrics_from_distances, metrics_from_embeddings
+from mirex_vi.model import CQTNet
+from mirex_vi.weights import load_weights
+
+CHROMA_RATE = 22050
+CHROMA_FRAME, CHROMA_HOP = 4096, 4096  # ~5.4 chroma frames per second
+
+
+def hpcp(path: Path) -> np.ndarray:
+    """``(frames, 12)`` HPCP of a file (essentia's standard chain)."""
+    import essentia.standard as es
+
+    audio = load_audio(path, CHROMA_RATE)
+    window = es.Windowing(type="blackmanharris62")
+    spectrum = es.Spectrum()
+    peaks = es.SpectralPeaks(sampleRate=CHROMA_RATE, minFrequency=100, maxFrequency=5000,
+                             magnitudeThreshold=1e-5, orderBy="magnitude", maxPeaks=100)
+    chroma = es.HPCP(size=12, sampleRate=CHROMA_RATE, referenceFrequency=440, harmonics=8,
+                     bandPreset=True, minFrequency=100, maxFrequency=5000,
+                     weightType="cosine", nonLinear=False, windowSize=1.0, normalized="unitMax")
+    frames = []
+    for frame in es.FrameGenerator(audio, frameSize=CHROMA_FRAME, hopSize=CHROMA_HOP):
+        freqs, mags = peaks(spectrum(window(frame)))
+        frames.append(chroma(freqs, mags))
+    return np.asarray(frames, dtype=np.float32)
+
+
+def chroma_qmax_rows(paths: list[Path]):
+    """Qmax distance rows (query index, (N,) distances), all pairs."""
+    import essentia.standard as es
+
+    features = [hpcp(p) for p in paths]
+    csm = es.ChromaCrossSimilarity(frameStackSize=9, frameStackStride=1, binarizePercentile=0.095,
+                                   oti=True)
+    align = es.CoverSongSimilarity(disOnset=0.5, disExtension=0.5, alignmentType="serra09",
+                                   distanceType="asymmetric")
+    for q, query in enumerate(features):
+        row = np.zeros(len(features))
+        for r, reference in enumerate(features):
+            if r != q:
+                row[r] = align(csm(query, reference))[1]
+        yield q, row
+
+
+def audio_path(root: Path, yid: str) -> Path:
+    folder = root / "audio" / yid[:2]
+    return next(folder / f"{yid}{e}" for e in AUDIO_EXTENSIONS if (folder / f"{yid}{e}").is_file())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--metadata", type=Path, required=True)
+    parser.add_argument("--features-dir", type=Path, required=True)
+    parser.add_argument("--audio-root", type=Path, help="needed for the chroma baseline")
+    parser.add_argument("--weights", default=None)
+    parser.add_argument("--skip-chroma", action="store_true")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    versions = [v for vs in filter_available(read_metadata(args.metadata), args.features_dir).values()
+                for v in vs]
+    ids, labels = [v.youtube_id for v in versions], [v.clique_id for v in versions]
+    print(f"{len(ids)} versions of {len(set(labels))} cliques from {args.metadata}")
+    device = torch.device("cpu")
+    results: dict[str, dict] = {}
+
+    def embed_and_score(model, features):
+        emb = embed_stored_features(model.to(memory_format=torch.channels_last), args.features_dir,
+                                    ids, features, device, amp=False)
+        return metrics_from_embeddings(emb, labels).summary()
+
+    loaded = load_weights(args.weights)
+    t0 = time.perf_counter()
+    results[f"weights:{loaded.name}"] = embed_and_score(loaded.model, loaded.features)
+    print(f"weights {loaded.name}: {time.perf_counter() - t0:.0f} s")
+    torch.manual_seed(0)
+    results["cqtnet-random"] = embed_and_score(CQTNet(MODEL_SIZES["mirex"]).eval(), loaded.features)
+    rng = np.random.default_rng(0)
+    draws = [metrics_from_embeddings(torch.from_numpy(rng.standard_normal((len(ids), 64),
+                                                                          dtype=np.float32)),
+                                     labels).summary() for _ in range(5)]
+    results["chance"] = {k: float(np.mean([d[k] for d in draws])) for k in draws[0]}
+    results["chance"]["n_queries"] = draws[0]["n_queries"]
+    if not args.skip_chroma:
+        t0 = time.perf_counter()
+        paths = [audio_path(args.audio_root, i) for i in ids]
+        results["chroma-qmax"] = metrics_from_distances(chroma_qmax_rows(paths), labels).summary()
+        print(f"chroma-qmax: {time.perf_counter() - t0:.0f} s")
+    for name, figures in results.items():
+        print(f"\n== {name}\n{format_figures(figures)}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
