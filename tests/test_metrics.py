@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from mirex_vi import metrics
 from mirex_vi.metrics import (
     MetricAccumulator,
     RetrievalResult,
@@ -165,8 +166,12 @@ def _brute_force(scores: np.ndarray, queries: list[int], labels: list) -> dict:
     return out
 
 
+@pytest.mark.parametrize("ranking", ["counting", "sorting"])
 @pytest.mark.parametrize("seed", range(4))
-def test_matches_brute_force_with_ties(seed):
+def test_matches_brute_force_with_ties(seed, ranking, monkeypatch):
+    # Both ways of ranking relevant items (see metrics._rank_relevant) must agree.
+    monkeypatch.setattr(metrics, "_COUNTING_MAX_RELEVANT", 10**9 if ranking == "counting" else -1)
+    monkeypatch.setattr(metrics, "_COUNTING_BLOCK", 97)  # several counting steps per block
     rng = np.random.default_rng(seed)
     n = 40
     labels = rng.integers(0, 9, size=n).tolist()
