@@ -10,6 +10,16 @@ from pathlib import Path
 from typing import IO
 
 
+def _file_mode() -> int:
+    """What ``open()`` would give a new file: 0666 less the process umask."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "wb", **kwargs) -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success it replaces ``path``.
@@ -20,6 +30,7 @@ def atomic_open(path: str | Path, mode: str = "wb", **kwargs) -> Iterator[IO]:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600; a result file should read as usual
         with open(fd, mode, **kwargs) as f:
             yield f
             f.flush()

@@ -1,3 +1,4 @@
+import os
 import shutil
 import subprocess
 
@@ -97,3 +98,13 @@ def test_load_audio_decodes_m4a_through_ffmpeg(tmp_path):
     audio = load_audio(m4a, SR)
     assert abs(len(audio) - 2 * SR) < 0.05 * SR
     assert peak_bin(audio) == 45  # A4 = MIDI 69 = bin 45
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path):
+    from mirex_vi.atomic import atomic_open
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    with atomic_open(tmp_path / "f.txt", "w") as f:
+        f.write("x")
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o666 & ~umask
