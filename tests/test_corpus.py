@@ -100,7 +100,8 @@ def test_ties_merge_only_equal_pitches():
     from music21 import note, stream, tie
 
     part = stream.Part()
-    for name, ql, kind in [("C4", 1.0, "start"), ("C4", 0.5, "stop"), ("D4", 1.0, "start"), ("E4", 0.5, "stop")]:
+    for name, ql, kind in [("C4", 1.0, "start"), ("C4", 0.5, "stop"),
+                           ("D4", 1.0, "start"), ("E4", 0.5, "stop")]:
         n = note.Note(name, quarterLength=ql)
         n.tie = tie.Tie(kind)
         part.append(n)
@@ -153,7 +154,8 @@ def test_versions_of_a_work_differ(tiny):
     for versions in _light(tiny).values():
         a, b = versions
         assert a["source"] == b["source"]
-        assert (a["transpose"], a["tempo_factor"], a["programs"]) != (b["transpose"], b["tempo_factor"], b["programs"])
+        choices = [(v["transpose"], v["tempo_factor"], v["programs"]) for v in (a, b)]
+        assert choices[0] != choices[1]
         wave_a, _ = sf.read(tiny / a["audio_path"])
         wave_b, _ = sf.read(tiny / b["audio_path"])
         assert wave_a.shape != wave_b.shape
@@ -165,7 +167,8 @@ def test_same_seed_same_corpus_whatever_the_jobs(tiny, tmp_path):
     assert _light(tmp_path) == _light(tiny)
     for versions in _light(tiny).values():
         for v in versions:
-            np.testing.assert_array_equal(sf.read(tmp_path / v["audio_path"])[0], sf.read(tiny / v["audio_path"])[0])
+            again, first = (sf.read(d / v["audio_path"])[0] for d in (tmp_path, tiny))
+            np.testing.assert_array_equal(again, first)
 
 
 @needs_render

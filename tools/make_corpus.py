@@ -377,7 +377,8 @@ def draw_spec(work: Work, rng: np.random.Generator, version: int, seconds: float
         channels=int(rng.choice([1, 2])),
         level_dbfs=float(rng.uniform(-26.0, -14.0)),
         filter=filter_kind,
-        cutoff_hz=float(rng.uniform(80.0, 300.0) if filter_kind == "highpass" else rng.uniform(2500.0, 7000.0)),
+        cutoff_hz=float(rng.uniform(80.0, 300.0) if filter_kind == "highpass"
+                        else rng.uniform(2500.0, 7000.0)),
         snr_db=float(rng.uniform(12.0, 40.0)) if rng.random() < 0.5 else None,
         noise=str(rng.choice(["white", "pink", "brown"])),
     )
@@ -432,7 +433,8 @@ def accompaniment_notes(work: Work, style: str, first_part: int) -> np.ndarray:
                      for i, t in enumerate(np.arange(b0, b1 - 1e-9, 0.5))]
             rows.append((b0, length, bass, first_part + 1))
         elif style == "bass":
-            rows += [(b0, length / 2, bass, first_part + 1), (b0 + length / 2, length / 2, bass + 7, first_part + 1)]
+            rows += [(b0, length / 2, bass, first_part + 1),
+                     (b0 + length / 2, length / 2, bass + 7, first_part + 1)]
             rows += [(b0, length, p, first_part) for p in triad]
         else:  # pad
             rows += [(b0, length, p, first_part) for p in triad] + [(b0, length, bass, first_part + 1)]
@@ -787,7 +789,8 @@ def build_corpus(out_dir: Path, n_works: int, versions_per_work: int, seconds: f
     from tqdm import tqdm
 
     if shutil.which("fluidsynth") is None:
-        raise RuntimeError("fluidsynth not found: apt-get install fluidsynth fluid-soundfont-gm timgm6mb-soundfont")
+        raise RuntimeError("fluidsynth not found: "
+                           "apt-get install fluidsynth fluid-soundfont-gm timgm6mb-soundfont")
     out_dir.mkdir(parents=True, exist_ok=True)
     root = corpus_root()
     candidates = order_candidates(list_candidates(root, "demo" if demo else "train", collections), seed)
