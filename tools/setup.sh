@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_packages=(ffmpeg libsndfile1 fluidsynth fluid-soundfont-gm)
+apt_packages=(ffmpeg libsndfile1 fluidsynth fluid-soundfont-gm timgm6mb-soundfont)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
