@@ -17,7 +17,7 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
-_FILE_MODE = _file_mode()
+FILE_MODE = _file_mode()
 
 
 @contextlib.contextmanager
@@ -30,7 +30,7 @@ def atomic_open(path: str | Path, mode: str = "wb", **kwargs) -> Iterator[IO]:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600; a result file should read as usual
+        os.fchmod(fd, FILE_MODE)  # mkstemp makes 0600; a result file should read as usual
         with open(fd, mode, **kwargs) as f:
             yield f
             f.flush()

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_open
+from .atomic import FILE_MODE, atomic_open
 from .config import FeatureConfig, ModelConfig, from_dict, to_dict
 from .model import CQTNet
 
@@ -180,6 +180,7 @@ def write_package(
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     tmp = folder / f".{MODEL_FILE}.tmp"
     save_file(tensors, str(tmp), metadata={"format": "pt"})
+    os.chmod(tmp, FILE_MODE)
     os.replace(tmp, folder / MODEL_FILE)
     config = {"name": folder.name, "model": to_dict(model_cfg), "features": to_dict(features),
               "provenance": {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
