@@ -13,7 +13,6 @@ from pathlib import Path
 
 import click
 
-log = logging.getLogger("mirex_vi")
 
 
 def _fail(message: str, code: int = 2) -> None:
