@@ -14,7 +14,6 @@ from pathlib import Path
 import click
 
 
-
 def _fail(message: str, code: int = 2) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
