@@ -130,3 +130,32 @@ def test_evaluate_matrix_requires_every_track_labelled(tmp_path, tracks, tiny_pa
     labels.write_text(f"{tracks[0]}\tA\n{tracks[1]}\tA\n")
     code, text = invoke("evaluate", "--matrix", tmp_path / "out.txt", "--labels", labels)
     assert code == 2 and "no label for 2 track(s)" in text
+
+
+def test_extract_train_resume_export_identify_chain(tmp_path, dataset):
+    """The researcher's path end to end: audio -> features -> train -> resume -> package -> MIREX."""
+    meta, root = dataset
+    shutil.copy(root / "audio" / "bb" / "bbbbbbbbbb1.flac", root / "audio" / "bb" / "bbbbbbbbbb2.flac")
+    features, run = tmp_path / "features", tmp_path / "run"
+    assert invoke("extract", features, "--metadata", meta, "--audio-root", root,
+                  "--workers", "1", "--quiet")[0] == 0
+    config = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
+    common = ["train", "--config", config, "--device", "cpu", "--quiet",
+              "--set", f"train_metadata={meta}", "--set", f"val_metadata={meta}",
+              "--set", f"features_dir={features}", "--set", f"output_dir={run}",
+              "--set", "cliques_per_batch=2", "--set", "num_workers=0"]
+    code, text = invoke(*common, "--set", "epochs=2")
+    assert code == 0, text
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    code, text = invoke(*common, "--set", "epochs=3", "--resume")
+    assert code == 0, text
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+    code, text = invoke("weights", "export", run / "best.pt", "--name", "mine", "--root", tmp_path)
+    assert code == 0, text
+    collection = tmp_path / "c.txt"
+    collection.write_text("".join(f"{p}\n" for p in sorted((root / "audio").rglob("*.flac"))))
+    code, text = invoke("identify", collection, collection, tmp_path / "out.txt", "--weights",
+                        tmp_path / "mine", "--workers", "1", "--quiet")
+    assert code == 0, text
+    assert "weights mine" in (tmp_path / "out.txt").read_text().splitlines()[0]
