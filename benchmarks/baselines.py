@@ -99,8 +99,7 @@ def main() -> None:
     results: dict[str, dict] = {}
 
     def embed_and_score(model, features):
-        emb = embed_stored_features(model.to(memory_format=torch.channels_last), args.features_dir,
-                                    ids, features, device, amp=False)
+        emb = embed_stored_features(model, args.features_dir, ids, features, device, amp=False)
         return metrics_from_embeddings(emb, labels).summary()
 
     if not args.only_chroma:

@@ -62,7 +62,8 @@ def make_tracks(folder: Path, n: int, seconds: float) -> list[Path]:
 def serial_reference(paths: list[Path], weights: str | None, device: torch.device, out: Path):
     """The authors' recipe, one track at a time; returns (embeddings, stage seconds)."""
     loaded = load_weights(weights)
-    model = loaded.model.to(device).eval()
+    # The authors' layout: NCHW (CQTNet itself defaults to channels-last).
+    model = loaded.model.to(device, memory_format=torch.contiguous_format).eval()
     stages = dict.fromkeys(["decode+resample", "cqt", "model", "scoring", "writing"], 0.0)
     compute_cqt(np.zeros(CFG.sample_rate, dtype=np.float32) + 1e-3, CFG)  # numba warm-up
     embeddings = []

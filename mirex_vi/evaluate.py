@@ -54,7 +54,6 @@ def evaluate_matrix(matrix: Path, labels_tsv: Path) -> tuple[RetrievalResult, li
 def evaluate_features(metadata: Path, features_dir: Path, weights: str | None, device: str,
                       amp: bool, progress: bool = True) -> tuple[RetrievalResult, list[str]]:
     """Figures of a model on a Discogs-VI split whose CQTs are stored under ``features_dir``."""
-    import torch
     from tqdm import tqdm
 
     from .data import filter_available, read_metadata
@@ -67,7 +66,7 @@ def evaluate_features(metadata: Path, features_dir: Path, weights: str | None, d
         raise InputError(f"{metadata}: no clique with >= 2 versions has features in {features_dir}")
     loaded = load_weights(weights)
     dev = resolve_device(device)
-    model = loaded.model.to(dev, memory_format=torch.channels_last)
+    model = loaded.model.to(dev)
     with tqdm(total=len(versions), desc="embed", unit="track", disable=not progress) as bar:
         emb = embed_stored_features(model, features_dir, [v.youtube_id for v in versions],
                                     loaded.features, dev, amp_enabled(dev, amp), on_chunk=bar.update)

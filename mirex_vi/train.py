@@ -146,7 +146,7 @@ def build_model_and_optimizer(cfg: TrainConfig, device: torch.device, dist: Dist
         nn.Module, torch.optim.Adam, torch.optim.lr_scheduler.LambdaLR, torch.amp.GradScaler]:
     """Seeded model (DDP-wrapped when distributed), Adam and the per-epoch LR schedule."""
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model).to(device, memory_format=torch.channels_last)  # NHWC: faster convs
+    model = build_model(cfg.model).to(device)
     if dist.world_size > 1:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
