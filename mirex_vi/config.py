@@ -30,6 +30,7 @@ class FeatureConfig:
     downsample_factor: int = 20  # mean-pool this many CQT frames into one
     min_frames: int = 4000  # zero-pad shorter tracks to this many frames at inference
     crop_frames: int = 7600  # random crop length in training
+    min_crop_frames: int = 0  # > 0: crop lengths uniform in [this, crop_frames] (not the report)
     eps: float = 1e-6  # added to the max before max-normalisation
 
     @property
@@ -64,6 +65,7 @@ class TrainConfig:
     features_dir: str = ""
     output_dir: str = "runs/discogs-vinet-mirex"
     model: str = "mirex"  # a key of MODEL_SIZES
+    init_weights: str = ""  # start from these weights (package or .pth); empty: random init
     cliques_per_batch: int = 54
     versions_per_clique: int = 4
     epochs: int = 40

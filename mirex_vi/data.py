@@ -146,8 +146,9 @@ class TrainDataset(Dataset):
     depend on which worker loads them.
 
     Returns ``(x, clique index, version index)``, x ``(n_bins, crop_frames // downsample)``
-    float32: a random window of ``crop_frames`` CQT frames, zero-padded when the track is
-    shorter, preprocessed with ``min_frames=crop_frames``.
+    float32: a random window of ``crop_frames`` CQT frames (or of a random length from
+    ``min_crop_frames`` up, when set), zero-padded when shorter, preprocessed with
+    ``min_frames=crop_frames``.
     """
 
     def __init__(self, cliques: Cliques, features_dir: str | Path, cfg: FeatureConfig):
@@ -167,7 +168,8 @@ class TrainDataset(Dataset):
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
         index, seed = item
         cqt = load_feature(self.features_dir, self.versions[index].youtube_id)  # (T, F) f16
-        crop = random_crop(cqt, self.cfg.crop_frames, np.random.default_rng(seed))
+        crop = random_crop(cqt, self.cfg.crop_frames, np.random.default_rng(seed),
+                           self.cfg.min_crop_frames)
         x = preprocess(crop, self.cfg, min_frames=self.cfg.crop_frames)  # (F, T')
         return torch.from_numpy(x), int(self.labels[index]), index
 

@@ -59,8 +59,15 @@ def preprocess(cqt: np.ndarray, cfg: FeatureConfig, min_frames: int | None = Non
     return np.ascontiguousarray(x.T)
 
 
-def random_crop(cqt: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
-    """A random ``(length, n_bins)`` window of a ``(T, n_bins)`` CQT; shorter ones are kept whole."""
+def random_crop(cqt: np.ndarray, length: int, rng: np.random.Generator,
+                min_length: int = 0) -> np.ndarray:
+    """A random ``(length, n_bins)`` window of a ``(T, n_bins)`` CQT; shorter ones are kept whole.
+
+    ``min_length > 0`` first draws the window length uniformly from ``[min_length, length]``,
+    so that whole short tracks also yield partial excerpts.
+    """
+    if min_length:
+        length = int(rng.integers(min_length, length + 1))
     start = int(rng.integers(0, cqt.shape[0] - length + 1)) if cqt.shape[0] > length else 0
     return cqt[start : start + length]
 

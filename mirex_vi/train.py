@@ -42,6 +42,7 @@ from .data import (CliqueBatchSampler, FullTrackDataset, TrainDataset, filter_av
 from .losses import triplet_loss
 from .model import CQTNet, build_model
 from .runtime import amp_enabled, autocast, resolve_device
+from .weights import WeightsError, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +123,16 @@ def build_train_loader(cfg: TrainConfig, dist: Dist,
     """Dataset, sampler and DataLoader of the training split (missing features dropped).
 
     Raises:
-        ValueError: crops shorter than the model's minimum input (172 pooled frames).
+        ValueError: crops shorter than the model's minimum input (172 pooled frames), or a
+            ``min_crop_frames`` outside ``[0, crop_frames]``.
     """
-    if cfg.features.crop_frames // cfg.features.downsample_factor < CQTNet.min_frames:
-        raise ValueError(f"features.crop_frames={cfg.features.crop_frames} is too short: CQT-Net "
-                         f"needs {CQTNet.min_frames * cfg.features.downsample_factor} frames")
+    feats = cfg.features
+    if feats.crop_frames // feats.downsample_factor < CQTNet.min_frames:
+        raise ValueError(f"features.crop_frames={feats.crop_frames} is too short: CQT-Net "
+                         f"needs {CQTNet.min_frames * feats.downsample_factor} frames")
+    if not 0 <= feats.min_crop_frames <= feats.crop_frames:
+        raise ValueError(f"features.min_crop_frames={feats.min_crop_frames} must lie in "
+                         f"[0, crop_frames={feats.crop_frames}]")
     cliques = filter_available(read_metadata(cfg.train_metadata), cfg.features_dir)
     dataset = TrainDataset(cliques, cfg.features_dir, cfg.features)
     sampler = CliqueBatchSampler(dataset.members, cfg.cliques_per_batch, cfg.versions_per_clique,
@@ -146,7 +152,7 @@ def build_model_and_optimizer(cfg: TrainConfig, device: torch.device, dist: Dist
         nn.Module, torch.optim.Adam, torch.optim.lr_scheduler.LambdaLR, torch.amp.GradScaler]:
     """Seeded model (DDP-wrapped when distributed), Adam and the per-epoch LR schedule."""
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model).to(device)
+    model = initial_model(cfg).to(device)
     if dist.world_size > 1:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -155,6 +161,24 @@ def build_model_and_optimizer(cfg: TrainConfig, device: torch.device, dist: Dist
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_at(e, cfg) / cfg.lr_peak)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_enabled(device, cfg.amp))
     return model, optimizer, scheduler, scaler
+
+
+def initial_model(cfg: TrainConfig) -> CQTNet:
+    """A fresh ``cfg.model``, random or loaded from ``cfg.init_weights`` (fine-tuning).
+
+    Raises:
+        WeightsError: the weights cannot be loaded or are not of size ``cfg.model``.
+    """
+    model = build_model(cfg.model)
+    if not cfg.init_weights:
+        return model
+    loaded = load_weights(cfg.init_weights)
+    if loaded.model.cfg != cfg.model_config:
+        raise WeightsError(f"init_weights {cfg.init_weights!r} hold a {loaded.model.cfg}, "
+                           f"not the {cfg.model!r} model {cfg.model_config}")
+    model.load_state_dict(loaded.model.state_dict())
+    log.info("initialised from %s (sha256 %s)", cfg.init_weights, loaded.sha256[:12])
+    return model
 
 
 def unwrap(model: nn.Module) -> nn.Module:

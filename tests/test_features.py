@@ -56,6 +56,18 @@ def test_random_crop_and_short_tracks():
     assert random_crop(cqt, 300, rng).shape == (100, 84)
 
 
+def test_random_crop_with_a_minimum_length_draws_excerpts_of_varied_length():
+    rng = np.random.default_rng(0)
+    cqt = np.arange(100)[:, None] * np.ones((1, 84))
+    crops = [random_crop(cqt, 150, rng, min_length=20) for _ in range(200)]
+    lengths = np.array([len(c) for c in crops])
+    assert lengths.min() >= 20 and lengths.max() == 100  # whole track when the draw exceeds it
+    assert 0.2 < np.mean(lengths < 100) < 0.8 and len(set(lengths)) > 30
+    assert all(np.all(np.diff(c[:, 0]) == 1) for c in crops)  # contiguous windows
+    starts = {int(c[0, 0]) for c in crops if len(c) < 100}
+    assert len(starts) > 20
+
+
 def test_feature_store_roundtrip(tmp_path):
     cqt = np.random.default_rng(1).random((50, 84)).astype(np.float16)
     save_feature(tmp_path, "abcdefghijk", cqt)

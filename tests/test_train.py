@@ -13,6 +13,7 @@ import torch.multiprocessing as mp
 
 from mirex_vi.config import TrainConfig, load_yaml, with_overrides
 from mirex_vi.features import save_feature
+from mirex_vi.weights import WeightsError
 from mirex_vi import train
 from mirex_vi.train import (BEST, LAST, METRICS, build_model_and_optimizer, build_train_loader,
                             init_distributed, lr_at, run_training, train_epoch, unwrap)
@@ -122,12 +123,27 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(full_run, dataset_dir,
         assert torch.equal(a[name], b[name]), name
 
 
+def test_init_weights_starts_from_a_checkpoint_and_refuses_another_size(full_run, dataset_dir,
+                                                                        tmp_path):
+    best = full_run / BEST
+    cfg = _cfg(dataset_dir, tmp_path / "ft", f"init_weights={best}")
+    model = unwrap(build_model_and_optimizer(cfg, torch.device("cpu"), init_distributed("cpu")[0])[0])
+    start = torch.load(best, map_location="cpu", weights_only=True)["model_state_dict"]
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, start[name]), name
+    with pytest.raises(WeightsError, match="not the 'mirex' model"):
+        train.initial_model(with_overrides(cfg, ["model=mirex"]))
+
+
 # --- two CPU processes with gloo -------------------------------------------------------------
 
 
 def test_crops_shorter_than_the_model_minimum_are_refused(dataset_dir, tmp_path):
     cfg = _cfg(dataset_dir, tmp_path / "short", "features.crop_frames=3400")
     with pytest.raises(ValueError, match="3440 frames"):
+        build_train_loader(cfg, init_distributed("cpu")[0], torch.device("cpu"))
+    cfg = _cfg(dataset_dir, tmp_path / "short", "features.min_crop_frames=4000")
+    with pytest.raises(ValueError, match="min_crop_frames=4000 must lie in"):
         build_train_loader(cfg, init_distributed("cpu")[0], torch.device("cpu"))
 
 
