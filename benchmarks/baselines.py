@@ -1,7 +1,8 @@
 """Trained weights beside baselines on one labelled split: MAP, MR1, ... for each system.
 
     python benchmarks/baselines.py --metadata CORPUS/Synth-VI-YT-light.json.test \
-        --features-dir FEATURES --audio-root CORPUS [--weights NAME] [--skip-chroma]
+        --features-dir FEATURES --audio-root CORPUS [--weights NAME] [--skip-chroma] \
+        [--excerpt SECONDS]
 
 Systems (the same queries, candidates and metrics for all):
 
@@ -26,9 +27,10 @@ import torch
 from mirex_vi.audio import load_audio
 from mirex_vi.config import MODEL_SIZES
 from mirex_vi.data import filter_available, read_metadata
-from mirex_vi.embed import embed_stored_features
+from mirex_vi.embed import embed_inputs
 from mirex_vi.evaluate import format_figures
 from mirex_vi.extract import AUDIO_EXTENSIONS
+from mirex_vi.features import load_feature, preprocess
 from mirex_vi.metrics import metrics_from_distances, metrics_from_embeddings
 from mirex_vi.model import CQTNet
 from mirex_vi.weights import load_weights
@@ -37,11 +39,11 @@ CHROMA_RATE = 22050
 CHROMA_FRAME = 4096
 
 
-def hpcp(path: Path, hop: int) -> np.ndarray:
-    """``(frames, 12)`` HPCP of a file (essentia's standard chain)."""
+def hpcp(path: Path, hop: int, seconds: float | None) -> np.ndarray:
+    """``(frames, 12)`` HPCP of a file's first ``seconds`` (all if None), essentia's chain."""
     import essentia.standard as es
 
-    audio = load_audio(path, CHROMA_RATE)
+    audio = load_audio(path, CHROMA_RATE)[: int(seconds * CHROMA_RATE) if seconds else None]
     window = es.Windowing(type="blackmanharris62")
     spectrum = es.Spectrum()
     peaks = es.SpectralPeaks(sampleRate=CHROMA_RATE, minFrequency=100, maxFrequency=5000,
@@ -56,11 +58,11 @@ def hpcp(path: Path, hop: int) -> np.ndarray:
     return np.asarray(frames, dtype=np.float32)
 
 
-def chroma_qmax_rows(paths: list[Path], hop: int):
+def chroma_qmax_rows(paths: list[Path], hop: int, seconds: float | None):
     """Qmax distance rows (query index, (N,) distances), all pairs."""
     import essentia.standard as es
 
-    features = [hpcp(p, hop) for p in paths]
+    features = [hpcp(p, hop, seconds) for p in paths]
     csm = es.ChromaCrossSimilarity(frameStackSize=9, frameStackStride=1, binarizePercentile=0.095,
                                    oti=True)
     align = es.CoverSongSimilarity(disOnset=0.5, disExtension=0.5, alignmentType="serra09",
@@ -88,6 +90,8 @@ def main() -> None:
     parser.add_argument("--only-chroma", action="store_true")
     parser.add_argument("--chroma-hop", type=int, default=4096,
                         help="HPCP hop in samples at 22.05 kHz (4096: ~5.4 frames/s)")
+    parser.add_argument("--excerpt", type=float, metavar="SECONDS",
+                        help="use only the first SECONDS of every version (all systems)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -98,9 +102,11 @@ def main() -> None:
     device = torch.device("cpu")
     results: dict[str, dict] = {}
 
-    def embed_and_score(model, features):
-        emb = embed_stored_features(model, args.features_dir, ids, features, device, amp=False)
-        return metrics_from_embeddings(emb, labels).summary()
+    def embed_and_score(model, cfg):
+        frames = round(args.excerpt * cfg.frame_rate) if args.excerpt else None
+        inputs = [preprocess(load_feature(args.features_dir, i)[:frames], cfg) for i in ids]
+        return metrics_from_embeddings(embed_inputs(model, inputs, device, amp=False),
+                                       labels).summary()
 
     if not args.only_chroma:
         loaded = load_weights(args.weights)
@@ -117,7 +123,8 @@ def main() -> None:
     if not args.skip_chroma or args.only_chroma:
         t0 = time.perf_counter()
         paths = [audio_path(args.audio_root, i) for i in ids]
-        results["chroma-qmax"] = metrics_from_distances(chroma_qmax_rows(paths, args.chroma_hop),
+        results["chroma-qmax"] = metrics_from_distances(chroma_qmax_rows(paths, args.chroma_hop,
+                                                                         args.excerpt),
                                                         labels).summary()
         print(f"chroma-qmax: {time.perf_counter() - t0:.0f} s")
     for name, figures in results.items():
