@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +15,7 @@ import torch
 from .atomic import atomic_open
 from .config import FeatureConfig, to_dict
 from .extract import iter_files
-from .features import load_feature, preprocess
+from .features import preprocess
 from .model import CQTNet
 from .runtime import autocast
 from .weights import LoadedWeights
@@ -65,28 +65,42 @@ def embed_inputs(
     return out
 
 
-def embed_stored_features(
+def embed_stream(
     model: CQTNet,
-    features_dir: Path,
-    track_ids: Sequence[str],
-    cfg: FeatureConfig,
+    inputs: Iterable[np.ndarray | torch.Tensor],
     device: torch.device,
     amp: bool,
     batch_size: int = 16,
     chunk_size: int = 256,
     on_chunk: Callable[[int], None] = lambda n: None,
 ) -> torch.Tensor:
-    """Embed whole stored CQTs (the authors' layout), ``chunk_size`` tracks in memory at a time.
+    """Embed a stream of preprocessed ``(n_bins, T')`` inputs of many lengths (whole stored
+    tracks), ``chunk_size`` of them in memory at a time.
+
+    cuDNN autotuning is off meanwhile: tuning each distinct length would cost more than it
+    saves.
 
     Returns:
-        ``(N, D)`` float32 on the CPU, in ``track_ids`` order.
+        ``(N, D)`` float32 on the CPU, in input order.
     """
-    parts = []
-    for start in range(0, len(track_ids), chunk_size):
-        ids = track_ids[start : start + chunk_size]
-        inputs = [preprocess(load_feature(features_dir, tid), cfg) for tid in ids]
-        parts.append(embed_inputs(model, inputs, device, amp, batch_size))
-        on_chunk(len(ids))
+    parts: list[torch.Tensor] = []
+    chunk: list[np.ndarray | torch.Tensor] = []
+
+    def flush() -> None:
+        parts.append(embed_inputs(model, chunk, device, amp, batch_size))
+        on_chunk(len(chunk))
+        chunk.clear()
+
+    benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
+    try:
+        for x in inputs:
+            chunk.append(x)
+            if len(chunk) == chunk_size:
+                flush()
+        if chunk:
+            flush()
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
     return torch.cat(parts) if parts else torch.empty(0, model.cfg.embedding_dim)
 
 

@@ -56,21 +56,21 @@ def evaluate_features(metadata: Path, features_dir: Path, weights: str | None, d
     """Figures of a model on a Discogs-VI split whose CQTs are stored under ``features_dir``."""
     from tqdm import tqdm
 
-    from .data import filter_available, read_metadata
-    from .embed import embed_stored_features
+    from .data import FullTrackDataset, filter_available, read_metadata
+    from .embed import embed_stream
     from .weights import load_weights
 
     cliques = filter_available(read_metadata(metadata), features_dir)
-    versions = [v for vs in cliques.values() for v in vs]
-    if not versions:
+    if not cliques:
         raise InputError(f"{metadata}: no clique with >= 2 versions has features in {features_dir}")
     loaded = load_weights(weights)
+    dataset = FullTrackDataset(cliques, features_dir, loaded.features)
     dev = resolve_device(device)
     model = loaded.model.to(dev)
-    with tqdm(total=len(versions), desc="embed", unit="track", disable=not progress) as bar:
-        emb = embed_stored_features(model, features_dir, [v.youtube_id for v in versions],
-                                    loaded.features, dev, amp_enabled(dev, amp), on_chunk=bar.update)
-    labels = [v.clique_id for v in versions]
+    with tqdm(total=len(dataset), desc="embed", unit="track", disable=not progress) as bar:
+        emb = embed_stream(model, (x for x, _ in dataset), dev, amp_enabled(dev, amp),
+                           on_chunk=bar.update)
+    labels = [v.clique_id for v in dataset.versions]
     return metrics_from_embeddings(emb, labels, device=dev, progress=progress), labels
 
 

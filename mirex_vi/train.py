@@ -47,7 +47,6 @@ from .weights import WeightsError, load_weights
 log = logging.getLogger(__name__)
 
 LAST, BEST, METRICS = "last.pt", "best.pt", "metrics.jsonl"
-_VAL_CHUNK = 256  # validation tracks embedded per call (bounds host memory)
 
 
 def lr_at(epoch: float, cfg: TrainConfig) -> float:
@@ -221,26 +220,12 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
 def validate(model: nn.Module, dataset: FullTrackDataset, cfg: TrainConfig,
              device: torch.device) -> dict[str, Any]:
     """MAP, MR1, ... of full-track embeddings of the validation split (``summary()`` dict)."""
-    from .embed import embed_inputs
+    from .embed import embed_stream
     from .metrics import metrics_from_embeddings
 
     model.eval()
     loader = DataLoader(dataset, batch_size=None, num_workers=cfg.num_workers)
-    parts, chunk = [], []
-    # Full tracks have many distinct lengths: cuDNN autotuning each one would cost more
-    # than it saves.
-    benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
-    try:
-        for x, _ in loader:
-            chunk.append(np.asarray(x))
-            if len(chunk) == _VAL_CHUNK:
-                parts.append(embed_inputs(model, chunk, device, cfg.amp, batch_size=16))
-                chunk = []
-        if chunk:
-            parts.append(embed_inputs(model, chunk, device, cfg.amp, batch_size=16))
-    finally:
-        torch.backends.cudnn.benchmark = benchmark
-    embeddings = torch.cat(parts)  # (N, D)
+    embeddings = embed_stream(model, (x for x, _ in loader), device, cfg.amp)  # (N, D)
     result = metrics_from_embeddings(embeddings, dataset.labels.tolist(), cfg.val_chunk_size, device)
     return result.summary()
 
