@@ -19,6 +19,13 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+def _share_cores_with_workers() -> None:
+    """Let torch's idle OpenMP threads sleep instead of spin, so that the CQT worker
+    processes get the cores (identify on 2 cores: 3.14 -> 3.40 tracks/s, see README).
+    Effective only before torch is loaded; an explicit OMP_WAIT_POLICY wins."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def _setup_logging(quiet: bool) -> None:
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -53,6 +60,7 @@ def identify(collection, queries, output, workdir, weights_spec, device, no_amp,
              workers, cqt_backend, strict, quiet, name) -> None:
     """Write the MIREX distance matrix of QUERIES against COLLECTION to OUTPUT."""
     _setup_logging(quiet)
+    _share_cores_with_workers()
     from .identify import identify as run_identify, prepare
 
     try:
@@ -229,6 +237,7 @@ def evaluate(metadata, features_dir, labels, matrix, weights_spec, device, no_am
              json_out, plot_dir, quiet) -> None:
     """MAP, MR1, MRR, Top-1, Top-10 and P@10 of a model or of a MIREX matrix."""
     _setup_logging(quiet)
+    _share_cores_with_workers()
     from . import evaluate as ev
 
     try:
