@@ -27,7 +27,7 @@ import torch
 from mirex_vi.audio import load_audio
 from mirex_vi.config import MODEL_SIZES
 from mirex_vi.data import filter_available, read_metadata
-from mirex_vi.embed import embed_inputs
+from mirex_vi.embed import embed_stream
 from mirex_vi.evaluate import format_figures
 from mirex_vi.extract import AUDIO_EXTENSIONS
 from mirex_vi.features import load_feature, preprocess
@@ -104,8 +104,8 @@ def main() -> None:
 
     def embed_and_score(model, cfg):
         frames = round(args.excerpt * cfg.frame_rate) if args.excerpt else None
-        inputs = [preprocess(load_feature(args.features_dir, i)[:frames], cfg) for i in ids]
-        return metrics_from_embeddings(embed_inputs(model, inputs, device, amp=False),
+        inputs = (preprocess(load_feature(args.features_dir, i)[:frames], cfg) for i in ids)
+        return metrics_from_embeddings(embed_stream(model, inputs, device, amp=False),
                                        labels).summary()
 
     if not args.only_chroma:

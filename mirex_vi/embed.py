@@ -23,7 +23,6 @@ from .weights import LoadedWeights
 log = logging.getLogger(__name__)
 
 
-
 class TrackError(Exception):
     """Raised in strict mode for the first track that cannot be embedded."""
 

@@ -168,16 +168,14 @@ def initial_model(cfg: TrainConfig) -> CQTNet:
     Raises:
         WeightsError: the weights cannot be loaded or are not of size ``cfg.model``.
     """
-    model = build_model(cfg.model)
     if not cfg.init_weights:
-        return model
+        return build_model(cfg.model)
     loaded = load_weights(cfg.init_weights)
     if loaded.model.cfg != cfg.model_config:
         raise WeightsError(f"init_weights {cfg.init_weights!r} hold a {loaded.model.cfg}, "
                            f"not the {cfg.model!r} model {cfg.model_config}")
-    model.load_state_dict(loaded.model.state_dict())
     log.info("initialised from %s (sha256 %s)", cfg.init_weights, loaded.sha256[:12])
-    return model
+    return loaded.model  # a fresh CQTNet; train_epoch switches it to training mode
 
 
 def unwrap(model: nn.Module) -> nn.Module:
