@@ -72,6 +72,16 @@ def test_split_is_a_partition_of_cliques(n):
     assert splits == mc.split_cliques(ids, (0.8, 0.1, 0.1), seed=3)
 
 
+def test_kept_cliques_stay_in_their_split():
+    ids = [f"C-{i:07d}" for i in range(1, 41)]
+    kept = {"C-0000001": "test", "C-0000002": "val", "C-0000003": "train", "C-0000099": "test"}
+    splits = mc.split_cliques(ids, (0.8, 0.1, 0.1), seed=3, kept=kept)
+    assert "C-0000001" in splits["test"] and "C-0000002" in splits["val"]
+    assert "C-0000003" in splits["train"]
+    assert sorted(sum(splits.values(), [])) == ids  # a kept id that is gone is not added
+    assert (len(splits["val"]), len(splits["test"])) == (1 + 4, 1 + 4)  # 37 new cliques cut 80/10/10
+
+
 def test_midi_file_layout():
     events = np.array([[0.0, 0.5, 60, 0], [0.5, 0.5, 64, 1], [0.25, 0.1, mc.KICK, -1]])
     data = mc.midi_bytes(events, [0, 40], [80, 70], [64, 64], duration_s=2.0)
@@ -169,6 +179,30 @@ def test_same_seed_same_corpus_whatever_the_jobs(tiny, tmp_path):
         for v in versions:
             again, first = (sf.read(d / v["audio_path"])[0] for d in (tmp_path, tiny))
             np.testing.assert_array_equal(again, first)
+
+
+@needs_render
+def test_growing_a_corpus_keeps_its_cliques_splits_and_audio(tiny, tmp_path):
+    grown = tmp_path / "grown"
+    shutil.copytree(tiny, grown)
+    before = {p: p.stat().st_mtime_ns for p in grown.rglob("*.flac")}
+    mc.build_corpus(grown, **{**TINY, "n_works": 5})
+    light = _light(grown)
+    assert len(light) == 5 and all(light[c] == v for c, v in _light(tiny).items())
+    for split in ("train", "val", "test"):
+        old, new = _light(tiny, f".{split}"), _light(grown, f".{split}")
+        assert old.keys() <= new.keys()
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # not rendered again
+
+
+@needs_render
+def test_growing_with_other_options_is_refused_before_rendering(tiny, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(tiny, other)
+    n_files = len(list(other.rglob("*.flac")))
+    with pytest.raises(ValueError, match="other options"):
+        mc.build_corpus(other, **{**TINY, "seed": 6})
+    assert len(list(other.rglob("*.flac"))) == n_files and _light(other) == _light(tiny)
 
 
 @needs_render

@@ -17,7 +17,9 @@ The output follows the Discogs-VI-YT layout (REFERENCE.md section 6)::
 With ``--demo`` the works come from a reserved pool that training corpora never use, and the
 MIREX-style lists ``collection.txt``, ``queries.txt`` and ``labels.tsv`` are written too.
 Everything is a function of ``--seed`` (and the other options): the same command gives the
-same ids, the same metadata and the same audio.
+same ids, the same metadata and the same audio. Rerunning it with more ``--works`` into the
+same folder grows the corpus: the first works, their ids and audio stay as they were, every
+existing clique keeps its split, and only the new cliques are cut into train/val/test.
 
 Requires: ``apt-get install fluidsynth fluid-soundfont-gm timgm6mb-soundfont`` and
 ``pip install music21``.
@@ -724,12 +726,17 @@ def pick_works(candidates: Iterable[WorkRef], n_works: int, root: Path, mapper,
     return chosen
 
 
-def split_cliques(clique_ids: Sequence[str], fractions: Sequence[float], seed: int) -> dict[str, list[str]]:
+def split_cliques(clique_ids: Sequence[str], fractions: Sequence[float], seed: int,
+                  kept: dict[str, str] | None = None) -> dict[str, list[str]]:
     """Shuffle cliques with the seed and cut them into train/val/test by ``fractions``.
 
-    With three or more cliques, val and test get at least one clique each.
+    ``kept`` (clique -> split, from an earlier run into the same folder) pins those cliques
+    to their split; only the others are shuffled and cut, so growing a corpus never moves a
+    held-out clique into training. With three or more new cliques, val and test get at least
+    one of them each.
     """
-    ids = list(clique_ids)
+    kept = {c: s for c, s in (kept or {}).items() if c in set(clique_ids)}
+    ids = [c for c in clique_ids if c not in kept]
     np.random.default_rng([seed, 1]).shuffle(ids)
     n = len(ids)
     n_val, n_test = (round(n * f) for f in fractions[1:3])
@@ -738,7 +745,33 @@ def split_cliques(clique_ids: Sequence[str], fractions: Sequence[float], seed: i
     n_train = max(0, n - n_val - n_test)
     cuts = {"train": ids[:n_train], "val": ids[n_train:n_train + n_val],
             "test": ids[n_train + n_val:]}
+    for clique, split in kept.items():
+        cuts[split].append(clique)
     return {name: sorted(part) for name, part in cuts.items()}
+
+
+def existing_splits(out_dir: Path, name: str, sources: dict[str, str]) -> dict[str, str]:
+    """Clique -> split of an earlier corpus in ``out_dir`` (empty if there is none).
+
+    ``sources`` maps the clique ids about to be made to their ``music21:`` sources. Raises
+    ValueError if an earlier clique id now names another work: the folder was made with other
+    options, and keeping its splits would mix works across them.
+    """
+    previous_path = out_dir / f"{name}-light.json"
+    if not previous_path.exists():
+        return {}
+    previous = json.loads(previous_path.read_text(encoding="utf-8"))
+    for clique in sorted(previous.keys() & sources.keys()):
+        if previous[clique][0]["source"] != sources[clique]:
+            raise ValueError(f"{previous_path}: clique {clique} is {previous[clique][0]['source']} "
+                             f"there but {sources[clique]} now; the folder was made with other "
+                             "options (seed, collections): use a new one")
+    kept = {}
+    for split in ("train", "val", "test"):
+        path = out_dir / f"{name}-light.json.{split}"
+        if path.exists():
+            kept.update(dict.fromkeys(json.loads(path.read_text(encoding="utf-8")), split))
+    return kept
 
 
 def write_json(path: Path, obj: object, lines: bool = False) -> None:
@@ -799,7 +832,10 @@ def build_corpus(out_dir: Path, n_works: int, versions_per_work: int, seconds: f
     try:
         mapper = pool.imap if pool else map
         works = pick_works(candidates, n_works, root, mapper, quiet)
-        tasks = [Task(work, k, f"C-{i + 1:07d}", f"V-{i * versions_per_work + k + 1:07d}",
+        clique_ids = [f"C-{i + 1:07d}" for i in range(len(works))]
+        kept = existing_splits(out_dir, name, {c: f"music21:{work.ref.key}"
+                                               for c, work in zip(clique_ids, works)})
+        tasks = [Task(work, k, clique_ids[i], f"V-{i * versions_per_work + k + 1:07d}",
                       youtube_id(seed, work.ref.key, k), seed, seconds, out_dir, soundfont_dir, overwrite,
                       DEMO_OVERRIDES if demo else ())
                  for i, work in enumerate(works) for k in range(versions_per_work)]
@@ -817,7 +853,7 @@ def build_corpus(out_dir: Path, n_works: int, versions_per_work: int, seconds: f
     if small:
         log.warning("dropping %d cliques with fewer than 2 versions", len(small))
     cliques = {c: v for c, v in cliques.items() if len(v) >= 2}
-    write_metadata(out_dir, name, cliques, split_cliques(list(cliques), fractions, seed))
+    write_metadata(out_dir, name, cliques, split_cliques(list(cliques), fractions, seed, kept))
     if demo:
         write_demo_lists(out_dir, cliques)
     return cliques
