@@ -735,7 +735,8 @@ def split_cliques(clique_ids: Sequence[str], fractions: Sequence[float], seed: i
     held-out clique into training. With three or more new cliques, val and test get at least
     one of them each.
     """
-    kept = {c: s for c, s in (kept or {}).items() if c in set(clique_ids)}
+    present = set(clique_ids)
+    kept = {c: s for c, s in (kept or {}).items() if c in present}
     ids = [c for c in clique_ids if c not in kept]
     np.random.default_rng([seed, 1]).shuffle(ids)
     n = len(ids)
@@ -887,9 +888,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-6:
         raise SystemExit("--split needs three fractions that sum to 1")
     start = time.perf_counter()
-    cliques = build_corpus(args.out_dir, args.works, args.versions_per_work, args.seconds,
-                           args.seed, fractions, args.jobs, args.demo, args.name,
-                           args.overwrite, args.quiet, args.collections.split(","))
+    try:
+        cliques = build_corpus(args.out_dir, args.works, args.versions_per_work, args.seconds,
+                               args.seed, fractions, args.jobs, args.demo, args.name,
+                               args.overwrite, args.quiet, args.collections.split(","))
+    except (RuntimeError, ValueError) as err:  # missing fluidsynth, a folder made otherwise
+        raise SystemExit(f"make_corpus: {err}") from None
     n_versions = sum(len(v) for v in cliques.values())
     print(f"{len(cliques)} cliques, {n_versions} versions in {args.out_dir} "
           f"({time.perf_counter() - start:.1f} s)", file=sys.stderr)
