@@ -109,6 +109,11 @@ class WorkRef:
     def collection(self) -> str:
         return self.path.split("/", 1)[0]
 
+    @property
+    def source(self) -> str:
+        """The ``source`` field of its versions' metadata records."""
+        return f"music21:{self.key}"
+
 
 def stable_int(*parts: object) -> int:
     """A 64-bit integer hashed from ``parts`` (stable across runs, unlike ``hash``)."""
@@ -684,7 +689,7 @@ def render_version(task: Task) -> dict | None:
         "youtube_id": task.youtube_id,
         "track_title": f"{work.title} (version {task.version + 1})",
         "composer": work.composer,
-        "source": f"music21:{work.ref.key}",
+        "source": work.ref.source,
         "audio_path": rel.as_posix(),
         "start_seconds": round(start_s, 3),
         "tempo_bpm": round(work.bpm * spec.tempo_factor, 2),
@@ -834,8 +839,7 @@ def build_corpus(out_dir: Path, n_works: int, versions_per_work: int, seconds: f
         mapper = pool.imap if pool else map
         works = pick_works(candidates, n_works, root, mapper, quiet)
         clique_ids = [f"C-{i + 1:07d}" for i in range(len(works))]
-        kept = existing_splits(out_dir, name, {c: f"music21:{work.ref.key}"
-                                               for c, work in zip(clique_ids, works)})
+        kept = existing_splits(out_dir, name, {c: work.ref.source for c, work in zip(clique_ids, works)})
         tasks = [Task(work, k, clique_ids[i], f"V-{i * versions_per_work + k + 1:07d}",
                       youtube_id(seed, work.ref.key, k), seed, seconds, out_dir, soundfont_dir, overwrite,
                       DEMO_OVERRIDES if demo else ())
