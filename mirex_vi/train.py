@@ -286,6 +286,13 @@ def _resume(run_dir: Path, model, optimizer, scheduler, scaler, cfg, device,
     return int(ckpt["epoch"]), float(ckpt["best_mAP"])
 
 
+def append_metrics(path: Path, record: dict) -> None:
+    """Add ``record`` as a JSON line; the file is rewritten atomically (never a torn line)."""
+    before = path.read_text(encoding="utf-8") if path.is_file() else ""
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write(before + json.dumps(record) + "\n")
+
+
 def _truncate_metrics(path: Path, epochs_done: int) -> None:
     """Drop lines of epochs after the checkpoint (written by the killed run)."""
     if not path.is_file():
@@ -366,8 +373,7 @@ def _run_epoch(epoch, cfg, dist, dev, model, optimizer, scheduler, scaler, loade
         seconds = time.perf_counter() - t0
         record = dict(epoch=epoch + 1, lr=lr, train_loss=train["loss"], active=train["active"],
                       steps=train["steps"], seconds=round(seconds, 2), val=val, best=improved)
-        with open(run_dir / METRICS, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        append_metrics(run_dir / METRICS, record)
         log.info("epoch %d/%d loss %.4f active %.3f lr %.2e val MAP %.4f MR1 %.1f %s(%.1f s)",
                  epoch + 1, cfg.epochs, train["loss"], train["active"], lr,
                  val.get("map", math.nan), val.get("mr1", math.nan),

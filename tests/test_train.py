@@ -123,6 +123,22 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(full_run, dataset_dir,
         assert torch.equal(a[name], b[name]), name
 
 
+def test_metrics_lines_are_appended_atomically(tmp_path, monkeypatch):
+    path = tmp_path / METRICS
+    train.append_metrics(path, {"epoch": 1})
+    train.append_metrics(path, {"epoch": 2})
+    assert path.read_text() == '{"epoch": 1}\n{"epoch": 2}\n'
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError):
+        train.append_metrics(path, {"epoch": 3})
+    assert path.read_text() == '{"epoch": 1}\n{"epoch": 2}\n'
+    assert [p.name for p in tmp_path.iterdir()] == [METRICS]
+
+
 def test_init_weights_starts_from_a_checkpoint_and_refuses_another_size(full_run, dataset_dir,
                                                                         tmp_path):
     best = full_run / BEST
