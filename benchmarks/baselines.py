@@ -2,7 +2,7 @@
 
     python benchmarks/baselines.py --metadata CORPUS/Synth-VI-YT-light.json.test \
         --features-dir FEATURES --audio-root CORPUS [--weights NAME] [--skip-chroma] \
-        [--excerpt SECONDS]
+        [--excerpt SECONDS] [--exclude EARLIER.json.test]
 
 Systems (the same queries, candidates and metrics for all):
 
@@ -85,6 +85,10 @@ def _qmax_row(q: int) -> tuple[int, np.ndarray]:
 
 def chroma_qmax_rows(paths: list[Path], hop: int, seconds: float | None, jobs: int):
     """Qmax distance rows (query index, (N,) distances), all pairs, over ``jobs`` processes."""
+    if jobs == 1:
+        _init_qmax_worker([hpcp(p, hop, seconds) for p in paths])
+        yield from map(_qmax_row, range(len(paths)))
+        return
     with multiprocessing.Pool(jobs) as pool:
         features = pool.starmap(hpcp, [(p, hop, seconds) for p in paths])
     with multiprocessing.Pool(jobs, _init_qmax_worker, (features,)) as pool:
@@ -110,13 +114,20 @@ def main() -> None:
                         help="processes for the chroma baseline")
     parser.add_argument("--excerpt", type=float, metavar="SECONDS",
                         help="use only the first SECONDS of every version (all systems)")
+    parser.add_argument("--exclude", type=Path, metavar="METADATA",
+                        help="leave out the cliques of this metadata file (e.g. the test split "
+                             "of a corpus before it grew, to score only the cliques added since)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    versions = [v for vs in filter_available(read_metadata(args.metadata), args.features_dir).values()
-                for v in vs]
+    cliques = read_metadata(args.metadata)
+    if args.exclude:
+        excluded = read_metadata(args.exclude)
+        cliques = {c: vs for c, vs in cliques.items() if c not in excluded}
+    versions = [v for vs in filter_available(cliques, args.features_dir).values() for v in vs]
     ids, labels = [v.youtube_id for v in versions], [v.clique_id for v in versions]
-    print(f"{len(ids)} versions of {len(set(labels))} cliques from {args.metadata}")
+    excluding = f" less those of {args.exclude}" if args.exclude else ""
+    print(f"{len(ids)} versions of {len(set(labels))} cliques from {args.metadata}{excluding}")
     device = torch.device("cpu")
     results: dict[str, dict] = {}
 
