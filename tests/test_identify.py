@@ -178,10 +178,8 @@ def test_kill_and_resume_gives_identical_matrix(tmp_path, tiny_package):
     assert 3 <= done_before < 12, "the run finished before it could be killed"
     assert not out.exists() and not list(tmp_path.glob(".out.txt*"))
     # SIGKILL cannot be caught, so a hidden temporary file may be left mid-write; what must
-    # never exist is a half-written entry at a final path.
-    for entry in work.rglob("*.npy"):
-        emb = np.load(entry, allow_pickle=False)
-        assert emb.dtype == np.float32 and abs(float(np.linalg.norm(emb)) - 1.0) < 1e-3
+    # never exist is a half-written entry at a final path. The cache only counts an entry
+    # that loads as a finite unit vector (EmbeddingCache.get), so every one of them must.
     resumed = subprocess.run([c for c in cmd if c != "--quiet"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert f"({done_before} embeddings from cache)" in resumed.stderr
