@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -18,6 +19,7 @@ def _file_mode() -> int:
 
 
 FILE_MODE = _file_mode()
+TMP_SUFFIX = ".tmp"
 
 
 @contextlib.contextmanager
@@ -28,7 +30,7 @@ def atomic_open(path: str | Path, mode: str = "wb", **kwargs) -> Iterator[IO]:
     ``mode`` is ``"wb"`` or ``"w"`` (text; ``kwargs`` go to ``open``, e.g. encoding).
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     try:
         os.fchmod(fd, FILE_MODE)  # mkstemp makes 0600; a result file should read as usual
         with open(fd, mode, **kwargs) as f:
@@ -39,3 +41,22 @@ def atomic_open(path: str | Path, mode: str = "wb", **kwargs) -> Iterator[IO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temporaries(folder: str | Path, older_than_s: float = 3600.0) -> int:
+    """Delete the hidden temporaries that a killed writer (SIGKILL, power loss) left
+    anywhere under ``folder``; returns how many.
+
+    ``atomic_open`` cleans up after any exception, but nothing runs after a SIGKILL. Only
+    files untouched for ``older_than_s`` go, so a concurrent writer's file is never taken.
+    """
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for tmp in Path(folder).rglob(f".*{TMP_SUFFIX}"):
+        try:
+            if tmp.is_file() and tmp.stat().st_mtime < cutoff:
+                tmp.unlink()
+                removed += 1
+        except FileNotFoundError:  # another process swept it first
+            pass
+    return removed

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import atomic_open
+from .atomic import atomic_open, remove_stale_temporaries
 from .config import FeatureConfig, to_dict
 from .extract import iter_files
 from .features import preprocess
@@ -143,11 +143,14 @@ class EmbeddingCache:
 
     The key covers the resolved path, size and mtime of the audio, the weights' sha256 and
     the feature config, so a changed file or model never reuses a stale entry. Entries are
-    written atomically; one that does not load as a finite unit vector is recomputed.
+    written atomically; one that does not load as a finite unit vector is recomputed, and
+    temporaries that a killed run left behind are swept when the cache is opened.
     """
 
     def __init__(self, folder: Path, weights_sha256: str, features: FeatureConfig, dim: int):
         self.folder = folder
+        if n := remove_stale_temporaries(folder):
+            log.info("removed %d temporary files left by an interrupted run in %s", n, folder)
         self.dim = dim
         self._salt = json.dumps({"weights": weights_sha256, "features": to_dict(features)},
                                 sort_keys=True)

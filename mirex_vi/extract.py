@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_open
+from .atomic import atomic_open, remove_stale_temporaries
 from .audio import AudioError, load_audio
 from .config import FeatureConfig
 from .features import compute_cqt, has_feature, save_feature
@@ -156,10 +156,13 @@ def extract_features(
     """Write the CQT of each ``(track_id, audio_path)`` in the authors' layout under ``out_dir``.
 
     Finished tracks are skipped, so an interrupted run resumes; each file is written
-    atomically; a failed track writes nothing and is reported with its reason.
+    atomically (temporaries a killed run left are swept first); a failed track writes
+    nothing and is reported with its reason.
     """
     from tqdm import tqdm
 
+    if n := remove_stale_temporaries(out_dir):
+        log.info("removed %d temporary files left by an interrupted run in %s", n, out_dir)
     todo = [(tid, path) for tid, path in items if not has_feature(out_dir, tid)]
     skipped = len(items) - len(todo)
     if skipped:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import os
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -37,6 +39,18 @@ def write_audio(path: Path, samples: np.ndarray, sr: int = SR, **kwargs) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, samples, sr, **kwargs)
     return path
+
+
+def leave_temporaries(folder: Path) -> tuple[Path, Path]:
+    """Hidden ``atomic_open``-style temporaries under ``folder`` as a SIGKILLed writer leaves
+    them: one two hours old (stale), one just written (a concurrent writer's)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stale, fresh = folder / ".entry.npy.abc123.tmp", folder / ".entry.npy.def456.tmp"
+    stale.write_bytes(b"half")
+    fresh.write_bytes(b"half")
+    two_hours_ago = os.stat(stale).st_mtime - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    return stale, fresh
 
 
 @pytest.fixture(scope="session")

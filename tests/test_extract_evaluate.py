@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import melody, write_audio
+from conftest import leave_temporaries, melody, write_audio
 from mirex_vi.cli import main
 from mirex_vi.features import has_feature, load_feature
 
@@ -57,9 +57,11 @@ def test_extract_writes_authors_layout_logs_errors_and_resumes(tmp_path, dataset
     assert not has_feature(out, "bbbbbbbbbb2")  # never a zero-filled feature file
     assert "bbbbbbbbbb2" in (out / "extract_errors.tsv").read_text()
     assert not list(out.rglob("*.tmp"))
+    stale, fresh = leave_temporaries(out / "aa")
     code, text = invoke("extract", out, "--metadata", meta, "--audio-root", root,
                         "--workers", "2", "--quiet")
     assert code == 0 and "extracted 0, already there 3, failed 1" in text
+    assert not stale.exists() and fresh.exists()  # a killed run's leftovers are swept
 
 
 def test_extract_from_plain_list(tmp_path, tracks):

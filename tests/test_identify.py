@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import write_audio
+from conftest import leave_temporaries, write_audio
 from mirex_vi.cli import main
 from mirex_vi.mirex_io import format_row, read_distance_matrix
 
@@ -148,10 +148,12 @@ def test_cache_is_reused_and_corrupt_entries_recomputed(tmp_path, tracks, tiny_p
     assert len(entries) == 4
     entries[0].write_bytes(b"garbage")
     np.save(entries[1], np.zeros(16, dtype=np.float32))  # loads, but is not a unit vector
+    stale, fresh = leave_temporaries(entries[2].parent)
     code, out = run_cli("identify", collection, collection, tmp_path / "out.txt", "--weights",
                         tiny_package, "--workers", "1", *args)
     assert code == 0 and "(2 embeddings from cache)" in out
     assert (tmp_path / "out.txt").read_bytes() == first
+    assert not stale.exists() and fresh.exists()  # a killed run's leftovers are swept
 
 
 def identify_command(collection: Path, out: Path, package: Path, work: Path) -> list[str]:
