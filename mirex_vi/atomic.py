@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+log = logging.getLogger(__name__)
 
 
 def _file_mode() -> int:
@@ -43,9 +46,9 @@ def atomic_open(path: str | Path, mode: str = "wb", **kwargs) -> Iterator[IO]:
         raise
 
 
-def remove_stale_temporaries(folder: str | Path, older_than_s: float = 3600.0) -> int:
-    """Delete the hidden temporaries that a killed writer (SIGKILL, power loss) left
-    anywhere under ``folder``; returns how many.
+def remove_stale_temporaries(folder: str | Path, older_than_s: float = 3600.0) -> None:
+    """Delete (and log) the hidden temporaries that a killed writer (SIGKILL, power loss)
+    left anywhere under ``folder``.
 
     ``atomic_open`` cleans up after any exception, but nothing runs after a SIGKILL. Only
     files untouched for ``older_than_s`` go, so a concurrent writer's file is never taken.
@@ -59,4 +62,5 @@ def remove_stale_temporaries(folder: str | Path, older_than_s: float = 3600.0) -
                 removed += 1
         except FileNotFoundError:  # another process swept it first
             pass
-    return removed
+    if removed:
+        log.info("removed %d temporary files left by an interrupted run in %s", removed, folder)

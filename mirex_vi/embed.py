@@ -149,8 +149,7 @@ class EmbeddingCache:
 
     def __init__(self, folder: Path, weights_sha256: str, features: FeatureConfig, dim: int):
         self.folder = folder
-        if n := remove_stale_temporaries(folder):
-            log.info("removed %d temporary files left by an interrupted run in %s", n, folder)
+        remove_stale_temporaries(folder)
         self.dim = dim
         self._salt = json.dumps({"weights": weights_sha256, "features": to_dict(features)},
                                 sort_keys=True)

@@ -161,8 +161,7 @@ def extract_features(
     """
     from tqdm import tqdm
 
-    if n := remove_stale_temporaries(out_dir):
-        log.info("removed %d temporary files left by an interrupted run in %s", n, out_dir)
+    remove_stale_temporaries(out_dir)
     todo = [(tid, path) for tid, path in items if not has_feature(out_dir, tid)]
     skipped = len(items) - len(todo)
     if skipped:
