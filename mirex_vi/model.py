@@ -1,4 +1,4 @@
-"""CQT-Net as used by Discogs-VINet-MIREX (REFERENCE.md section 2).
+"""CQT-Net as used by Discogs-VINet-MIREX (docs/REFERENCE.md §2).
 
 The module and parameter names follow the authors' state dict (``front_end.<i>``,
 ``proj.lin``) so that their checkpoint loads with ``strict=True``.
@@ -27,6 +27,27 @@ _CONV_PLAN = (
 )
 
 
+def _time_frames_out(t_in: int) -> int:
+    """Frames left on the time axis after the convolutions and pools of ``_CONV_PLAN``
+    (0 once a layer has nothing left to convolve)."""
+    t = t_in
+    for _, (_, k_time), (_, pad_time), dilation, pool in _CONV_PLAN:
+        t += 2 * pad_time - (k_time - 1) * dilation
+        if t < 1:
+            return 0
+        if pool:  # MaxPool2d((1, 2), stride (1, 2), padding (0, 1))
+            t = t // 2 + 1
+    return t
+
+
+def _min_time_frames() -> int:
+    """The shortest input length ``T'`` that leaves one frame after the last convolution."""
+    t = 1
+    while _time_frames_out(t) < 1:
+        t += 1
+    return t
+
+
 class _Projection(nn.Module):
     """Holds the final linear layer under the authors' name ``proj.lin``."""
 
@@ -41,12 +62,13 @@ class _Projection(nn.Module):
 class CQTNet(nn.Module):
     """Maps a preprocessed CQT to an L2-normalised embedding.
 
-    Input ``(B, 1, 84, T')`` float, T' >= 172 (the 4000-frame pad guarantees it);
+    Input ``(B, 1, 84, T')`` float, ``T' >= min_pooled_frames`` (172; the 4000-frame pad
+    guarantees it);
     output ``(B, embedding_dim)`` with unit norm. Frequency is never pooled; the global
     max-pool accepts any length, so whole tracks go through unchanged.
     """
 
-    min_frames = 172  # shortest T' that leaves one frame after the last conv
+    min_pooled_frames = _min_time_frames()  # shortest T' (pooled frames) the model accepts
 
     def __init__(self, cfg: ModelConfig = ModelConfig()):
         super().__init__()

@@ -126,9 +126,9 @@ def build_train_loader(cfg: TrainConfig, dist: Dist,
             ``min_crop_frames`` outside ``[0, crop_frames]``.
     """
     feats = cfg.features
-    if feats.crop_frames // feats.downsample_factor < CQTNet.min_frames:
+    if feats.crop_frames // feats.downsample_factor < CQTNet.min_pooled_frames:
         raise ValueError(f"features.crop_frames={feats.crop_frames} is too short: CQT-Net "
-                         f"needs {CQTNet.min_frames * feats.downsample_factor} frames")
+                         f"needs {CQTNet.min_pooled_frames * feats.downsample_factor} frames")
     if not 0 <= feats.min_crop_frames <= feats.crop_frames:
         raise ValueError(f"features.min_crop_frames={feats.min_crop_frames} must lie in "
                          f"[0, crop_frames={feats.crop_frames}]")

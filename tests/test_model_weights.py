@@ -38,10 +38,20 @@ def test_model_layer_plan_matches_reference():
     assert convs[0].padding == (6, 0)
 
 
+def test_min_pooled_frames_is_the_shortest_input_the_layers_accept():
+    model = CQTNet(MODEL_SIZES["tiny"]).eval()
+    shortest = CQTNet.min_pooled_frames
+    assert shortest == 172  # docs/REFERENCE.md §2; 3,440 CQT frames at a pool of 20
+    with torch.no_grad():
+        assert model(torch.rand(1, 1, 84, shortest)).shape == (1, 16)
+        with pytest.raises(RuntimeError):
+            model(torch.rand(1, 1, 84, shortest - 1))
+
+
 def test_embedding_is_unit_norm_for_any_usable_length():
     model = CQTNet(MODEL_SIZES["tiny"]).eval()
     with torch.no_grad():
-        for t in (CQTNet.min_frames, 200, 777):
+        for t in (CQTNet.min_pooled_frames, 200, 777):
             emb = model(torch.rand(2, 1, 84, t))
             assert emb.shape == (2, 16)
             torch.testing.assert_close(emb.norm(dim=1), torch.ones(2))
