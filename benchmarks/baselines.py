@@ -32,7 +32,8 @@ from mirex_vi.data import filter_available, read_metadata
 from mirex_vi.embed import embed_stream
 from mirex_vi.evaluate import format_figures
 from mirex_vi.extract import AUDIO_EXTENSIONS
-from mirex_vi.features import load_feature, preprocess
+from mirex_vi.features import preprocess
+from mirex_vi.featstore import load_feature
 from mirex_vi.metrics import metrics_from_distances, metrics_from_embeddings
 from mirex_vi.model import CQTNet
 from mirex_vi.weights import load_weights

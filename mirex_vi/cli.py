@@ -176,7 +176,8 @@ def extract(out_dir, metadata, audio_root, list_file, workers, quiet) -> None:
     """CQT features of a dataset in the authors' layout (OUT_DIR/<id[:2]>/<id>.mm + .npy)."""
     _setup_logging(quiet)
     from .config import FeatureConfig
-    from .extract import default_workers, extract_features, items_from_list, items_from_metadata
+    from .extract import extract_features, items_from_list, items_from_metadata
+    from .workers import default_workers
 
     if (metadata is None) == (list_file is None) or (metadata is not None and audio_root is None):
         _fail("give either --metadata with --audio-root, or --list")

@@ -81,8 +81,8 @@ def evaluate_audio(labels_tsv: Path, weights: str | None, device: str, amp: bool
     from tqdm import tqdm
 
     from .embed import embed_tracks
-    from .extract import default_workers
     from .weights import load_weights
+    from .workers import default_workers
 
     labels = read_labels(labels_tsv)
     paths = list(labels)

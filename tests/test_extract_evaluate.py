@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from conftest import leave_temporaries, melody, write_audio
 from mirex_vi.cli import main
-from mirex_vi.features import has_feature, load_feature
+from mirex_vi.featstore import has_feature, load_feature
 
 IDS = {"C-01": ["aaaaaaaaaa1", "aaaaaaaaaa2"], "C-02": ["bbbbbbbbbb1", "bbbbbbbbbb2"]}
 
