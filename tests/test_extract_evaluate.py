@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import leave_temporaries, melody, write_audio
+from conftest import leave_temporaries
 from mirex_vi.cli import main
 from mirex_vi.featstore import has_feature, load_feature
+from mirex_vi.synth import melody, write_audio
 
 IDS = {"C-01": ["aaaaaaaaaa1", "aaaaaaaaaa2"], "C-02": ["bbbbbbbbbb1", "bbbbbbbbbb2"]}
 
