@@ -12,6 +12,10 @@ Systems (the same queries, candidates and metrics for all):
   (Serra et al. 2009 Qmax), the classic chroma alignment baseline (needs
   ``pip install essentia``; all pairs, so O(N^2) alignments, over ``--jobs`` processes);
 - ``weights``: the given weight package (default: the shipped one).
+
+The two CQT-Net systems are scored by the package's ``evaluate_cliques``, on the CPU in fp32,
+so the ``weights`` figures are those of ``mirex-vi evaluate --metadata ... --features-dir ...
+[--excerpt SECONDS] --device cpu --no-amp``.
 """
 
 from __future__ import annotations
@@ -29,10 +33,8 @@ import torch
 from mirex_vi.audio import load_audio
 from mirex_vi.config import MODEL_SIZES
 from mirex_vi.data import filter_available, read_metadata
-from mirex_vi.embed import embed_stream
-from mirex_vi.evaluate import format_figures
+from mirex_vi.evaluate import evaluate_cliques, format_figures
 from mirex_vi.extract import AUDIO_EXTENSIONS
-from mirex_vi.features import load_feature, preprocess
 from mirex_vi.metrics import metrics_from_distances, metrics_from_embeddings
 from mirex_vi.model import CQTNet
 from mirex_vi.weights import load_weights
@@ -124,7 +126,8 @@ def main() -> None:
     if args.exclude:
         excluded = read_metadata(args.exclude)
         cliques = {c: vs for c, vs in cliques.items() if c not in excluded}
-    versions = [v for vs in filter_available(cliques, args.features_dir).values() for v in vs]
+    cliques = filter_available(cliques, args.features_dir)
+    versions = [v for vs in cliques.values() for v in vs]
     ids, labels = [v.youtube_id for v in versions], [v.clique_id for v in versions]
     excluding = f" less those of {args.exclude}" if args.exclude else ""
     print(f"{len(ids)} versions of {len(set(labels))} cliques from {args.metadata}{excluding}")
@@ -132,10 +135,9 @@ def main() -> None:
     results: dict[str, dict] = {}
 
     def embed_and_score(model, cfg):
-        frames = round(args.excerpt * cfg.frame_rate) if args.excerpt else None
-        inputs = (preprocess(load_feature(args.features_dir, i)[:frames], cfg) for i in ids)
-        return metrics_from_embeddings(embed_stream(model, inputs, device, amp=False),
-                                       labels).summary()
+        result, _ = evaluate_cliques(model, cfg, cliques, args.features_dir, device, amp=False,
+                                     excerpt=args.excerpt, progress=False)
+        return result.summary()
 
     if not args.only_chroma:
         loaded = load_weights(args.weights)

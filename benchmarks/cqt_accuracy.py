@@ -30,33 +30,10 @@ import torch
 from mirex_vi.config import FeatureConfig
 from mirex_vi.cqt_torch import TorchCQT
 from mirex_vi.features import preprocess
+from mirex_vi.synth import piano_like, sines
 
 SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
 CORPUS_PIECES = ("bach/bwv66.6", "beethoven/opus18no1")
-
-
-def tone(freqs: list[float], seconds: float, sr: int) -> np.ndarray:
-    t = np.arange(int(seconds * sr)) / sr
-    return sum(np.sin(2 * np.pi * f * t) for f in freqs) / len(freqs)
-
-
-def piano_like(seconds: float, sr: int, seed: int = 0) -> np.ndarray:
-    """Bass, chords and melody of decaying harmonic notes spanning MIDI 24-100."""
-    rng = np.random.default_rng(seed)
-    out = np.zeros(int(seconds * sr))
-    for low, high, step, poly in ((24, 48, 1.0, 1), (48, 72, 0.5, 3), (60, 100, 0.25, 1)):
-        for onset in np.arange(0, seconds, step):
-            for pitch in rng.integers(low, high, size=poly):
-                f0 = 440 * 2 ** ((pitch - 69) / 12)
-                n = min(int(2.0 * sr), len(out) - int(onset * sr))
-                t = np.arange(n) / sr
-                partials = sum(
-                    np.sin(2 * np.pi * k * f0 * t) / k * np.exp(-t * (1.5 + k))
-                    for k in range(1, 9) if k * f0 < sr / 2
-                )
-                start = int(onset * sr)
-                out[start : start + n] += rng.uniform(0.2, 1.0) * partials * (1 - np.exp(-t * 200))
-    return out / np.abs(out).max()
 
 
 def rendered(piece: str, seconds: float, sr: int) -> np.ndarray | None:
@@ -82,8 +59,8 @@ def rendered(piece: str, seconds: float, sr: int) -> np.ndarray | None:
 
 def signals(seconds: float, sr: int, files: list[str]) -> dict[str, np.ndarray]:
     out = {
-        "sine 440 Hz": tone([440.0], seconds, sr),
-        "chord C3-E3-G3-C4-C6": tone([130.81, 164.81, 196.0, 261.63, 1046.5], seconds, sr),
+        "sine 440 Hz": sines([440.0], seconds, sr),
+        "chord C3-E3-G3-C4-C6": sines([130.81, 164.81, 196.0, 261.63, 1046.5], seconds, sr),
         "white noise": np.random.default_rng(0).standard_normal(int(seconds * sr)) * 0.1,
         "piano-like melody": piano_like(seconds, sr),
     }
@@ -153,7 +130,7 @@ def main() -> None:
     for name, y in signals(args.seconds, cfg.sample_rate, args.audio).items():
         report(name, theirs(y), ours(y), cfg)
 
-    y = piano_like(args.timing_seconds, cfg.sample_rate, seed=1).astype(np.float32)
+    y = piano_like(args.timing_seconds, cfg.sample_rate, seed=1)
     t_ref, t_ours = best_time(lambda: theirs(y)), best_time(lambda: ours(y))
     print(f"time for {args.timing_seconds:g} s of audio: librosa {t_ref:.3f} s,"
           f" TorchCQT ({args.device}, {torch.get_num_threads()} threads) {t_ours:.3f} s")

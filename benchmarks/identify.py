@@ -2,8 +2,8 @@
 
     python benchmarks/identify.py --tracks 40 --seconds 180 [--device cpu|cuda] [--workers N]
 
-Makes N synthetic tracks (harmonic melodies + noise, 22.05 kHz mono 16-bit WAV, as MIREX
-provides) once under --data, then times
+Makes N synthetic tracks (``mirex_vi.synth.write_tracks``: harmonic melodies + noise,
+22.05 kHz mono 16-bit WAV, as MIREX provides) once under --data, then times
 
 (a) a serial reference that follows the authors' recipe literally: one track at a time,
     load, librosa CQT, batch-1 forward, then all-pairs scoring and a plain-Python writer;
@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 
 from mirex_vi.audio import load_audio
@@ -33,30 +32,10 @@ from mirex_vi.embed import EmbeddingCache
 from mirex_vi.features import compute_cqt, preprocess
 from mirex_vi.mirex_io import write_distance_matrix
 from mirex_vi.runtime import resolve_device
+from mirex_vi.synth import write_tracks
 from mirex_vi.weights import load_weights
 
 CFG = FeatureConfig()
-
-
-def make_tracks(folder: Path, n: int, seconds: float) -> list[Path]:
-    """Deterministic harmonic melodies with noise; existing files are reused."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        path = folder / f"track{i:05d}.wav"
-        if not path.exists():
-            rng = np.random.default_rng(i)
-            sr, note_len = CFG.sample_rate, 0.25 + 0.25 * rng.random()
-            notes = rng.integers(48, 72, size=int(seconds / note_len) + 1)
-            t = np.arange(int(note_len * sr)) / sr
-            env = np.exp(-3 * t)
-            wave = np.concatenate([
-                env * sum(np.sin(2 * np.pi * k * 440 * 2 ** ((m - 69) / 12) * t) / k for k in (1, 2, 3))
-                for m in notes])[: int(seconds * sr)]
-            wave = 0.2 * wave + 0.01 * rng.standard_normal(len(wave))
-            sf.write(path, wave.astype(np.float32), sr, subtype="PCM_16")
-        paths.append(path)
-    return paths
 
 
 def serial_reference(paths: list[Path], weights: str | None, device: torch.device, out: Path):
@@ -131,7 +110,7 @@ def main() -> None:
     parser.add_argument("--matrix-size", type=int, default=0, help="also time writing an N x N matrix")
     args = parser.parse_args()
 
-    paths = make_tracks(args.data / f"audio-{int(args.seconds)}s", args.tracks, args.seconds)
+    paths = write_tracks(args.data / f"audio-{int(args.seconds)}s", args.tracks, args.seconds)
     work = args.data / "work"
     subprocess.run(["rm", "-rf", str(work)], check=True)
     work.mkdir(parents=True)

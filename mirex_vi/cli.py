@@ -176,7 +176,8 @@ def extract(out_dir, metadata, audio_root, list_file, workers, quiet) -> None:
     """CQT features of a dataset in the authors' layout (OUT_DIR/<id[:2]>/<id>.mm + .npy)."""
     _setup_logging(quiet)
     from .config import FeatureConfig
-    from .extract import default_workers, extract_features, items_from_list, items_from_metadata
+    from .extract import extract_features, items_from_list, items_from_metadata
+    from .workers import default_workers
 
     if (metadata is None) == (list_file is None) or (metadata is not None and audio_root is None):
         _fail("give either --metadata with --audio-root, or --list")
@@ -220,6 +221,8 @@ def train(config_path, overrides, resume, device, quiet) -> None:
 @click.option("--metadata", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Labelled set as Discogs-VI light JSON (with --features-dir).")
 @click.option("--features-dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--excerpt", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Use only the first SECONDS of each stored CQT (with --metadata).")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="TSV of audio_path<TAB>clique_id (paths relative to the TSV's folder).")
 @click.option("--matrix", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -233,13 +236,15 @@ def train(config_path, overrides, resume, device, quiet) -> None:
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write PNG plots (rank-of-first-version histogram, AP per clique).")
 @click.option("--quiet", is_flag=True)
-def evaluate(metadata, features_dir, labels, matrix, weights_spec, device, no_amp, workers,
-             json_out, plot_dir, quiet) -> None:
+def evaluate(metadata, features_dir, excerpt, labels, matrix, weights_spec, device, no_amp,
+             workers, json_out, plot_dir, quiet) -> None:
     """MAP, MR1, MRR, Top-1, Top-10 and P@10 of a model or of a MIREX matrix."""
     _setup_logging(quiet)
     _share_cores_with_workers()
     from . import evaluate as ev
 
+    if excerpt is not None and (matrix or not metadata):
+        _fail("--excerpt needs --metadata with --features-dir")
     try:
         if matrix:
             if not labels:
@@ -249,7 +254,8 @@ def evaluate(metadata, features_dir, labels, matrix, weights_spec, device, no_am
             if not features_dir:
                 _fail("--metadata needs --features-dir")
             result, clique_of = ev.evaluate_features(metadata, features_dir, weights_spec,
-                                                     device, not no_amp, progress=not quiet)
+                                                     device, not no_amp, excerpt,
+                                                     progress=not quiet)
         elif labels:
             result, clique_of = ev.evaluate_audio(labels, weights_spec, device, not no_amp,
                                                   workers, progress=not quiet)

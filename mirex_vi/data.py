@@ -1,8 +1,8 @@
 """Discogs-VI-YT metadata, the training dataset and its clique-balanced batch sampler.
 
-Metadata (REFERENCE.md section 6) comes as the "light" JSON object (``.train/.val/.test``
+Metadata (docs/REFERENCE.md §6) comes as the "light" JSON object (``.train/.val/.test``
 splits) or as the full JSONL; both become ``{clique_id: [Version, ...]}``. Features are
-looked up by YouTube id in the authors' memmap layout (``features.load_feature``).
+looked up by YouTube id in the authors' memmap layout (``featstore.load_feature``).
 
 Batches hold ``cliques_per_batch`` distinct cliques x ``versions_per_clique`` versions; see
 ``CliqueBatchSampler`` for how an epoch is built.
@@ -23,7 +23,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .config import FeatureConfig
-from .features import has_feature, load_feature, preprocess, random_crop
+from .features import preprocess
+from .featstore import has_feature, load_feature, random_crop
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ import torch
 
 from .atomic import atomic_open, remove_stale_temporaries
 from .config import FeatureConfig, to_dict
-from .extract import iter_files
-from .features import preprocess
+from .features import TorchFrontEnd, preprocess
 from .model import CQTNet
 from .runtime import autocast
 from .weights import LoadedWeights
+from .workers import iter_files
 
 log = logging.getLogger(__name__)
 
@@ -101,41 +101,6 @@ def embed_stream(
     finally:
         torch.backends.cudnn.benchmark = benchmark
     return torch.cat(parts) if parts else torch.empty(0, model.cfg.embedding_dim)
-
-
-class TorchFrontEnd:
-    """Decoded audio -> model input on ``device``, mirroring ``compute_cqt`` + ``preprocess``.
-
-    The CQT is :class:`~mirex_vi.cqt_torch.TorchCQT` (agrees with librosa to ~1e-6
-    relative); it goes through float16 as stored features do, then the same pad, mean-pool,
-    clip and max-normalisation as :func:`~mirex_vi.features.preprocess`.
-    """
-
-    def __init__(self, cfg: FeatureConfig, device: torch.device):
-        from .cqt_torch import TorchCQT
-
-        self.cfg = cfg
-        self.device = device
-        self.cqt = TorchCQT.from_config(cfg).to(device)
-
-    @torch.inference_mode()
-    def __call__(self, audio: np.ndarray) -> torch.Tensor:
-        """``(N,)`` float32 audio -> ``(n_bins, T')`` float32 on ``device``."""
-        wave = torch.from_numpy(audio).to(self.device, non_blocking=True)[None]  # (1, N)
-        spec = self.cqt(wave)[0].T.half().float()  # (T, n_bins), float16 round trip
-        return preprocess_tensor(spec, self.cfg)
-
-
-def preprocess_tensor(cqt: torch.Tensor, cfg: FeatureConfig, min_frames: int | None = None) -> torch.Tensor:
-    """Torch twin of :func:`~mirex_vi.features.preprocess`: ``(T, F)`` -> ``(F, T')`` float32."""
-    min_frames = cfg.min_frames if min_frames is None else min_frames
-    x = cqt.float()
-    if x.shape[0] < min_frames:
-        x = torch.nn.functional.pad(x, (0, 0, 0, min_frames - x.shape[0]))
-    k = cfg.downsample_factor
-    t_out = x.shape[0] // k
-    x = x[: t_out * k].reshape(t_out, k, x.shape[1]).mean(dim=1).clamp_(min=0.0)  # (T', F)
-    return (x / (x.max() + cfg.eps)).T.contiguous()
 
 
 class EmbeddingCache:
@@ -246,7 +211,7 @@ def embed_tracks(
             errors[track] = result.error
             on_track()
             continue
-        x = front_end(result.data) if front_end else preprocess(result.data, weights.features)
+        x = front_end(result.audio) if front_end else preprocess(result.cqt, weights.features)
         pending.setdefault(x.shape[-1], []).append((track, x))
         if sum(map(len, pending.values())) >= batch_size:
             for group in pending.values():

@@ -5,11 +5,19 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .atomic import atomic_open
 from .metrics import RetrievalResult, metrics_from_distances, metrics_from_embeddings
 from .mirex_io import InputError, iter_distance_matrix
 from .runtime import amp_enabled, resolve_device
+
+if TYPE_CHECKING:
+    import torch
+
+    from .config import FeatureConfig
+    from .data import Cliques
+    from .model import CQTNet
 
 FIGURE_NAMES = {"map": "MAP", "mr1": "MR1", "mrr": "MRR", "top1_rate": "Top-1 rate",
                 "top10_count": "Top-10 count", "p_at_10": "P@10", "n_queries": "queries"}
@@ -52,26 +60,44 @@ def evaluate_matrix(matrix: Path, labels_tsv: Path) -> tuple[RetrievalResult, li
 
 
 def evaluate_features(metadata: Path, features_dir: Path, weights: str | None, device: str,
-                      amp: bool, progress: bool = True) -> tuple[RetrievalResult, list[str]]:
-    """Figures of a model on a Discogs-VI split whose CQTs are stored under ``features_dir``."""
-    from tqdm import tqdm
-
-    from .data import FullTrackDataset, filter_available, read_metadata
-    from .embed import embed_stream
+                      amp: bool, excerpt: float | None = None,
+                      progress: bool = True) -> tuple[RetrievalResult, list[str]]:
+    """Figures of a model on a Discogs-VI split whose CQTs are stored under ``features_dir``
+    (of their first ``excerpt`` seconds only, when given)."""
+    from .data import filter_available, read_metadata
     from .weights import load_weights
 
     cliques = filter_available(read_metadata(metadata), features_dir)
     if not cliques:
         raise InputError(f"{metadata}: no clique with >= 2 versions has features in {features_dir}")
     loaded = load_weights(weights)
-    dataset = FullTrackDataset(cliques, features_dir, loaded.features)
-    dev = resolve_device(device)
-    model = loaded.model.to(dev)
-    with tqdm(total=len(dataset), desc="embed", unit="track", disable=not progress) as bar:
-        emb = embed_stream(model, (x for x, _ in dataset), dev, amp_enabled(dev, amp),
+    return evaluate_cliques(loaded.model, loaded.features, cliques, features_dir,
+                            resolve_device(device), amp, excerpt, progress)
+
+
+def evaluate_cliques(model: CQTNet, cfg: FeatureConfig, cliques: Cliques, features_dir: Path,
+                     device: torch.device, amp: bool, excerpt: float | None = None,
+                     progress: bool = True) -> tuple[RetrievalResult, list[str]]:
+    """Figures of ``model`` on the stored CQTs of ``cliques`` (every version must have one).
+
+    Each whole CQT, or with ``excerpt`` its first ``round(excerpt * cfg.frame_rate)`` frames,
+    is preprocessed as at inference and embedded on ``device``; every version is a query
+    against all others. Returns the result and the ``(N,)`` clique ids in embedding order.
+    """
+    from tqdm import tqdm
+
+    from .embed import embed_stream
+    from .features import preprocess
+    from .featstore import load_feature
+
+    frames = round(excerpt * cfg.frame_rate) if excerpt else None
+    versions = [v for members in cliques.values() for v in members]
+    inputs = (preprocess(load_feature(features_dir, v.youtube_id)[:frames], cfg) for v in versions)
+    with tqdm(total=len(versions), desc="embed", unit="track", disable=not progress) as bar:
+        emb = embed_stream(model.to(device), inputs, device, amp_enabled(device, amp),
                            on_chunk=bar.update)
-    labels = [v.clique_id for v in dataset.versions]
-    return metrics_from_embeddings(emb, labels, device=dev, progress=progress), labels
+    labels = [v.clique_id for v in versions]
+    return metrics_from_embeddings(emb, labels, device=device, progress=progress), labels
 
 
 def evaluate_audio(labels_tsv: Path, weights: str | None, device: str, amp: bool,
@@ -81,8 +107,8 @@ def evaluate_audio(labels_tsv: Path, weights: str | None, device: str, amp: bool
     from tqdm import tqdm
 
     from .embed import embed_tracks
-    from .extract import default_workers
     from .weights import load_weights
+    from .workers import default_workers
 
     labels = read_labels(labels_tsv)
     paths = list(labels)

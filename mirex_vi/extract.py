@@ -1,95 +1,22 @@
-"""Audio files -> CQTs in parallel worker processes, and the dataset ``extract`` command.
+"""The dataset ``extract`` command: CQT features of a Discogs-VI-YT set or of a plain list.
 
-Workers decode and (unless asked only to decode) transform; the caller (identification or dataset
-extraction) receives each file's array or the reason it failed as soon as it is done, in
-completion order.
-Workers are started with ``forkserver`` so they never inherit the parent's torch threads.
+Files are decoded and transformed by ``workers.iter_files``; each finished CQT is written in
+the authors' layout (``featstore``), so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
-import os
-from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from .atomic import atomic_open, remove_stale_temporaries
-from .audio import AudioError, load_audio
 from .config import FeatureConfig
-from .features import compute_cqt, has_feature, save_feature
+from .featstore import has_feature, save_feature
+from .workers import iter_files
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class FileResult:
-    """One finished file: ``data`` (a ``(T, n_bins)`` float16 CQT, or ``(N,)`` float32 audio
-    when only decoding was asked for), or ``error`` saying why not."""
-
-    index: int
-    data: np.ndarray | None = None
-    error: str | None = None
-
-
-def default_workers() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def file_to_cqt(path: str | Path, cfg: FeatureConfig) -> np.ndarray:
-    """Decode one file and return its ``(T, n_bins)`` float16 CQT.
-
-    Raises:
-        AudioError: the file is unusable (missing, unreadable, silent...).
-    """
-    audio = load_audio(path, cfg.sample_rate)
-    cqt = compute_cqt(audio, cfg)
-    if not np.all(np.isfinite(cqt)):
-        raise AudioError("CQT is not finite (float16 overflow: is the audio scaled to [-1, 1]?)")
-    return cqt
-
-
-def _job(index: int, path: str, cfg: FeatureConfig, decode_only: bool) -> FileResult:
-    try:
-        data = load_audio(path, cfg.sample_rate) if decode_only else file_to_cqt(path, cfg)
-        return FileResult(index, data=data)
-    except AudioError as err:
-        return FileResult(index, error=str(err))
-    except Exception as err:  # noqa: BLE001 - a decoder/transform crash on one file is that file's error
-        return FileResult(index, error=f"{type(err).__name__}: {err}")
-
-
-def iter_files(paths: Sequence[str | Path], cfg: FeatureConfig, workers: int,
-               decode_only: bool = False) -> Iterator[FileResult]:
-    """CQTs (or decoded audio) of ``paths`` in completion order, by ``workers`` processes.
-
-    At most ``2 * workers`` files are in flight, so memory stays bounded on long lists.
-    """
-    if workers <= 1 or len(paths) <= 1:
-        for i, path in enumerate(paths):
-            yield _job(i, str(path), cfg, decode_only)
-        return
-    ctx = mp.get_context("forkserver")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        pending: set[Future] = set()
-        todo = iter(enumerate(paths))
-        try:
-            for i, path in todo:
-                pending.add(pool.submit(_job, i, str(path), cfg, decode_only))
-                if len(pending) >= 2 * workers:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    yield from (f.result() for f in done)
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                yield from (f.result() for f in done)
-        finally:
-            for f in pending:
-                f.cancel()
-
 
 AUDIO_EXTENSIONS = (".mp4", ".m4a", ".webm", ".flac", ".wav", ".ogg", ".mp3", ".opus")
 
@@ -174,7 +101,7 @@ def extract_features(
             failed[tid] = result.error
             log.warning("%s (%s): %s", tid, path, result.error)
         else:
-            save_feature(out_dir, tid, result.data)
+            save_feature(out_dir, tid, result.cqt)
         bar.update()
     bar.close()
     if failed:

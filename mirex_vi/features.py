@@ -1,17 +1,26 @@
-"""The CQT front end, its preprocessing, and the authors' on-disk feature layout.
+"""The front end: audio -> CQT -> model input, in numpy (librosa) and in torch.
 
-Every constant comes from ``FeatureConfig`` (REFERENCE.md section 1). Arrays are numpy:
-a stored CQT is ``(T, n_bins)`` float16; what the model sees is ``(n_bins, T')`` float32.
+Every constant comes from ``FeatureConfig`` (``docs/REFERENCE.md §1``). A stored CQT is
+``(T, n_bins)`` float16; what the model sees is ``(n_bins, T')`` float32.
+
+- numpy: ``compute_cqt`` (what the dataset stores) and ``preprocess`` (pad, pool, normalise);
+- torch: ``preprocess_tensor`` (the same steps on a tensor) and ``TorchFrontEnd`` (decoded
+  audio -> model input on a device, through ``cqt_torch.TorchCQT``).
+
+torch is imported only inside the torch half, so the decode/CQT worker processes, which load
+this module for ``compute_cqt``, never load torch.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .atomic import atomic_open
 from .config import FeatureConfig
+
+if TYPE_CHECKING:
+    import torch
 
 
 def compute_cqt(audio: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
@@ -59,51 +68,39 @@ def preprocess(cqt: np.ndarray, cfg: FeatureConfig, min_frames: int | None = Non
     return np.ascontiguousarray(x.T)
 
 
-def random_crop(cqt: np.ndarray, length: int, rng: np.random.Generator,
-                min_length: int = 0) -> np.ndarray:
-    """A random ``(length, n_bins)`` window of a ``(T, n_bins)`` CQT; shorter ones are kept whole.
+def preprocess_tensor(cqt: torch.Tensor, cfg: FeatureConfig, min_frames: int | None = None) -> torch.Tensor:
+    """Torch twin of :func:`preprocess`: ``(T, F)`` -> ``(F, T')`` float32, on ``cqt``'s device."""
+    min_frames = cfg.min_frames if min_frames is None else min_frames
+    x = cqt.float()
+    if x.shape[0] < min_frames:
+        padded = x.new_zeros((min_frames, x.shape[1]))
+        padded[: x.shape[0]] = x
+        x = padded
+    k = cfg.downsample_factor
+    t_out = x.shape[0] // k
+    x = x[: t_out * k].reshape(t_out, k, x.shape[1]).mean(dim=1).clamp_(min=0.0)  # (T', F)
+    return (x / (x.max() + cfg.eps)).T.contiguous()
 
-    ``min_length > 0`` first draws the window length uniformly from ``[min_length, length]``,
-    so that whole short tracks also yield partial excerpts.
+
+class TorchFrontEnd:
+    """Decoded audio -> model input on ``device``, mirroring ``compute_cqt`` + ``preprocess``.
+
+    The CQT is :class:`~mirex_vi.cqt_torch.TorchCQT` (agrees with librosa to ~1e-6
+    relative); it goes through float16 as stored features do, then :func:`preprocess_tensor`.
     """
-    if min_length:
-        length = int(rng.integers(min_length, length + 1))
-    start = int(rng.integers(0, cqt.shape[0] - length + 1)) if cqt.shape[0] > length else 0
-    return cqt[start : start + length]
 
+    def __init__(self, cfg: FeatureConfig, device: torch.device):
+        from .cqt_torch import TorchCQT
 
-# --- The authors' dataset layout: <dir>/<id[:2]>/<id>.mm (float16 (T, F)) + <id>.npy (shape)
+        self.cfg = cfg
+        self.device = device
+        self.cqt = TorchCQT.from_config(cfg).to(device)
 
+    def __call__(self, audio: np.ndarray) -> torch.Tensor:
+        """``(N,)`` float32 audio -> ``(n_bins, T')`` float32 on ``device``."""
+        import torch
 
-def feature_paths(features_dir: str | Path, track_id: str) -> tuple[Path, Path]:
-    """``(memmap, shape)`` paths of a track's stored CQT."""
-    folder = Path(features_dir) / track_id[:2]
-    return folder / f"{track_id}.mm", folder / f"{track_id}.npy"
-
-
-def has_feature(features_dir: str | Path, track_id: str) -> bool:
-    return all(p.is_file() for p in feature_paths(features_dir, track_id))
-
-
-def load_feature(features_dir: str | Path, track_id: str) -> np.ndarray:
-    """A stored CQT as a read-only ``(T, n_bins)`` float16 memmap."""
-    mm_path, shape_path = feature_paths(features_dir, track_id)
-    shape = tuple(int(s) for s in np.load(shape_path))
-    if len(shape) != 2 or shape[0] == 0:
-        raise ValueError(f"{shape_path}: bad feature shape {shape}")
-    expected = shape[0] * shape[1] * 2
-    if mm_path.stat().st_size != expected:
-        raise ValueError(f"{mm_path}: {mm_path.stat().st_size} bytes, expected {expected}")
-    return np.memmap(mm_path, dtype=np.float16, mode="r", shape=shape)
-
-
-def save_feature(features_dir: str | Path, track_id: str, cqt: np.ndarray) -> None:
-    """Store a ``(T, n_bins)`` CQT; each file is written atomically, the shape file last."""
-    mm_path, shape_path = feature_paths(features_dir, track_id)
-    mm_path.parent.mkdir(parents=True, exist_ok=True)
-    data = np.ascontiguousarray(cqt, dtype=np.float16)
-    with atomic_open(mm_path) as f:
-        f.write(data.tobytes())
-    with atomic_open(shape_path) as f:
-        np.save(f, np.asarray(data.shape, dtype=np.int64))
-
+        with torch.inference_mode():
+            wave = torch.from_numpy(audio).to(self.device, non_blocking=True)[None]  # (1, N)
+            spec = self.cqt(wave)[0].T.half().float()  # (T, n_bins), float16 round trip
+            return preprocess_tensor(spec, self.cfg)

@@ -16,12 +16,12 @@ import torch
 
 from .atomic import atomic_open
 from .embed import EmbeddingCache, TrackError, embed_tracks
-from .extract import default_workers
 from .mirex_io import (InputError, TrackList, check_output_location, query_positions, read_list,
                        write_distance_matrix)
 from .runtime import amp_enabled, resolve_device
 from .scoring import distance_rows
 from .weights import LoadedWeights, load_weights
+from .workers import default_workers
 
 SYSTEM_NAME = "Discogs-VINet-MIREX (mirex_vi)"
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: synthetic audio (tones, melodies) and a tiny weight package."""
+"""Shared fixtures: synthetic tracks (from ``mirex_vi.synth``), a tiny weight package, and
+the leftovers of a killed writer."""
 
 from __future__ import annotations
 
@@ -7,37 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from mirex_vi.config import MODEL_SIZES, FeatureConfig
 from mirex_vi.model import CQTNet
+from mirex_vi.synth import melody, write_audio
 from mirex_vi.weights import write_package
-
-SR = 22050
-
-
-def midi_to_hz(note: float) -> float:
-    return 440.0 * 2 ** ((note - 69) / 12)
-
-
-def tone(note: float, seconds: float, sr: int = SR, harmonics: int = 1) -> np.ndarray:
-    """A (decaying, optionally harmonic) tone at a MIDI pitch, float32 in [-0.5, 0.5]."""
-    t = np.arange(int(seconds * sr)) / sr
-    wave = sum(np.sin(2 * np.pi * k * midi_to_hz(note) * t) / k for k in range(1, harmonics + 1))
-    return (0.3 * wave).astype(np.float32)
-
-
-def melody(notes: list[float], note_seconds: float = 0.25, sr: int = SR) -> np.ndarray:
-    """Notes one after another, each with a short decay envelope."""
-    env = np.exp(-3 * np.arange(int(note_seconds * sr)) / sr).astype(np.float32)
-    return np.concatenate([tone(n, note_seconds, sr, harmonics=3) * env for n in notes])
-
-
-def write_audio(path: Path, samples: np.ndarray, sr: int = SR, **kwargs) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, samples, sr, **kwargs)
-    return path
 
 
 def leave_temporaries(folder: Path) -> tuple[Path, Path]:

@@ -12,7 +12,7 @@ import pytest
 from mirex_vi.config import FeatureConfig
 from mirex_vi.data import (CliqueBatchSampler, FullTrackDataset, TrainDataset, Version,
                            filter_available, read_metadata, youtube_id_from_url)
-from mirex_vi.features import save_feature
+from mirex_vi.featstore import save_feature
 
 LIGHT = {
     "C-0000001": [

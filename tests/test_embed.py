@@ -3,11 +3,11 @@
 import numpy as np
 import torch
 
-from conftest import melody
 from mirex_vi.config import MODEL_SIZES, FeatureConfig
-from mirex_vi.embed import TorchFrontEnd, embed_inputs, preprocess_tensor
-from mirex_vi.features import compute_cqt, preprocess
+from mirex_vi.embed import embed_inputs
+from mirex_vi.features import TorchFrontEnd, compute_cqt, preprocess, preprocess_tensor
 from mirex_vi.model import CQTNet
+from mirex_vi.synth import melody
 
 CFG = FeatureConfig()
 

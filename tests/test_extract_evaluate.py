@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import leave_temporaries, melody, write_audio
+from conftest import leave_temporaries
 from mirex_vi.cli import main
-from mirex_vi.features import has_feature, load_feature
+from mirex_vi.config import FeatureConfig
+from mirex_vi.featstore import has_feature, load_feature, save_feature
+from mirex_vi.synth import melody, write_audio
 
 IDS = {"C-01": ["aaaaaaaaaa1", "aaaaaaaaaa2"], "C-02": ["bbbbbbbbbb1", "bbbbbbbbbb2"]}
 
@@ -121,6 +123,36 @@ def test_evaluate_features_matrix_and_labels(tmp_path, dataset, tiny_package):
     for key in from_audio:
         assert from_matrix[key] == pytest.approx(from_audio[key], abs=1e-6), key
     assert sorted(p.suffix for p in (tmp_path / "plots").iterdir()) == [".png", ".png"]
+
+
+def test_evaluate_excerpt_scores_the_first_seconds_of_each_feature(tmp_path, tiny_package):
+    """``--excerpt S`` gives the figures of features cut to their first round(S * 43.07)
+    frames: here a clique's versions share only those frames, so only the excerpt finds them."""
+    rng = np.random.default_rng(0)
+    frames = round(30 * FeatureConfig().frame_rate)
+    whole, cut, meta = tmp_path / "whole", tmp_path / "cut", {}
+    for c in range(3):
+        shared = rng.random((frames, 84))
+        meta[f"C{c}"] = []
+        for v in range(2):
+            yid = f"c{c}v{v}-------"
+            cqt = np.concatenate([shared, 10 * rng.random((3000, 84))]).astype(np.float16)
+            save_feature(whole, yid, cqt)
+            save_feature(cut, yid, cqt[:frames])
+            meta[f"C{c}"].append({"version_id": f"V{c}{v}", "youtube_id": yid})
+    path = tmp_path / "set-light.json"
+    path.write_text(json.dumps(meta))
+    figures = {}
+    for name, folder, excerpt in (("excerpt", whole, ["--excerpt", 30]), ("cut", cut, []),
+                                  ("whole", whole, [])):
+        code, text = invoke("evaluate", "--metadata", path, "--features-dir", folder, *excerpt,
+                            "--weights", tiny_package, "--json", tmp_path / f"{name}.json", "--quiet")
+        assert code == 0, text
+        figures[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert figures["excerpt"] == figures["cut"]
+    assert figures["excerpt"]["map"] == 1.0 > figures["whole"]["map"]
+    code, text = invoke("evaluate", "--labels", path, "--excerpt", 30)
+    assert code == 2 and "--excerpt needs --metadata" in text
 
 
 def test_evaluate_matrix_requires_every_track_labelled(tmp_path, tracks, tiny_package):

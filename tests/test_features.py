@@ -5,10 +5,11 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import SR, tone, write_audio
 from mirex_vi.audio import AudioError, load_audio
 from mirex_vi.config import FeatureConfig
-from mirex_vi.features import compute_cqt, load_feature, preprocess, random_crop, save_feature
+from mirex_vi.features import compute_cqt, preprocess
+from mirex_vi.featstore import load_feature, random_crop, save_feature
+from mirex_vi.synth import SR, tone, write_audio
 
 CFG = FeatureConfig()
 

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import leave_temporaries, write_audio
+from conftest import leave_temporaries
 from mirex_vi.cli import main
 from mirex_vi.mirex_io import format_row, read_distance_matrix
+from mirex_vi.synth import write_audio
 
 
 def write_list(path: Path, lines: list[str]) -> Path:

@@ -12,7 +12,7 @@ import torch
 import torch.multiprocessing as mp
 
 from mirex_vi.config import TrainConfig, load_yaml, with_overrides
-from mirex_vi.features import save_feature
+from mirex_vi.featstore import save_feature
 from mirex_vi.weights import WeightsError
 from mirex_vi import train
 from mirex_vi.train import (BEST, LAST, METRICS, build_model_and_optimizer, build_train_loader,

@@ -128,44 +128,12 @@ build_image() {
         | awk '{printf "%.2f GB", $1 / 1e9}')"
 }
 
-# Six 10 s clips: two tones, a chord, a melody, the melody 2 semitones up and slower, a chirp.
+# Six 10 s clips (mirex_vi.synth.clips: two tones, a chord, a melody, the melody 2 semitones up
+# and slower, a chirp), written by the image's own package as 22.05 kHz 16-bit mono WAVs.
 make_audio() {
-    "$PY" - "$1" <<'EOF'
-import math, struct, sys, wave
-from pathlib import Path
-
-SR, SECONDS = 22050, 10
-out = Path(sys.argv[1])
-out.mkdir(parents=True)
-
-def hz(midi):
-    return 440.0 * 2 ** ((midi - 69) / 12)
-
-def notes(pitches, step):
-    """A melody: one pitch (MIDI) per `step` seconds, looped; harmonics 1-3."""
-    def f(t):
-        p = pitches[int(t / step) % len(pitches)]
-        return sum(math.sin(2 * math.pi * k * hz(p) * t) / k for k in (1, 2, 3))
-    return f
-
-melody = [60, 62, 64, 65, 67, 65, 64, 62, 60, 67, 64, 60]
-signals = {
-    "tone_a4": lambda t: math.sin(2 * math.pi * 440 * t),
-    "tone_c5": lambda t: math.sin(2 * math.pi * hz(72) * t),
-    "chord_c": lambda t: sum(math.sin(2 * math.pi * hz(m) * t) for m in (48, 52, 55, 60)),
-    "melody": notes(melody, 0.25),
-    "melody_cover": notes([m + 2 for m in melody], 0.3),
-    "chirp": lambda t: math.sin(2 * math.pi * (110 * t + 40 * t * t)),
-}
-for name, f in signals.items():
-    x = [f(n / SR) for n in range(SR * SECONDS)]
-    peak = max(abs(v) for v in x) or 1.0
-    with wave.open(str(out / f"{name}.wav"), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SR)
-        w.writeframes(b"".join(struct.pack("<h", int(24000 * v / peak)) for v in x))
-EOF
+    mkdir -p "$1"
+    docker run --rm --network none --user "$(id -u):$(id -g)" -v "$1:/clips" \
+        --entrypoint python "$IMAGE" -m mirex_vi.synth /clips
 }
 
 # Independent check of a MIREX matrix; prints a summary line.
@@ -200,7 +168,7 @@ EOF
 
 mirex_calls() {
     local data="$WORK/data" out="$WORK/out" t0 mode
-    make_audio "$data/audio"
+    make_audio "$data/audio" || fail "writing the synthetic clips in the container"
     ls "$data"/audio/*.wav | sed "s#^$data#/data#" >"$data/collection.txt"
     grep -E 'melody_cover|tone_a4|chord_c' "$data/collection.txt" >"$data/queries.txt"
     mkdir -p "$out" && chmod 777 "$out"   # the image's user (uid 10001) writes here

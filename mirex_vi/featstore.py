@@ -1,0 +1,59 @@
+"""The authors' on-disk feature layout, and the random crop training takes from it.
+
+A track's CQT is stored as ``<dir>/<id[:2]>/<id>.mm`` (raw float16, ``(T, n_bins)``
+row-major) beside ``<id>.npy`` (its shape as int64); see ``docs/REFERENCE.md §1``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_open
+
+
+def feature_paths(features_dir: str | Path, track_id: str) -> tuple[Path, Path]:
+    """``(memmap, shape)`` paths of a track's stored CQT."""
+    folder = Path(features_dir) / track_id[:2]
+    return folder / f"{track_id}.mm", folder / f"{track_id}.npy"
+
+
+def has_feature(features_dir: str | Path, track_id: str) -> bool:
+    return all(p.is_file() for p in feature_paths(features_dir, track_id))
+
+
+def load_feature(features_dir: str | Path, track_id: str) -> np.ndarray:
+    """A stored CQT as a read-only ``(T, n_bins)`` float16 memmap."""
+    mm_path, shape_path = feature_paths(features_dir, track_id)
+    shape = tuple(int(s) for s in np.load(shape_path))
+    if len(shape) != 2 or shape[0] == 0:
+        raise ValueError(f"{shape_path}: bad feature shape {shape}")
+    expected = shape[0] * shape[1] * 2
+    if mm_path.stat().st_size != expected:
+        raise ValueError(f"{mm_path}: {mm_path.stat().st_size} bytes, expected {expected}")
+    return np.memmap(mm_path, dtype=np.float16, mode="r", shape=shape)
+
+
+def save_feature(features_dir: str | Path, track_id: str, cqt: np.ndarray) -> None:
+    """Store a ``(T, n_bins)`` CQT; each file is written atomically, the shape file last."""
+    mm_path, shape_path = feature_paths(features_dir, track_id)
+    mm_path.parent.mkdir(parents=True, exist_ok=True)
+    data = np.ascontiguousarray(cqt, dtype=np.float16)
+    with atomic_open(mm_path) as f:
+        f.write(data.tobytes())
+    with atomic_open(shape_path) as f:
+        np.save(f, np.asarray(data.shape, dtype=np.int64))
+
+
+def random_crop(cqt: np.ndarray, length: int, rng: np.random.Generator,
+                min_length: int = 0) -> np.ndarray:
+    """A random ``(length, n_bins)`` window of a ``(T, n_bins)`` CQT; shorter ones are kept whole.
+
+    ``min_length > 0`` first draws the window length uniformly from ``[min_length, length]``,
+    so that whole short tracks also yield partial excerpts.
+    """
+    if min_length:
+        length = int(rng.integers(min_length, length + 1))
+    start = int(rng.integers(0, cqt.shape[0] - length + 1)) if cqt.shape[0] > length else 0
+    return cqt[start : start + length]
