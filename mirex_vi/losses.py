@@ -77,9 +77,10 @@ def mine_triplets(dist: torch.Tensor, labels: torch.Tensor, versions: torch.Tens
     return Triplets(positive, negative, valid)
 
 
-def triplet_loss(emb: torch.Tensor, labels: torch.Tensor, margin: float,
-                 versions: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def triplet_loss(
+    emb: torch.Tensor, labels: torch.Tensor, margin: float, versions: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Mean ``relu(d(a, p) - d(a, n) + margin)`` over valid anchors.
 
     Args:
