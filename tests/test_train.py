@@ -5,20 +5,24 @@ from __future__ import annotations
 import json
 import os
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from click.testing import CliRunner
 
 from mirex_vi import checkpoint, train
 from mirex_vi.checkpoint import BEST, LAST, METRICS
 from mirex_vi.config import TrainConfig, load_yaml, with_overrides
 from mirex_vi.features import save_feature
-from mirex_vi.weights import WeightsError, import_checkpoint, sha256_file
+from mirex_vi.cli import main
+from mirex_vi.weights import WeightsError, import_checkpoint, load_weights, sha256_file
 from mirex_vi.train import (Ranks, build_train_loader, build_training_state, init_distributed,
                             lr_at, run_training, train_epoch)
 
+REPO = Path(__file__).resolve().parent.parent
 TINY = "configs/tiny.yaml"
 POOL = 20  # FeatureConfig.downsample_factor
 
@@ -169,6 +173,19 @@ def test_pinned_init_weights_are_checked_and_recorded(full_run, dataset_dir, tmp
                                           f"output_dir={tmp_path / 'refused'}"]), device="cpu")
     with pytest.raises(ValueError, match="init_weights is empty"):
         train.initial_model(with_overrides(cfg, ["init_weights=''"]))
+
+
+def test_rerunning_stage_5_from_the_shipped_stage_8_package_is_refused(tmp_path, monkeypatch):
+    """Stage 5 starts from weights/vinet-mirex-synth, which now holds stage 8's output."""
+    monkeypatch.chdir(REPO)  # init_weights is a path relative to the repository
+    result = CliRunner().invoke(main, [
+        "train", "--config", "configs/vinet-mirex-synth-cpu-stage5.yaml", "--device", "cpu",
+        "--quiet", "--set", f"output_dir={tmp_path / 'run'}"])
+    shipped = load_weights("vinet-mirex-synth").sha256
+    pin = load_yaml(REPO / "configs" / "vinet-mirex-synth-cpu-stage5.yaml").init_sha256
+    assert result.exit_code == 2
+    assert f"sha256 {shipped}" in result.output and f"init_sha256 {pin}" in result.output
+    assert not (tmp_path / "run" / LAST).exists()
 
 
 def test_a_disabled_scaler_state_loads_into_an_enabled_scaler(tmp_path):
