@@ -184,8 +184,8 @@ def initial_model(cfg: TrainConfig) -> tuple[CQTNet, str | None]:
     loaded = load_weights(cfg.init_weights)
     if cfg.init_sha256 and loaded.sha256 != cfg.init_sha256:
         raise WeightsError(f"init_weights {cfg.init_weights!r} have sha256 {loaded.sha256}, "
-                           f"but the config pins init_sha256 {cfg.init_sha256}: not the "
-                           "weights this run starts from (the config's comments say where they are)")
+                           f"but the config pins init_sha256 {cfg.init_sha256}: not the weights "
+                           "this run starts from (the config's comments say where they are)")
     if loaded.model.cfg != cfg.model_config:
         raise WeightsError(f"init_weights {cfg.init_weights!r} hold a {loaded.model.cfg}, "
                            f"not the {cfg.model!r} model {cfg.model_config}")
