@@ -35,6 +35,14 @@ def test_stages_that_start_from_weights_pin_them():
     assert len(set(pins.values())) == len(pins)  # every stage starts from its own weights
 
 
+def test_shipped_package_records_stage_8_and_its_start():
+    provenance = json.loads((REPO / "weights" / "vinet-mirex-synth" / "config.json")
+                            .read_text())["provenance"]
+    stage8 = to_dict(load_yaml(REPO / "configs" / "vinet-mirex-synth-cpu-stage8.yaml"))
+    assert provenance["init_sha256"] == stage8.pop("init_sha256")
+    assert provenance["config"] == stage8  # the config it was trained with, before pins
+
+
 def _write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
