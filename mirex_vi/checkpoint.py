@@ -41,7 +41,8 @@ class TrainingState:
     Attributes:
         model: CQT-Net on ``device``, wrapped in DistributedDataParallel when distributed.
         init_sha256: sha256 of the weights the run started from (package model or ``.pth``
-            file); None for a random initialisation.
+            file); None for a random initialisation, or when resumed from a checkpoint
+            written before this key existed.
         epoch: finished epochs, i.e. the index of the next epoch to run.
         best_map: the best validation MAP so far (``-inf`` before the first).
     """
