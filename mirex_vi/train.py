@@ -174,12 +174,11 @@ def initial_model(cfg: TrainConfig) -> tuple[CQTNet, str | None]:
 
     Raises:
         WeightsError: the weights cannot be loaded, are not of size ``cfg.model``, or do
-            not have the sha256 that ``cfg.init_sha256`` pins.
-        ValueError: ``init_sha256`` without ``init_weights``.
+            not have the sha256 that ``cfg.init_sha256`` pins; a pin without weights.
     """
     if not cfg.init_weights:
         if cfg.init_sha256:
-            raise ValueError("init_sha256 is set but init_weights is empty")
+            raise WeightsError("init_sha256 is set but init_weights is empty")
         return build_model(cfg.model), None
     loaded = load_weights(cfg.init_weights)
     if cfg.init_sha256 and loaded.sha256 != cfg.init_sha256:

@@ -171,7 +171,7 @@ def test_pinned_init_weights_are_checked_and_recorded(full_run, dataset_dir, tmp
     with pytest.raises(WeightsError, match=f"sha256 {sha}.*init_sha256 {wrong}"):
         run_training(with_overrides(cfg, [f"init_sha256={wrong}",
                                           f"output_dir={tmp_path / 'refused'}"]), device="cpu")
-    with pytest.raises(ValueError, match="init_weights is empty"):
+    with pytest.raises(WeightsError, match="init_weights is empty"):
         train.initial_model(with_overrides(cfg, ["init_weights=''"]))
 
 
