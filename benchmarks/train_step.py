@@ -1,9 +1,9 @@
 """Seconds per training step and samples per second of CQT-Net on random inputs.
 
-A step is what ``train.train_epoch`` does: forward, online triplet loss, backward, Adam
-update (fp16 autocast + GradScaler on CUDA with ``--amp``; fp32 on the CPU). Data loading
-is not included: inputs are random ``(B, 1, 84, crop_frames // 20)`` tensors with labels
-shaped like a ``cliques x versions`` batch.
+A step is the package's ``train.training_step``: forward, online triplet loss, backward,
+Adam update (fp16 autocast + GradScaler on CUDA with ``--amp``; fp32 on the CPU). Data
+loading is not included: inputs are random ``(B, 84, crop_frames // 20)`` tensors with
+labels shaped like a ``cliques x versions`` batch.
 
     # the report's step (54 x 4 crops of 7600 frames) on a GPU
     PYTHONPATH=. python benchmarks/train_step.py --device cuda --amp
@@ -17,55 +17,47 @@ cost is linear in the batch); the script prints both and says which one was meas
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
 import torch
 
 from mirex_vi.config import TrainConfig
-from mirex_vi.losses import triplet_loss
-from mirex_vi.model import build_model, count_parameters
-from mirex_vi.runtime import amp_enabled, autocast, resolve_device
-
-
-def _step(model, optimizer, scaler, x, labels, device, amp, margin) -> None:
-    with autocast(device, amp):
-        emb = model(x)
-    loss, _ = triplet_loss(emb, labels, margin)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
+from mirex_vi.model import count_parameters
+from mirex_vi.runtime import amp_enabled, resolve_device
+from mirex_vi.train import Ranks, build_training_state, training_step
 
 
 def measure(model_size: str, cliques: int, versions: int, crop_frames: int, steps: int,
             warmup: int, device: torch.device, amp: bool) -> dict:
     """Time ``steps`` training steps after ``warmup`` untimed ones; return the figures."""
-    cfg = TrainConfig()
+    cfg = dataclasses.replace(TrainConfig(), model=model_size, amp=amp)
     torch.backends.cudnn.benchmark = True
-    model = build_model(model_size).to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    state = build_training_state(cfg, device, Ranks())
+    state.model.train()
     amp = amp_enabled(device, amp)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
     batch = cliques * versions
     t_prime = crop_frames // cfg.features.downsample_factor
-    x = torch.rand(batch, 1, cfg.features.n_bins, t_prime, device=device)  # (B, 1, F, T')
+    x = torch.rand(batch, cfg.features.n_bins, t_prime, device=device)  # (B, F, T')
     labels = torch.arange(cliques, device=device).repeat_interleave(versions)  # (B,)
+    distinct = torch.arange(batch, device=device)  # (B,) every sample its own version
+    generator = torch.Generator().manual_seed(cfg.seed)
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
     for _ in range(warmup):
-        _step(model, optimizer, scaler, x, labels, device, amp, cfg.margin)
+        training_step(state, (x, labels, distinct), cfg, generator)
     sync()
     t0 = time.perf_counter()
     for _ in range(steps):
-        _step(model, optimizer, scaler, x, labels, device, amp, cfg.margin)
+        training_step(state, (x, labels, distinct), cfg, generator)
     sync()
     per_step = (time.perf_counter() - t0) / steps
     full_batch = cfg.cliques_per_batch * cfg.versions_per_clique
-    out = dict(model=model_size, parameters=count_parameters(model), device=str(device),
+    out = dict(model=model_size, parameters=count_parameters(state.model), device=str(device),
                amp=amp, threads=torch.get_num_threads(), batch=batch, crop_frames=crop_frames,
                t_prime=t_prime, steps=steps, seconds_per_step=round(per_step, 4),
                samples_per_second=round(batch / per_step, 2),

@@ -98,7 +98,13 @@ def warmup() -> None:
 
 @main.group()
 def weights() -> None:
-    """List, verify, import and export weight packages."""
+    """List, verify, import and export weight packages.
+
+    \b
+    `import` and `export` are one command under two names: each turns a .pth checkpoint
+    (the authors' model_checkpoint.pth, or a training run's best.pt / last.pt) into a
+    package of the inference weights, its config and provenance.
+    """
 
 
 @weights.command("list")
@@ -155,8 +161,10 @@ def _package_command(verb: str, help_text: str):
     return command
 
 
-_package_command("import", "Turn the authors' model_checkpoint.pth into a weight package.")
-_package_command("export", "Turn a training checkpoint (best.pt/last.pt) into a weight package.")
+_package_command("import", "Turn the authors' model_checkpoint.pth into a weight package "
+                           "(the same command as `weights export`).")
+_package_command("export", "Turn a training checkpoint (best.pt/last.pt) into a weight package "
+                           "(the same command as `weights import`).")
 
 
 # --- dataset features, training, evaluation ---------------------------------------------
@@ -195,24 +203,33 @@ def extract(out_dir, metadata, audio_root, list_file, workers, quiet) -> None:
 
 @main.command()
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="YAML training config (e.g. configs/discogs-vinet-mirex.yaml).")
+              help="YAML training config (e.g. configs/discogs-vinet-mirex.yaml), after its "
+                   "`base:` chain.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config value, e.g. --set epochs=3 --set features.crop_frames=3440.")
+              help="Override a config value after the base chain, e.g. --set epochs=3 "
+                   "--set features.crop_frames=3440.")
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT_DIR/last.pt.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--quiet", is_flag=True)
 def train(config_path, overrides, resume, device, quiet) -> None:
-    """Train CQT-Net with online triplet mining (torchrun-ready for several GPUs)."""
+    """Train CQT-Net with online triplet mining (torchrun-ready for several GPUs).
+
+    A config with `init_weights` and `init_sha256` starts only from weights of that sha256.
+    """
     _setup_logging(quiet)
     from .config import TrainConfig, load_yaml, with_overrides
     from .train import run_training
+    from .weights import WeightsError
 
     try:
         cfg = load_yaml(config_path) if config_path else TrainConfig()
         cfg = with_overrides(cfg, list(overrides))
     except (ValueError, OSError) as err:
         _fail(str(err))
-    run_dir = run_training(cfg, resume=resume, device=device)
+    try:
+        run_dir = run_training(cfg, resume=resume, device=device)
+    except (WeightsError, FileExistsError, FileNotFoundError) as err:  # bad weights, run folder
+        _fail(str(err))
     if os.environ.get("RANK", "0") == "0":  # under torchrun, only rank 0 reports
         click.echo(f"run folder: {run_dir}", err=True)
 

@@ -3,12 +3,15 @@
 A ``FeatureConfig`` and a ``ModelConfig`` are saved beside every set of weights, so that
 training and inference cannot disagree. Unknown keys are an error at load time, not a
 silent ``None`` later (the fault that broke the authors' MIREX script).
+
+A YAML config may start from another: ``base: other.yaml`` (a path relative to the
+including file) loads that file first, and this file's keys override its values; nested
+sections such as ``features:`` merge key by key, and a base may have a base of its own.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,7 +23,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    """CQT front end and its preprocessing (REFERENCE.md section 1)."""
+    """CQT front end and its preprocessing (docs/REFERENCE.md §1)."""
 
     sample_rate: int = 22050
     hop_length: int = 512
@@ -41,7 +44,7 @@ class FeatureConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """CQT-Net size: ``channels`` is c in REFERENCE.md section 2."""
+    """CQT-Net size: ``channels`` is c in docs/REFERENCE.md §2."""
 
     channels: int = 40
     embedding_dim: int = 512
@@ -58,7 +61,7 @@ MODEL_SIZES: dict[str, ModelConfig] = {
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training recipe (REFERENCE.md section 3); paths are filled in by the user."""
+    """Training recipe (docs/REFERENCE.md §3); paths are filled in by the user."""
 
     train_metadata: str = ""  # light JSON (.train split) or JSONL
     val_metadata: str = ""  # light JSON (.val split); empty: no validation
@@ -66,6 +69,7 @@ class TrainConfig:
     output_dir: str = "runs/discogs-vinet-mirex"
     model: str = "mirex"  # a key of MODEL_SIZES
     init_weights: str = ""  # start from these weights (package or .pth); empty: random init
+    init_sha256: str = ""  # pin: sha256 that init_weights must have; empty: not checked
     cliques_per_batch: int = 54
     versions_per_clique: int = 4
     epochs: int = 40
@@ -110,12 +114,50 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
 
+BASE_KEY = "base"
+
+
 def load_yaml(path: str | Path, cls: type[T] = TrainConfig) -> T:
+    """A config from a YAML file, after its ``base:`` chain (see the module docstring).
+
+    Raises:
+        ValueError: a file of the chain is not a mapping, holds an unknown key or a value
+            of the wrong type (naming that file), or the chain comes back on itself.
+    """
+    return from_dict(cls, _resolve_chain(Path(path), cls, ()))
+
+
+def _resolve_chain(path: Path, cls: type, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """The merged mapping of ``path`` over its bases; ``seen``: the files that include it."""
+    path = path.resolve()
+    if path in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path))
+        raise ValueError(f"{path}: base chain is a cycle: {chain}")
     with open(path, encoding="utf-8") as f:
         data = yaml.safe_load(f) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
-    return from_dict(cls, data)
+    base = data.pop(BASE_KEY, None)
+    try:
+        from_dict(cls, data)  # each file's own keys and types, so errors name the file
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise ValueError(f"{path}: {BASE_KEY} must be a file name, got {base!r}")
+    return _merge(_resolve_chain(path.parent / base, cls, (*seen, path)), data)
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override``'s values; sections present in both merge key by key."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def with_overrides(cfg: T, assignments: list[str]) -> T:
@@ -135,10 +177,6 @@ def with_overrides(cfg: T, assignments: list[str]) -> T:
             raise ValueError(f"override {item!r}: unknown key {key!r}")
         node[leaf] = yaml.safe_load(raw)
     return from_dict(type(cfg), data)
-
-
-def dumps_json(obj: Any) -> str:
-    return json.dumps(to_dict(obj), indent=2, sort_keys=True)
 
 
 def _dataclass_type(f: dataclasses.Field) -> type | None:

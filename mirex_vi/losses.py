@@ -1,7 +1,7 @@
 """Online triplet loss: every sample an anchor, random positive, hardest negative.
 
 Distances are non-squared Euclidean between L2-normalised embeddings, always computed in
-float32 (REFERENCE.md section 3). Positives: another sample of the anchor's clique, drawn
+float32 (docs/REFERENCE.md §3). Positives: another sample of the anchor's clique, drawn
 uniformly among the samples of a *different version*; a repeat of the anchor's own version
 (the sampler repeats versions of cliques smaller than K) is used only when the batch holds
 no other version of the clique. An anchor with no positive or no negative adds nothing.
@@ -77,9 +77,10 @@ def mine_triplets(dist: torch.Tensor, labels: torch.Tensor, versions: torch.Tens
     return Triplets(positive, negative, valid)
 
 
-def triplet_loss(emb: torch.Tensor, labels: torch.Tensor, margin: float,
-                 versions: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+def triplet_loss(
+    emb: torch.Tensor, labels: torch.Tensor, margin: float, versions: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Mean ``relu(d(a, p) - d(a, n) + margin)`` over valid anchors.
 
     Args:
@@ -87,22 +88,15 @@ def triplet_loss(emb: torch.Tensor, labels: torch.Tensor, margin: float,
         labels: ``(B,)`` clique indices; versions: ``(B,)`` version indices or None.
 
     Returns:
-        The scalar loss (0 with a zero gradient if no anchor is valid) and detached 0-dim
-        tensors (no device sync): ``active`` (share of valid anchors with a positive
-        loss), ``d_pos`` and ``d_neg`` (mean distances over valid anchors).
+        The scalar loss (0 with a zero gradient if no anchor is valid) and a detached 0-dim
+        tensor (no device sync): ``active``, the share of valid anchors with a positive loss.
     """
     dist = pairwise_distances(F.normalize(emb.float(), dim=1))
     t = mine_triplets(dist, labels, versions, generator)
     rows = torch.arange(dist.shape[0], device=dist.device)[t.valid]
-    d_pos = dist[rows, t.positive[t.valid]]
+    if rows.numel() == 0:
+        return emb.sum() * 0.0, dict(active=emb.new_zeros((), dtype=torch.float32))
+    d_pos = dist[rows, t.positive[t.valid]]  # (V,) over the V valid anchors
     d_neg = dist[rows, t.negative[t.valid]]
     per_anchor = F.relu(d_pos - d_neg + margin)
-    if rows.numel() == 0:
-        zero = emb.new_zeros((), dtype=torch.float32)
-        return emb.sum() * 0.0, dict(active=zero, d_pos=zero, d_neg=zero)
-    stats = dict(
-        active=(per_anchor.detach() > 0).float().mean(),
-        d_pos=d_pos.detach().mean(),
-        d_neg=d_neg.detach().mean(),
-    )
-    return per_anchor.mean(), stats
+    return per_anchor.mean(), dict(active=(per_anchor.detach() > 0).float().mean())

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 TOP_K = 10
 
 
-def _plain(labels: Sequence[Hashable]) -> Sequence[Hashable]:
+def _label_values(labels: Sequence[Hashable]) -> Sequence[Hashable]:
     """``labels`` as python values: 0-d tensors would hash by identity."""
     return labels.tolist() if isinstance(labels, (np.ndarray, torch.Tensor)) else labels
 
@@ -43,7 +43,7 @@ def encode_labels(labels: Sequence[Hashable]) -> np.ndarray:
 
     Arrays and tensors are compared by value (through ``tolist``), not by element identity.
     """
-    labels = _plain(labels)
+    labels = _label_values(labels)
     codes: dict[Hashable, int] = {}
     return np.fromiter((codes.setdefault(x, len(codes)) for x in labels),
                        dtype=np.int64, count=len(labels))
@@ -96,7 +96,7 @@ class RetrievalResult:
 
         ``labels`` must be the sequence the result was computed with.
         """
-        labels = _plain(labels)
+        labels = _label_values(labels)
         sums: dict[Hashable, float] = {}
         counts: dict[Hashable, int] = {}
         for q, ap in zip(self.query_index.tolist(), self.ap.tolist()):

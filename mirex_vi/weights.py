@@ -3,7 +3,10 @@
 A package ``weights/<name>/`` holds
 
 - ``model.safetensors``: the CQT-Net state dict (authors' key names);
-- ``config.json``: ``{"name", "model": ModelConfig, "features": FeatureConfig, "provenance"}``;
+- ``config.json``: ``{"name", "model": ModelConfig, "features": FeatureConfig, "provenance"}``,
+  the provenance holding the source checkpoint's name and sha256, its epoch, figures,
+  training config and git commit, and ``init_sha256``: the sha256 of the weights that
+  training started from (null for a random start; absent for the authors' checkpoint);
 - ``MODEL_CARD.md``: what it was trained on, how, and how well it does;
 - ``SHA256SUMS``: ``sha256sum`` lines for the two files above, checked before every load.
 
@@ -154,8 +157,9 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig, F
     provenance = {
         "source_file": path.name,
         "source_sha256": sha256_file(path),
-        **{k: _plain(ckpt[k]) for k in ("epoch", "train_loss", "mAP", "date_time",
-                                         "git_commit", "val_metrics", "config") if k in ckpt},
+        **{k: _json_safe(ckpt[k]) for k in ("epoch", "train_loss", "mAP", "date_time",
+                                             "git_commit", "val_metrics", "config",
+                                             "init_sha256") if k in ckpt},
     }
     return state, model_cfg, features, provenance
 
@@ -251,10 +255,10 @@ def _strip_prefixes(key: str) -> str:
     return key
 
 
-def _plain(value: Any) -> Any:
+def _json_safe(value: Any) -> Any:
     """JSON-friendly copy of checkpoint metadata (tensors become numbers)."""
     if isinstance(value, torch.Tensor):
         return value.item() if value.numel() == 1 else value.tolist()
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): _json_safe(v) for k, v in value.items()}
     return value if isinstance(value, (int, float, str, bool, list, type(None))) else str(value)

@@ -5,19 +5,24 @@ from __future__ import annotations
 import json
 import os
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from click.testing import CliRunner
 
+from mirex_vi import checkpoint, train
+from mirex_vi.checkpoint import BEST, LAST, METRICS
 from mirex_vi.config import TrainConfig, load_yaml, with_overrides
+from mirex_vi.cli import main
 from mirex_vi.featstore import save_feature
-from mirex_vi.weights import WeightsError
-from mirex_vi import train
-from mirex_vi.train import (BEST, LAST, METRICS, build_model_and_optimizer, build_train_loader,
-                            init_distributed, lr_at, run_training, train_epoch, unwrap)
+from mirex_vi.train import (Ranks, build_train_loader, build_training_state, init_distributed,
+                            lr_at, run_training, train_epoch)
+from mirex_vi.weights import WeightsError, import_checkpoint, load_weights, sha256_file
 
+REPO = Path(__file__).resolve().parent.parent
 TINY = "configs/tiny.yaml"
 POOL = 20  # FeatureConfig.downsample_factor
 
@@ -106,10 +111,10 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(full_run, dataset_dir,
     cfg = _cfg(dataset_dir, tmp_path / "killed")
     real_epoch = train._run_epoch
 
-    def killed_at_last_epoch(epoch, *args):
-        if epoch == cfg.epochs - 1:
+    def killed_at_last_epoch(state, run):
+        if state.epoch == cfg.epochs - 1:
             raise KeyboardInterrupt
-        return real_epoch(epoch, *args)
+        return real_epoch(state, run)
 
     monkeypatch.setattr(train, "_run_epoch", killed_at_last_epoch)
     with pytest.raises(KeyboardInterrupt):
@@ -125,8 +130,8 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(full_run, dataset_dir,
 
 def test_metrics_lines_are_appended_atomically(tmp_path, monkeypatch):
     path = tmp_path / METRICS
-    train.append_metrics(path, {"epoch": 1})
-    train.append_metrics(path, {"epoch": 2})
+    checkpoint.append_metrics(path, {"epoch": 1})
+    checkpoint.append_metrics(path, {"epoch": 2})
     assert path.read_text() == '{"epoch": 1}\n{"epoch": 2}\n'
 
     def disk_full(fd):
@@ -134,7 +139,7 @@ def test_metrics_lines_are_appended_atomically(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "fsync", disk_full)
     with pytest.raises(OSError):
-        train.append_metrics(path, {"epoch": 3})
+        checkpoint.append_metrics(path, {"epoch": 3})
     assert path.read_text() == '{"epoch": 1}\n{"epoch": 2}\n'
     assert [p.name for p in tmp_path.iterdir()] == [METRICS]
 
@@ -143,12 +148,59 @@ def test_init_weights_starts_from_a_checkpoint_and_refuses_another_size(full_run
                                                                         tmp_path):
     best = full_run / BEST
     cfg = _cfg(dataset_dir, tmp_path / "ft", f"init_weights={best}")
-    model = unwrap(build_model_and_optimizer(cfg, torch.device("cpu"), init_distributed("cpu")[0])[0])
+    model = build_training_state(cfg, torch.device("cpu"), Ranks()).bare_model
     start = torch.load(best, map_location="cpu", weights_only=True)["model_state_dict"]
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, start[name]), name
     with pytest.raises(WeightsError, match="not the 'mirex' model"):
         train.initial_model(with_overrides(cfg, ["model=mirex"]))
+
+
+def test_pinned_init_weights_are_checked_and_recorded(full_run, dataset_dir, tmp_path):
+    best = full_run / BEST
+    assert torch.load(best, weights_only=True)["init_sha256"] is None  # a random start
+    sha = sha256_file(best)
+    cfg = _cfg(dataset_dir, tmp_path / "ft", f"init_weights={best}", f"init_sha256={sha}",
+               "epochs=1", "val_metadata=''")
+    run_dir = run_training(cfg, device="cpu")
+    assert torch.load(run_dir / LAST, weights_only=True)["init_sha256"] == sha
+    import_checkpoint(run_dir / LAST, tmp_path / "pkg")
+    provenance = json.loads((tmp_path / "pkg" / "config.json").read_text())["provenance"]
+    assert provenance["init_sha256"] == sha
+    wrong = "f" * 64
+    with pytest.raises(WeightsError, match=f"sha256 {sha}.*init_sha256 {wrong}"):
+        run_training(with_overrides(cfg, [f"init_sha256={wrong}",
+                                          f"output_dir={tmp_path / 'refused'}"]), device="cpu")
+    with pytest.raises(WeightsError, match="init_weights is empty"):
+        train.initial_model(with_overrides(cfg, ["init_weights=''"]))
+
+
+def test_rerunning_stage_5_from_the_shipped_stage_8_package_is_refused(tmp_path, monkeypatch):
+    """Stage 5 starts from weights/vinet-mirex-synth, which now holds stage 8's output."""
+    monkeypatch.chdir(REPO)  # init_weights is a path relative to the repository
+    result = CliRunner().invoke(main, [
+        "train", "--config", "configs/vinet-mirex-synth-cpu-stage5.yaml", "--device", "cpu",
+        "--quiet", "--set", f"output_dir={tmp_path / 'run'}"])
+    shipped = load_weights("vinet-mirex-synth").sha256
+    pin = load_yaml(REPO / "configs" / "vinet-mirex-synth-cpu-stage5.yaml").init_sha256
+    assert result.exit_code == 2
+    assert f"sha256 {shipped}" in result.output and f"init_sha256 {pin}" in result.output
+    assert not (tmp_path / "run" / LAST).exists()
+
+
+def test_a_disabled_scaler_state_loads_into_an_enabled_scaler(tmp_path):
+    """A CPU (or amp: false) checkpoint holds scaler state {}, which GradScaler refuses."""
+    cfg = with_overrides(load_yaml(TINY), [f"output_dir={tmp_path}"])
+    state = build_training_state(cfg, torch.device("cpu"), Ranks())
+    assert not state.scaler.is_enabled()
+    checkpoint.save_checkpoint(tmp_path / LAST,
+                               checkpoint.checkpoint_payload(state, cfg, {"loss": 0.5}, {}))
+    resumed = build_training_state(cfg, torch.device("cpu"), Ranks(), initial_weights=False)
+    resumed.scaler = torch.amp.GradScaler("cpu", enabled=True)
+    checkpoint.restore_checkpoint(tmp_path / LAST, resumed, cfg)
+    assert resumed.scaler.is_enabled() and resumed.scaler.get_scale() == 2.0 ** 16
+    for name, tensor in state.bare_model.state_dict().items():
+        assert torch.equal(tensor, resumed.bare_model.state_dict()[name]), name
 
 
 # --- two CPU processes with gloo -------------------------------------------------------------
@@ -173,13 +225,12 @@ def _ddp_worker(rank, world, port, cfg, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    dist, device = init_distributed("cpu")
-    model, optimizer, _, scaler = build_model_and_optimizer(cfg, device, dist)
-    loader, sampler = build_train_loader(cfg, dist, device)
-    stats = train_epoch(model, loader, optimizer, scaler, cfg, device,
-                        torch.Generator().manual_seed(rank), dist)
+    ranks, device = init_distributed("cpu")
+    state = build_training_state(cfg, device, ranks)
+    loader, sampler = build_train_loader(cfg, ranks, device)
+    stats = train_epoch(state, loader, cfg, torch.Generator().manual_seed(rank), ranks)
     seen = sorted(int(v) for _, _, versions in loader for v in versions)
-    torch.save({"state": unwrap(model).state_dict(), "steps": stats["steps"], "seen": seen},
+    torch.save({"state": state.bare_model.state_dict(), "steps": stats["steps"], "seen": seen},
                out_dir / f"rank{rank}.pt")
     torch.distributed.destroy_process_group()
 
@@ -192,7 +243,7 @@ def test_two_process_ddp_keeps_replicas_identical(dataset_dir, tmp_path):
     assert r0["steps"] == r1["steps"] > 0
     assert r0["seen"] != r1["seen"]  # each rank drew its own share of the epoch
     torch.manual_seed(cfg.seed)
-    init = unwrap(build_model_and_optimizer(cfg, torch.device("cpu"), init_distributed("cpu")[0])[0])
+    init = build_training_state(cfg, torch.device("cpu"), init_distributed("cpu")[0]).bare_model
     for name, param in init.named_parameters():
         assert torch.equal(r0["state"][name], r1["state"][name]), name
         assert not torch.equal(param.detach(), r0["state"][name]), name

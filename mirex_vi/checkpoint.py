@@ -1,0 +1,161 @@
+"""The training state and its files: checkpoints, the run folder and ``metrics.jsonl``.
+
+A run folder holds ``config.yaml`` (the resolved config), ``last.pt`` (after every epoch),
+``best.pt`` (by validation MAP; the last epoch when there is no validation set) and
+``metrics.jsonl`` (one JSON line per epoch). Every file is written atomically, so a killed
+run leaves the previous version whole.
+
+A checkpoint holds the authors' keys (``model_state_dict``, ``optimizer_state_dict``,
+``scheduler_state_dict``, ``scaler_state_dict``, ``epoch``, ``train_loss``, ``mAP``,
+``date_time``), so that their tools and ``mirex-vi weights import`` read it, plus
+``config``, ``git_commit``, ``val_metrics``, ``best_mAP`` and ``init_sha256``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from .atomic import atomic_open
+from .config import TrainConfig, to_dict
+
+log = logging.getLogger(__name__)
+
+LAST, BEST, METRICS = "last.pt", "best.pt", "metrics.jsonl"
+
+
+@dataclass
+class TrainingState:
+    """What an epoch changes and a checkpoint saves and restores.
+
+    Attributes:
+        model: CQT-Net on ``device``, wrapped in DistributedDataParallel when distributed.
+        init_sha256: sha256 of the weights the run started from (package model or ``.pth``
+            file); None for a random initialisation, or when resumed from a checkpoint
+            written before this key existed.
+        epoch: finished epochs, i.e. the index of the next epoch to run.
+        best_map: the best validation MAP so far (``-inf`` before the first).
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    init_sha256: str | None = None
+    epoch: int = 0
+    best_map: float = -math.inf
+
+    @property
+    def bare_model(self) -> nn.Module:
+        """The model without its DistributedDataParallel wrapper."""
+        model = self.model
+        return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def git_commit() -> str | None:
+    """HEAD of the repository holding this package, or None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def checkpoint_payload(state: TrainingState, cfg: TrainConfig, train: dict[str, float],
+                       val: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint of ``state`` after its ``state.epoch``-th epoch (module docstring keys).
+
+    Args:
+        train: the epoch's training figures (``loss``).
+        val: its validation figures (``map``, ...; empty without a validation set).
+    """
+    return dict(
+        model_state_dict=state.bare_model.state_dict(),
+        optimizer_state_dict=state.optimizer.state_dict(),
+        scheduler_state_dict=state.scheduler.state_dict(),
+        scaler_state_dict=state.scaler.state_dict(),
+        epoch=state.epoch,
+        train_loss=train["loss"],
+        mAP=val.get("map", float("nan")),
+        date_time=dt.datetime.now().isoformat(timespec="seconds"),
+        config=to_dict(cfg),
+        git_commit=git_commit(),
+        val_metrics=val,
+        best_mAP=state.best_map,
+        init_sha256=state.init_sha256,
+    )
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """``torch.save`` atomically: a killed run never leaves a truncated checkpoint."""
+    with atomic_open(path) as f:
+        torch.save(payload, f)
+
+
+def restore_checkpoint(path: Path, state: TrainingState, cfg: TrainConfig) -> None:
+    """Load a checkpoint into ``state`` in place, warning about config keys that changed.
+
+    A disabled GradScaler (CPU, or ``amp: false``) saves ``{}``; that state is not loaded,
+    so an enabled scaler (a run moved to CUDA with AMP) starts from its defaults.
+    """
+    ckpt = torch.load(path, map_location=state.device, weights_only=True)
+    changed = sorted(k for k, v in to_dict(cfg).items() if ckpt["config"].get(k) != v)
+    if changed:
+        log.warning("resuming with a config that differs from the checkpoint's in: %s",
+                    ", ".join(changed))
+    state.bare_model.load_state_dict(ckpt["model_state_dict"])
+    state.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
+    state.scheduler.load_state_dict(ckpt["scheduler_state_dict"])
+    if ckpt["scaler_state_dict"]:
+        state.scaler.load_state_dict(ckpt["scaler_state_dict"])
+    state.epoch = int(ckpt["epoch"])
+    state.best_map = float(ckpt["best_mAP"])
+    state.init_sha256 = ckpt.get("init_sha256")
+    log.info("resumed from %s after epoch %d", path, state.epoch)
+
+
+def prepare_run_dir(cfg: TrainConfig, resume: bool) -> Path:
+    """Create ``cfg.output_dir`` and write its ``config.yaml``; return the folder.
+
+    Raises:
+        FileExistsError: the folder already holds a run and ``resume`` is False.
+        FileNotFoundError: ``resume`` without a ``last.pt``.
+    """
+    run_dir = Path(cfg.output_dir)
+    if resume and not (run_dir / LAST).is_file():
+        raise FileNotFoundError(f"--resume: {run_dir / LAST} does not exist")
+    if not resume and (run_dir / LAST).exists():
+        raise FileExistsError(f"{run_dir} already holds a run; use --resume or another output_dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_open(run_dir / "config.yaml", "w", encoding="utf-8") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    return run_dir
+
+
+def append_metrics(path: Path, record: dict) -> None:
+    """Add ``record`` as a JSON line; the file is rewritten atomically (never a torn line)."""
+    before = path.read_text(encoding="utf-8") if path.is_file() else ""
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write(before + json.dumps(record) + "\n")
+
+
+def truncate_metrics(path: Path, epochs_done: int) -> None:
+    """Drop the lines of epochs after ``epochs_done`` (written by a run killed later)."""
+    if not path.is_file():
+        return
+    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines()
+             if ln.strip() and json.loads(ln)["epoch"] <= epochs_done]
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write("".join(ln + "\n" for ln in lines))

@@ -1,0 +1,85 @@
+"""Config files: the ``base:`` chain, its merge and error rules, and the shipped configs."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from mirex_vi.config import load_yaml, to_dict, with_overrides
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+
+
+def test_every_config_resolves_to_what_its_full_copy_held():
+    """tests/data/resolved_configs.json: the configs of 91ea2d4, before they inherited."""
+    old = json.loads((REPO / "tests" / "data" / "resolved_configs.json").read_text())["configs"]
+    assert sorted(old) == [p.name for p in CONFIGS]
+    for path in CONFIGS:
+        new = to_dict(load_yaml(path))
+        assert set(new) - set(old[path.name]) == {"init_sha256"}, path.name
+        assert {k: new[k] for k in old[path.name]} == old[path.name], path.name
+
+
+def test_stages_that_start_from_weights_pin_them():
+    for path in CONFIGS:
+        cfg = load_yaml(path)
+        if cfg.init_sha256:
+            assert cfg.init_weights and re.fullmatch("[0-9a-f]{64}", cfg.init_sha256), path.name
+    pins = {p.name: load_yaml(p).init_sha256 for p in CONFIGS if load_yaml(p).init_weights}
+    unpinned = [name for name, pin in pins.items() if not pin]
+    assert unpinned == ["vinet-mirex-synth-cpu-stage3.yaml"]  # its start was never recorded
+    assert len(set(pins.values())) == len(pins)  # every stage starts from its own weights
+
+
+def test_shipped_package_records_stage_8_and_its_start():
+    provenance = json.loads((REPO / "weights" / "vinet-mirex-synth" / "config.json")
+                            .read_text())["provenance"]
+    stage8 = to_dict(load_yaml(REPO / "configs" / "vinet-mirex-synth-cpu-stage8.yaml"))
+    assert provenance["init_sha256"] == stage8.pop("init_sha256")
+    assert provenance["config"] == stage8  # the config it was trained with, before pins
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_base_chain_overrides_values_and_merges_sections(tmp_path):
+    _write(tmp_path / "root.yaml", "epochs: 7\nseed: 1\nfeatures:\n  crop_frames: 5000\n")
+    _write(tmp_path / "sub" / "mid.yaml",  # a base path is relative to the including file
+           "base: ../root.yaml\nseed: 2\nfeatures:\n  min_crop_frames: 900\n")
+    leaf = _write(tmp_path / "sub" / "leaf.yaml", "base: mid.yaml\nmargin: 0.5\n")
+    cfg = load_yaml(leaf)
+    assert (cfg.epochs, cfg.seed, cfg.margin) == (7, 2, 0.5)
+    assert (cfg.features.crop_frames, cfg.features.min_crop_frames) == (5000, 900)
+    assert cfg.features.n_bins == 84  # untouched keys keep the dataclass defaults
+    cfg = with_overrides(cfg, ["seed=3", "features.crop_frames=6000"])  # --set: after the chain
+    assert (cfg.seed, cfg.features.crop_frames, cfg.features.min_crop_frames) == (3, 6000, 900)
+
+
+def test_base_cycles_are_refused(tmp_path):
+    _write(tmp_path / "a.yaml", "base: b.yaml\n")
+    _write(tmp_path / "b.yaml", "base: a.yaml\n")
+    with pytest.raises(ValueError, match="cycle"):
+        load_yaml(tmp_path / "a.yaml")
+    _write(tmp_path / "self.yaml", "base: self.yaml\n")
+    with pytest.raises(ValueError, match="cycle"):
+        load_yaml(tmp_path / "self.yaml")
+
+
+def test_unknown_keys_and_bad_values_name_their_file(tmp_path):
+    _write(tmp_path / "root.yaml", "epochs: 3\nfeatures:\n  crop_frame: 5000\n")
+    leaf = _write(tmp_path / "leaf.yaml", "base: root.yaml\n")
+    with pytest.raises(ValueError, match=r"root\.yaml: unknown FeatureConfig key\(s\): crop_frame"):
+        load_yaml(leaf)
+    _write(tmp_path / "root.yaml", "epochs: '3'\n")
+    with pytest.raises(ValueError, match=r"root\.yaml: TrainConfig\.epochs: expected int"):
+        load_yaml(leaf)
+    _write(tmp_path / "leaf.yaml", "base: [root.yaml]\n")
+    with pytest.raises(ValueError, match=r"leaf\.yaml: base must be a file name"):
+        load_yaml(leaf)
