@@ -50,6 +50,38 @@ class ModelConfig:
     embedding_dim: int = 512
 
 
+@dataclass(frozen=True)
+class AugmentConfig:
+    """CQT-domain augmentation of training crops (``mirex_vi.augment``); all off by default.
+
+    Each op runs with its probability. Lengths count pooled frames, widths CQT bins, levels
+    dB: pitch shift by ``-pitch_max_bins..pitch_max_bins`` bins; time stretch by a factor
+    log-uniform in ``[stretch_min, stretch_max]``; a smooth spectral envelope (timbre, EQ)
+    and a smooth gain over time within ``±envelope_db`` / ``±gain_db``, each a sum of
+    ``*_terms`` random cosines; a noise floor at ``noise_db`` relative to the crop's peak;
+    one time mask of up to ``time_mask_max`` frames and one frequency mask of up to
+    ``freq_mask_max`` bins.
+    """
+
+    pitch_prob: float = 0.0
+    pitch_max_bins: int = 6
+    stretch_prob: float = 0.0
+    stretch_min: float = 0.7
+    stretch_max: float = 1.4
+    envelope_prob: float = 0.0
+    envelope_db: float = 10.0
+    envelope_terms: int = 4
+    gain_prob: float = 0.0
+    gain_db: float = 6.0
+    gain_terms: int = 3
+    noise_prob: float = 0.0
+    noise_db: float = -40.0
+    time_mask_prob: float = 0.0
+    time_mask_max: int = 20
+    freq_mask_prob: float = 0.0
+    freq_mask_max: int = 12
+
+
 # Named sizes. "mirex" is the submitted model, "ismir2024" the paper's Discogs-VINet,
 # "tiny" a fast model for tests.
 MODEL_SIZES: dict[str, ModelConfig] = {

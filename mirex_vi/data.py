@@ -2,7 +2,9 @@
 
 Metadata (docs/REFERENCE.md §6) comes as the "light" JSON object (``.train/.val/.test``
 splits) or as the full JSONL; both become ``{clique_id: [Version, ...]}``. Features are
-looked up by YouTube id in the authors' memmap layout (``featstore.load_feature``).
+looked up by YouTube id in a feature source (``pooled.open_features``): a pooled store or
+the authors' memmap layout. Both give pooled ``(T', n_bins)`` frames, so crops and windows
+are counted in pooled frames and start on the pooling grid.
 
 Batches hold ``cliques_per_batch`` distinct cliques x ``versions_per_clique`` versions; see
 ``CliqueBatchSampler`` for how an epoch is built.
@@ -22,9 +24,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .config import FeatureConfig
-from .features import preprocess
-from .featstore import has_feature, load_feature, random_crop
+from .augment import augment, check_config
+from .config import AugmentConfig, FeatureConfig
+from .featstore import random_crop
+from .pooled import FeatureSource, open_features
 
 log = logging.getLogger(__name__)
 
@@ -116,12 +119,16 @@ def count_versions(cliques: Cliques) -> int:
     return sum(len(v) for v in cliques.values())
 
 
-def filter_available(cliques: Cliques, features_dir: str | Path) -> Cliques:
-    """Drop versions without stored features, then cliques left with fewer than 2 versions."""
+def filter_available(cliques: Cliques, features: str | Path | FeatureSource) -> Cliques:
+    """Drop versions without stored features, then cliques left with fewer than 2 versions.
+
+    ``features`` is a feature source or a folder (``pooled.open_features``).
+    """
+    source = open_features(features, downsample_factor=1)  # the factor plays no part in has()
     kept: Cliques = {}
     n_missing = 0
     for cid, versions in cliques.items():
-        present = [v for v in versions if has_feature(features_dir, v.youtube_id)]
+        present = [v for v in versions if source.has(v.youtube_id)]
         n_missing += len(versions) - len(present)
         if len(present) >= 2:
             kept[cid] = present
@@ -138,6 +145,24 @@ def filter_available(cliques: Cliques, features_dir: str | Path) -> Cliques:
 # --- datasets ----------------------------------------------------------------------------
 
 
+def model_input(pooled: np.ndarray, min_frames: int, eps: float) -> np.ndarray:
+    """Pooled frames -> model input: zero-pad, clip at 0, max-normalise, transpose.
+
+    Args:
+        pooled: ``(T', n_bins)`` magnitude.
+        min_frames: zero-pad at the end to at least this many pooled frames.
+
+    Returns:
+        ``(n_bins, max(T', min_frames))`` float32.
+    """
+    x = np.asarray(pooled, dtype=np.float32)
+    if x.shape[0] < min_frames:
+        x = np.pad(x, ((0, min_frames - x.shape[0]), (0, 0)))
+    x = np.clip(x, 0.0, None)
+    x /= x.max() + eps
+    return np.ascontiguousarray(x.T)
+
+
 class TrainDataset(Dataset):
     """Random crops of the versions of a set of cliques.
 
@@ -146,15 +171,21 @@ class TrainDataset(Dataset):
     ``(version index, crop seed)`` (what ``CliqueBatchSampler`` yields), so crops do not
     depend on which worker loads them.
 
-    Returns ``(x, clique index, version index)``, x ``(n_bins, crop_frames // downsample)``
-    float32: a random window of ``crop_frames`` CQT frames (or of a random length from
-    ``min_crop_frames`` up, when set), zero-padded when shorter, preprocessed with
-    ``min_frames=crop_frames``.
+    Returns ``(x, clique index, version index)``, x ``(n_bins, L)`` float32 with
+    ``L = crop_frames // downsample_factor``: a random window of L pooled frames (or of a
+    random length from ``min_crop_frames // downsample_factor`` up, when set), augmented
+    when ``augment_cfg`` is given (a stretched crop longer than L is cut to a random
+    window of L), zero-padded to L, clipped and max-normalised. For a long track this is
+    ``preprocess`` of a ``crop_frames`` window that starts on a multiple of the factor.
     """
 
-    def __init__(self, cliques: Cliques, features_dir: str | Path, cfg: FeatureConfig):
-        self.features_dir = Path(features_dir)
+    def __init__(self, cliques: Cliques, features: str | Path | FeatureSource, cfg: FeatureConfig,
+                 augment_cfg: AugmentConfig | None = None):
+        self.source = open_features(features, cfg.downsample_factor)
         self.cfg = cfg
+        if augment_cfg is not None:
+            check_config(augment_cfg)
+        self.augment_cfg = augment_cfg
         self.versions: list[Version] = []
         self.members: list[list[int]] = []
         for versions in cliques.values():
@@ -168,23 +199,32 @@ class TrainDataset(Dataset):
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
         index, seed = item
-        cqt = load_feature(self.features_dir, self.versions[index].youtube_id)  # (T, F) f16
-        crop = random_crop(cqt, self.cfg.crop_frames, np.random.default_rng(seed),
-                           self.cfg.min_crop_frames)
-        x = preprocess(crop, self.cfg, min_frames=self.cfg.crop_frames)  # (F, T')
+        k = self.cfg.downsample_factor
+        length = self.cfg.crop_frames // k
+        rng = np.random.default_rng(seed)
+        pooled = self.source.pooled(self.versions[index].youtube_id)  # (T', F)
+        crop = random_crop(pooled, length, rng, self.cfg.min_crop_frames // k)
+        if self.augment_cfg is not None:
+            crop = random_crop(augment(crop, rng, self.augment_cfg), length, rng)
+        x = model_input(crop, length, self.cfg.eps)  # (F, L)
         return torch.from_numpy(x), int(self.labels[index]), index
 
 
 class FullTrackDataset(Dataset):
-    """Whole tracks for validation: ``preprocess`` with the inference ``min_frames``.
+    """Whole tracks for validation, zero-padded to ``min_frames // downsample_factor``.
 
-    ``max_frames > 0`` keeps only a centred window of that many CQT frames (for speed).
-    Returns ``(x (n_bins, T') float32 numpy, clique index)``.
+    ``max_frames > 0`` keeps only a centred window of ``max_frames // downsample_factor``
+    pooled frames (for speed). Returns ``(x (n_bins, T') float32 numpy, clique index)``.
+
+    Where this differs from ``preprocess`` (inference): a track shorter than ``min_frames``
+    whose length is not a multiple of the factor. ``preprocess`` pads before pooling, so
+    its last pooled frame averages the track's last frames with padding zeros; here the
+    partial pool is dropped and that frame is 0. Any other track gives the same input.
     """
 
-    def __init__(self, cliques: Cliques, features_dir: str | Path, cfg: FeatureConfig,
-                 max_frames: int = 0):
-        self.features_dir = Path(features_dir)
+    def __init__(self, cliques: Cliques, features: str | Path | FeatureSource,
+                 cfg: FeatureConfig, max_frames: int = 0):
+        self.source = open_features(features, cfg.downsample_factor)
         self.cfg = cfg
         self.max_frames = max_frames
         self.versions = [v for versions in cliques.values() for v in versions]
@@ -194,11 +234,13 @@ class FullTrackDataset(Dataset):
         return len(self.versions)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-        cqt = load_feature(self.features_dir, self.versions[index].youtube_id)  # (T, F)
-        if 0 < self.max_frames < cqt.shape[0]:
-            start = (cqt.shape[0] - self.max_frames) // 2
-            cqt = cqt[start : start + self.max_frames]
-        return preprocess(cqt, self.cfg), int(self.labels[index])
+        k = self.cfg.downsample_factor
+        pooled = self.source.pooled(self.versions[index].youtube_id)  # (T', F)
+        window = self.max_frames // k
+        if 0 < window < pooled.shape[0]:
+            start = (pooled.shape[0] - window) // 2
+            pooled = pooled[start : start + window]
+        return model_input(pooled, self.cfg.min_frames // k, self.cfg.eps), int(self.labels[index])
 
 
 # --- sampler -----------------------------------------------------------------------------

@@ -60,12 +60,24 @@ def preprocess(cqt: np.ndarray, cfg: FeatureConfig, min_frames: int | None = Non
     x = np.asarray(cqt, dtype=np.float32)
     if x.shape[0] < min_frames:
         x = np.pad(x, ((0, min_frames - x.shape[0]), (0, 0)))
-    k = cfg.downsample_factor
-    t_out = x.shape[0] // k
-    x = x[: t_out * k].reshape(t_out, k, x.shape[1]).mean(axis=1)  # (T', n_bins)
+    x = pool_cqt(x, cfg.downsample_factor)  # (T', n_bins)
     x = np.clip(x, 0.0, None)
     x /= x.max() + cfg.eps
     return np.ascontiguousarray(x.T)
+
+
+def pool_cqt(cqt: np.ndarray, factor: int) -> np.ndarray:
+    """Mean-pool the time axis by ``factor``: the pooling step of ``preprocess``.
+
+    Args:
+        cqt: ``(T, n_bins)`` magnitude (any float dtype).
+
+    Returns:
+        ``(T // factor, n_bins)`` float32; a trailing partial pool is dropped.
+    """
+    x = np.asarray(cqt, dtype=np.float32)
+    t_out = x.shape[0] // factor
+    return x[: t_out * factor].reshape(t_out, factor, x.shape[1]).mean(axis=1)
 
 
 def preprocess_tensor(cqt: torch.Tensor, cfg: FeatureConfig, min_frames: int | None = None) -> torch.Tensor:

@@ -9,10 +9,13 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from mirex_vi.config import FeatureConfig
+from mirex_vi.config import AugmentConfig, FeatureConfig
 from mirex_vi.data import (CliqueBatchSampler, FullTrackDataset, TrainDataset, Version,
-                           filter_available, read_metadata, youtube_id_from_url)
-from mirex_vi.featstore import save_feature
+                           filter_available, make_train_loader, read_metadata,
+                           youtube_id_from_url)
+from mirex_vi.features import preprocess
+from mirex_vi.featstore import load_feature, save_feature
+from mirex_vi.pooled import convert_layout, layout_ids
 
 LIGHT = {
     "C-0000001": [
@@ -188,3 +191,86 @@ def test_full_track_dataset_caps_length(tmp_path):
     assert capped[0][0].shape == (84, 20)
     assert capped[1][0].shape == (84, 5)  # short track padded to min_frames
     assert capped.labels.tolist() == [0, 0]
+
+
+# --- the pooled store beside the authors' layout ------------------------------------------------
+
+
+def _two_sources(tmp_path, lengths, pool_constant):
+    """The same CQTs in the authors' layout and in a float16 pooled store, and their cliques.
+
+    ``pool_constant``: every pool of 20 frames holds one float16 value, so pooling is exact
+    in float16 and both sources give identical pooled frames.
+    """
+    rng = np.random.default_rng(11)
+    cliques = {}
+    for i, n in enumerate(lengths):
+        if pool_constant:
+            cqt = np.repeat(rng.random((n // 20, 84)), 20, axis=0).astype(np.float16)
+        else:
+            cqt = rng.random((n, 84)).astype(np.float16)
+        yt = f"v{i:02d}xxxxxxxx"
+        save_feature(tmp_path / "layout", yt, cqt)
+        cliques.setdefault(f"C-{i // 2}", []).append(Version(f"C-{i // 2}", f"V-{i}", yt))
+    convert_layout(tmp_path / "layout", layout_ids(tmp_path / "layout"), tmp_path / "store", "f16")
+    return tmp_path / "layout", tmp_path / "store", cliques
+
+
+def _first_batch(cliques, features, cfg, augment_cfg=None):
+    dataset = TrainDataset(cliques, features, cfg, augment_cfg)
+    sampler = CliqueBatchSampler(dataset.members, 2, 2, seed=4)
+    return next(iter(make_train_loader(dataset, sampler, num_workers=0)))
+
+
+@pytest.mark.parametrize("pool_constant", [True, False])
+def test_a_batch_from_the_store_equals_one_from_the_authors_layout(tmp_path, pool_constant):
+    cfg = FeatureConfig(crop_frames=400, min_crop_frames=200)
+    layout, store, cliques = _two_sources(tmp_path, [1000, 1213, 300, 4000, 777, 1999],
+                                          pool_constant)
+    x_layout, labels, versions = _first_batch(cliques, layout, cfg)
+    x_store, labels_store, versions_store = _first_batch(cliques, store, cfg)
+    assert x_layout.shape == (4, 84, 20)
+    assert labels.tolist() == labels_store.tolist() and versions.tolist() == versions_store.tolist()
+    if pool_constant:
+        assert np.array_equal(x_store.numpy(), x_layout.numpy())
+    else:  # float16 rounds each pooled value by at most 2**-11 of it
+        np.testing.assert_allclose(x_store.numpy(), x_layout.numpy(), rtol=2**-10, atol=1e-7)
+
+
+def test_training_crops_are_preprocess_on_the_pooling_grid(tmp_path):
+    cfg = FeatureConfig(crop_frames=400)
+    layout, _, cliques = _two_sources(tmp_path, [1013, 1500], pool_constant=False)
+    x, _, _ = TrainDataset(cliques, layout, cfg)[(0, 99)]
+    cqt = load_feature(layout, "v00xxxxxxxx")
+    start = 20 * int(np.random.default_rng(99).integers(0, 1013 // 20 - 20 + 1))
+    assert np.array_equal(x.numpy(), preprocess(cqt[start : start + 400], cfg, min_frames=400))
+
+
+def test_probability_zero_augmentation_is_bit_identical_and_stretches_keep_the_shape(tmp_path):
+    cfg = FeatureConfig(crop_frames=400)
+    layout, _, cliques = _two_sources(tmp_path, [1000, 1213, 300, 4000], pool_constant=False)
+    plain = _first_batch(cliques, layout, cfg)[0]
+    assert np.array_equal(_first_batch(cliques, layout, cfg, AugmentConfig())[0].numpy(),
+                          plain.numpy())
+    every_op = AugmentConfig(pitch_prob=1.0, stretch_prob=1.0, envelope_prob=1.0, gain_prob=1.0,
+                             noise_prob=1.0, time_mask_prob=1.0, freq_mask_prob=1.0)
+    augmented = _first_batch(cliques, layout, cfg, every_op)[0]
+    assert augmented.shape == plain.shape and not np.array_equal(augmented.numpy(), plain.numpy())
+    assert np.array_equal(_first_batch(cliques, layout, cfg, every_op)[0].numpy(), augmented.numpy())
+
+
+def test_validation_from_either_source_and_where_it_differs_from_preprocess(tmp_path):
+    cfg = FeatureConfig(min_frames=400)
+    layout, store, cliques = _two_sources(tmp_path, [1013, 400, 390, 300], pool_constant=False)
+    from_layout, from_store = FullTrackDataset(cliques, layout, cfg), FullTrackDataset(cliques, store, cfg)
+    assert filter_available(cliques, store) == filter_available(cliques, layout) == cliques
+    for i, yt in enumerate(["v00xxxxxxxx", "v01xxxxxxxx", "v02xxxxxxxx", "v03xxxxxxxx"]):
+        x = from_layout[i][0]
+        np.testing.assert_allclose(from_store[i][0], x, rtol=2**-10, atol=1e-7)
+        reference = preprocess(load_feature(layout, yt), cfg)
+        assert x.shape == reference.shape
+        if yt == "v02xxxxxxxx":  # 390 frames: preprocess's frame 19 mixes 10 frames and padding
+            assert np.array_equal(x[:, :19], reference[:, :19]) and np.all(x[:, 19] == 0)
+            assert np.all(reference[:, 19] > 0)
+        else:
+            assert np.array_equal(x, reference)

@@ -99,7 +99,7 @@ def test_tiny_run_learns_and_checkpoints(full_run):
     records = _metrics(full_run)
     assert [r["epoch"] for r in records] == list(range(1, cfg.epochs + 1))
     assert [r["lr"] for r in records] == pytest.approx([lr_at(e, cfg) for e in range(cfg.epochs)])
-    assert records[-1]["train_loss"] < 0.85 * records[0]["train_loss"]
+    assert records[-1]["train_loss"] < 0.9 * records[0]["train_loss"]
     best = torch.load(full_run / BEST, map_location="cpu", weights_only=True)
     assert best["mAP"] == max(r["val"]["map"] for r in records)
     with pytest.raises(FileExistsError):

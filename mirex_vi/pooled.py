@@ -1,0 +1,353 @@
+"""The pooled feature store, and the feature sources that training and validation read.
+
+A store (docs/REFERENCE.md §8, docs/pooled-store.md) is a folder holding two files:
+
+- ``pooled.<enc>.npy``: ``(rows, n_bins)``, every version's mean-pooled CQT stacked;
+  ``enc`` is ``f16`` (float16) or ``u8`` (uint8 log magnitude, 80 dB below the version's
+  own peak: ``q = clip(rint(255 * (1 + 20 log10(m / peak) / 80)), 0, 255)``);
+- ``pooled.index.tsv``: header ``youtube_id  row  n_rows  peak`` (tab-separated); version
+  ``youtube_id`` is rows ``row .. row + n_rows - 1``, ``peak`` its pooled maximum (6
+  significant digits).
+
+Other files in the folder (the shared corpus keeps its metadata there) are ignored. The
+pooling factor is not recorded: a store holds what ``pool_cqt`` made with the writer's
+``downsample_factor`` (20 for every store this project writes).
+
+A *feature source* is anything with ``has(youtube_id)`` and ``pooled(youtube_id)``: a
+``PooledStore``, or ``AuthorsLayout`` (one float16 CQT memmap per version, pooled on read).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from .atomic import atomic_open
+from .features import pool_cqt
+from .featstore import has_feature, load_feature
+
+log = logging.getLogger(__name__)
+
+ENCODINGS = {"f16": np.dtype(np.float16), "u8": np.dtype(np.uint8)}
+INDEX_NAME = "pooled.index.tsv"
+INDEX_HEADER = ("youtube_id", "row", "n_rows", "peak")
+U8_RANGE_DB = 80.0
+# u8 code q -> magnitude relative to the peak; code 0 stands for "80 dB or more below".
+_U8_DECODE = np.where(np.arange(256) > 0,
+                      10.0 ** ((U8_RANGE_DB / 20) * (np.arange(256) / 255 - 1)), 0.0).astype(np.float32)
+
+
+def rows_name(encoding: str) -> str:
+    return f"pooled.{encoding}.npy"
+
+
+def round_peak(peak: float) -> float:
+    """The peak as the index stores it (6 significant digits)."""
+    return float(f"{peak:.6g}")
+
+
+def encode_u8(pooled: np.ndarray, peak: float) -> np.ndarray:
+    """``(T', F)`` magnitude -> ``(T', F)`` uint8 log magnitude relative to ``peak``.
+
+    The step is 80/255 = 0.31 dB, so a decoded value is within ±1.8 % of the original
+    for values less than 79.8 dB below ``peak``; values further below decode to 0.
+    """
+    if peak <= 0:
+        return np.zeros(pooled.shape, dtype=np.uint8)
+    with np.errstate(divide="ignore"):
+        db = 20.0 * np.log10(np.asarray(pooled, dtype=np.float64) / peak)
+    return np.clip(np.rint(255.0 * (1.0 + db / U8_RANGE_DB)), 0, 255).astype(np.uint8)
+
+
+def decode_u8(codes: np.ndarray, peak: float = 1.0) -> np.ndarray:
+    """``(T', F)`` uint8 codes -> ``(T', F)`` float32 magnitude (``peak`` times the relative one)."""
+    return _U8_DECODE[codes] * np.float32(peak)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    row: int
+    n_rows: int
+    peak: float
+
+
+class PooledStore:
+    """A read-only pooled store; rows are memory-mapped (the index is held in memory).
+
+    Pickles without its memmap (a DataLoader worker under ``spawn`` reopens the file).
+    """
+
+    def __init__(self, rows_path: Path, entries: dict[str, _Entry]):
+        self.rows_path = rows_path
+        self.encoding = rows_path.name.split(".")[1]
+        self.entries = entries
+        self._rows = np.load(rows_path, mmap_mode="r")
+
+    @classmethod
+    def open(cls, path: str | Path) -> PooledStore:
+        """Open the store in folder ``path`` (or the folder of the ``pooled.<enc>.npy`` given).
+
+        Raises:
+            ValueError: no store there, or a malformed one (naming the file and line).
+        """
+        folder = Path(path)
+        if folder.is_file():
+            folder = folder.parent
+        found = [folder / rows_name(e) for e in ENCODINGS if (folder / rows_name(e)).is_file()]
+        if len(found) != 1 or not (folder / INDEX_NAME).is_file():
+            raise ValueError(f"{folder}: not a pooled store (expected {INDEX_NAME} and exactly "
+                             f"one of {', '.join(rows_name(e) for e in ENCODINGS)})")
+        rows = np.load(found[0], mmap_mode="r")
+        encoding = found[0].name.split(".")[1]
+        if rows.ndim != 2 or rows.dtype != ENCODINGS[encoding]:
+            raise ValueError(f"{found[0]}: expected a 2-D {ENCODINGS[encoding]} array, "
+                             f"got {rows.ndim}-D {rows.dtype}")
+        return cls(found[0], read_index(folder / INDEX_NAME, rows.shape[0]))
+
+    def __getstate__(self) -> dict:
+        return {"rows_path": self.rows_path, "entries": self.entries}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["rows_path"], state["entries"])
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def n_rows(self) -> int:
+        return int(self._rows.shape[0])
+
+    def has(self, youtube_id: str) -> bool:
+        return youtube_id in self.entries
+
+    def pooled(self, youtube_id: str, scaled: bool = True) -> np.ndarray:
+        """A version's ``(T', n_bins)`` float32 pooled magnitude.
+
+        float16 rows are returned as stored; uint8 rows are decoded, times the version's
+        peak unless ``scaled=False`` (max-normalisation makes the peak irrelevant).
+        """
+        e = self.entries[youtube_id]
+        block = self._rows[e.row : e.row + e.n_rows]
+        if self.encoding == "u8":
+            return decode_u8(block, e.peak if scaled else 1.0)
+        return np.asarray(block, dtype=np.float32)
+
+
+def read_index(path: Path, n_rows: int) -> dict[str, _Entry]:
+    """Parse and check ``pooled.index.tsv`` against an array of ``n_rows`` rows.
+
+    Raises:
+        ValueError: a bad header or line, a duplicate id, a row range outside the array
+            or a non-finite or negative peak, as ``path:line: what``.
+    """
+    entries: dict[str, _Entry] = {}
+    with open(path, encoding="utf-8") as f:
+        header = tuple(f.readline().rstrip("\n").split("\t"))
+        if header != INDEX_HEADER:
+            raise ValueError(f"{path}:1: header {header}, expected {INDEX_HEADER}")
+        for lineno, line in enumerate(f, start=2):
+            fields = line.rstrip("\n").split("\t")
+            try:
+                if len(fields) != 4 or not fields[0]:
+                    raise ValueError
+                yt, row, count, peak = fields[0], int(fields[1]), int(fields[2]), float(fields[3])
+            except ValueError:
+                raise ValueError(f"{path}:{lineno}: expected the 4 fields {INDEX_HEADER}, "
+                                 f"got {line.rstrip()!r}") from None
+            if yt in entries:
+                raise ValueError(f"{path}:{lineno}: duplicate id {yt!r}")
+            if row < 0 or count < 1 or row + count > n_rows:
+                raise ValueError(f"{path}:{lineno}: rows {row}..{row + count - 1} of {yt!r} "
+                                 f"lie outside the array's {n_rows} rows")
+            if not math.isfinite(peak) or peak < 0:
+                raise ValueError(f"{path}:{lineno}: peak {peak} of {yt!r} is not finite and >= 0")
+            entries[yt] = _Entry(row, count, peak)
+    return entries
+
+
+def write_store(out: str | Path, items: Iterable[tuple[str, np.ndarray]],
+                encoding: str) -> int:
+    """Write a store from ``(youtube_id, (T', n_bins) pooled magnitude)`` pairs, streaming.
+
+    Each version is encoded and written as it arrives (memory holds one version and the
+    index). Both files are written atomically, the index last.
+
+    Returns:
+        The number of versions written.
+
+    Raises:
+        ValueError: an unknown encoding, a folder holding a store of another encoding, no
+            items, a duplicate id, or a version that is empty, not finite or of another
+            width (naming the id).
+    """
+    if encoding not in ENCODINGS:
+        raise ValueError(f"unknown encoding {encoding!r}; known: {', '.join(ENCODINGS)}")
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    other = [rows_name(e) for e in ENCODINGS if e != encoding and (folder / rows_name(e)).is_file()]
+    if other:
+        raise ValueError(f"{folder} already holds {other[0]}; a store has one rows file")
+    # An interrupted rewrite must not leave the old index beside new rows.
+    (folder / INDEX_NAME).unlink(missing_ok=True)
+    lines: list[str] = []
+    with atomic_open(folder / rows_name(encoding)) as f:
+        total = _write_rows(f, items, encoding, lines)
+    with atomic_open(folder / INDEX_NAME, "w", encoding="utf-8") as f:
+        f.write("\t".join(INDEX_HEADER) + "\n")
+        f.writelines(lines)
+    log.info("%s: %d versions, %d rows (%s)", folder, len(lines), total, encoding)
+    return len(lines)
+
+
+def _write_rows(f, items: Iterable[tuple[str, np.ndarray]], encoding: str,
+                lines: list[str]) -> int:
+    """The ``.npy`` body of ``write_store``; appends one index line per version to ``lines``.
+
+    The header is written first for 0 rows and rewritten with the total at the end; numpy
+    pads the header so that its length does not depend on the first dimension.
+    """
+    dtype, total, n_bins, data_start, seen = ENCODINGS[encoding], 0, None, 0, set()
+    for yt, pooled in items:
+        m = np.asarray(pooled, dtype=np.float32)
+        if n_bins is None and m.ndim == 2:
+            n_bins = m.shape[1]
+            np.lib.format.write_array_header_1_0(f, _npy_header(dtype, 0, n_bins))
+            data_start = f.tell()
+        if yt in seen or m.ndim != 2 or m.shape[0] == 0 or m.shape[1] != n_bins:
+            raise ValueError(f"version {yt!r}: a duplicate id, or a shape {m.shape} that is not "
+                             f"(T' >= 1, {n_bins})")
+        if not np.isfinite(m).all():
+            raise ValueError(f"version {yt!r}: non-finite values")
+        seen.add(yt)
+        peak = round_peak(float(m.max()))
+        f.write((encode_u8(m, peak) if encoding == "u8" else m.astype(dtype)).tobytes())
+        lines.append(f"{yt}\t{total}\t{m.shape[0]}\t{peak:.6g}\n")
+        total += m.shape[0]
+    if n_bins is None:
+        raise ValueError("no versions to write")
+    f.seek(0)
+    np.lib.format.write_array_header_1_0(f, _npy_header(dtype, total, n_bins))
+    if f.tell() != data_start:
+        raise RuntimeError("the .npy header changed length when its shape was filled in")
+    return total
+
+
+def _npy_header(dtype: np.dtype, rows: int, n_bins: int) -> dict:
+    return {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+            "shape": (rows, n_bins)}
+
+
+# --- feature sources ------------------------------------------------------------------------
+
+
+class FeatureSource(Protocol):
+    """Where training and validation read a version's pooled features."""
+
+    def has(self, youtube_id: str) -> bool: ...
+
+    def pooled(self, youtube_id: str) -> np.ndarray:
+        """``(T', n_bins)`` float32 pooled magnitude."""
+        ...
+
+
+@dataclass(frozen=True)
+class AuthorsLayout:
+    """The authors' layout (``<dir>/<id[:2]>/<id>.mm`` + ``.npy``), pooled on read."""
+
+    features_dir: Path
+    downsample_factor: int
+
+    def has(self, youtube_id: str) -> bool:
+        return has_feature(self.features_dir, youtube_id)
+
+    def pooled(self, youtube_id: str) -> np.ndarray:
+        """``pool_cqt`` of the stored ``(T, n_bins)`` CQT: ``(T // factor, n_bins)`` float32."""
+        return pool_cqt(load_feature(self.features_dir, youtube_id), self.downsample_factor)
+
+
+def is_store(path: str | Path) -> bool:
+    folder = Path(path)
+    return (folder / INDEX_NAME).is_file() and any((folder / rows_name(e)).is_file()
+                                                  for e in ENCODINGS)
+
+
+def open_features(features: str | Path | FeatureSource, downsample_factor: int) -> FeatureSource:
+    """The pooled store in folder ``features`` if it holds one, else the authors' layout there;
+    a source passed in is returned as it is."""
+    if not isinstance(features, (str, Path)):
+        return features
+    if is_store(features):
+        return PooledStore.open(features)
+    return AuthorsLayout(Path(features), downsample_factor)
+
+
+# --- conversion -----------------------------------------------------------------------------
+
+
+def layout_ids(features_dir: str | Path) -> list[str]:
+    """Every version id stored in an authors'-layout folder, sorted."""
+    return sorted(p.stem for p in Path(features_dir).glob("*/*.npy")
+                  if has_feature(features_dir, p.stem))
+
+
+def convert_layout(features_dir: str | Path, ids: Iterable[str], out: str | Path,
+                   encoding: str, downsample_factor: int = 20) -> int:
+    """Write a store of the versions ``ids`` of an authors'-layout folder, one at a time.
+
+    Versions without features, or shorter than one pool, are skipped (and logged).
+
+    Returns:
+        The number of versions written.
+    """
+    source = AuthorsLayout(Path(features_dir), downsample_factor)
+    skipped: list[str] = []
+
+    def items() -> Iterator[tuple[str, np.ndarray]]:
+        for yt in ids:
+            pooled = source.pooled(yt) if source.has(yt) else None
+            if pooled is None or pooled.shape[0] == 0:
+                skipped.append(yt)
+                continue
+            yield yt, pooled
+
+    written = write_store(out, items(), encoding)
+    if skipped:
+        log.warning("%d versions without features or shorter than %d frames were skipped, "
+                    "e.g. %s", len(skipped), downsample_factor, ", ".join(skipped[:5]))
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m mirex_vi.pooled convert FEATURES OUT [--ids FILE] [--encoding u8|f16]``
+    or ``python -m mirex_vi.pooled info STORE``."""
+    parser = argparse.ArgumentParser(prog="python -m mirex_vi.pooled", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    conv = sub.add_parser("convert", help="authors' layout -> pooled store")
+    conv.add_argument("features_dir", type=Path)
+    conv.add_argument("out", type=Path)
+    conv.add_argument("--ids", type=Path, help="one youtube id a line (default: every stored one)")
+    conv.add_argument("--encoding", choices=sorted(ENCODINGS), default="u8")
+    conv.add_argument("--downsample-factor", type=int, default=20)
+    info = sub.add_parser("info", help="check a store and print its size")
+    info.add_argument("store", type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "convert":
+        ids = (args.ids.read_text(encoding="utf-8").split() if args.ids
+               else layout_ids(args.features_dir))
+        convert_layout(args.features_dir, ids, args.out, args.encoding, args.downsample_factor)
+    else:
+        store = PooledStore.open(args.store)
+        print(f"{store.rows_path}: {len(store)} versions, {store.n_rows} rows, "
+              f"{store.encoding}, {store.rows_path.stat().st_size} bytes")
+
+
+if __name__ == "__main__":
+    main()
