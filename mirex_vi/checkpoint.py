@@ -8,7 +8,8 @@ run leaves the previous version whole.
 A checkpoint holds the authors' keys (``model_state_dict``, ``optimizer_state_dict``,
 ``scheduler_state_dict``, ``scaler_state_dict``, ``epoch``, ``train_loss``, ``mAP``,
 ``date_time``), so that their tools and ``mirex-vi weights import`` read it, plus
-``config``, ``git_commit``, ``val_metrics``, ``best_mAP`` and ``init_sha256``.
+``config``, ``git_commit``, ``val_metrics``, ``best_mAP``, ``init_sha256`` and, when the
+run trains a classification head, ``head_state_dict`` (which no weight package receives).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class TrainingState:
 
     Attributes:
         model: CQT-Net on ``device``, wrapped in DistributedDataParallel when distributed.
+        head: the classification head over the training cliques (``heads``), wrapped the
+            same way; None when ``cls_weight`` is 0. Never exported.
         init_sha256: sha256 of the weights the run started from (package model or ``.pth``
             file); None for a random initialisation, or when resumed from a checkpoint
             written before this key existed.
@@ -52,6 +55,7 @@ class TrainingState:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     device: torch.device
+    head: nn.Module | None = None
     init_sha256: str | None = None
     epoch: int = 0
     best_map: float = -math.inf
@@ -59,8 +63,15 @@ class TrainingState:
     @property
     def bare_model(self) -> nn.Module:
         """The model without its DistributedDataParallel wrapper."""
-        model = self.model
-        return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+        return _unwrap(self.model)
+
+    @property
+    def bare_head(self) -> nn.Module | None:
+        return None if self.head is None else _unwrap(self.head)
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
 
 
 def git_commit() -> str | None:
@@ -81,7 +92,7 @@ def checkpoint_payload(state: TrainingState, cfg: TrainConfig, train: dict[str, 
         train: the epoch's training figures (``loss``).
         val: its validation figures (``map``, ...; empty without a validation set).
     """
-    return dict(
+    payload = dict(
         model_state_dict=state.bare_model.state_dict(),
         optimizer_state_dict=state.optimizer.state_dict(),
         scheduler_state_dict=state.scheduler.state_dict(),
@@ -96,6 +107,9 @@ def checkpoint_payload(state: TrainingState, cfg: TrainConfig, train: dict[str, 
         best_mAP=state.best_map,
         init_sha256=state.init_sha256,
     )
+    if state.head is not None:
+        payload["head_state_dict"] = state.bare_head.state_dict()
+    return payload
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -116,6 +130,8 @@ def restore_checkpoint(path: Path, state: TrainingState, cfg: TrainConfig) -> No
         log.warning("resuming with a config that differs from the checkpoint's in: %s",
                     ", ".join(changed))
     state.bare_model.load_state_dict(ckpt["model_state_dict"])
+    if state.head is not None:
+        state.bare_head.load_state_dict(ckpt["head_state_dict"])
     state.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
     state.scheduler.load_state_dict(ckpt["scheduler_state_dict"])
     if ckpt["scaler_state_dict"]:

@@ -115,7 +115,10 @@ class TrainConfig:
     num_workers: int = 2
     val_chunk_size: int = 1024
     max_val_frames: int = 0  # 0: full tracks in validation, as in the report
+    cls_weight: float = 0.0  # > 0: add this x a BNNeck classification loss (not the report)
+    label_smoothing: float = 0.1  # of the classification loss
     features: FeatureConfig = field(default_factory=FeatureConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # all off: the report
 
     @property
     def model_config(self) -> ModelConfig:

@@ -38,10 +38,12 @@ from .checkpoint import (BEST, LAST, METRICS, TrainingState, append_metrics, che
 from .config import TrainConfig
 from .data import (CliqueBatchSampler, FullTrackDataset, TrainDataset, filter_available,
                    make_train_loader, read_metadata)
+from .heads import ClassificationHead, classification_loss
 from .losses import triplet_loss
 from .model import CQTNet, build_model
 from .runtime import amp_enabled, autocast, resolve_device
-from .weights import WeightsError, load_weights
+from .weights import (WeightsError, load_weights, resolve_weights, sha256_file,
+                      verify_package)
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +118,8 @@ def _seed(cfg: TrainConfig, epoch: int, ranks: Ranks) -> torch.Generator:
 
 def build_train_loader(cfg: TrainConfig, ranks: Ranks,
                        device: torch.device) -> tuple[DataLoader, CliqueBatchSampler]:
-    """Dataset, sampler and DataLoader of the training split (missing features dropped).
+    """Dataset, sampler and DataLoader of the training split (missing features dropped),
+    with ``cfg.augment`` applied to every crop.
 
     Raises:
         ValueError: crops shorter than the model's minimum input (172 pooled frames), or a
@@ -130,7 +133,7 @@ def build_train_loader(cfg: TrainConfig, ranks: Ranks,
         raise ValueError(f"features.min_crop_frames={feats.min_crop_frames} must lie in "
                          f"[0, crop_frames={feats.crop_frames}]")
     cliques = filter_available(read_metadata(cfg.train_metadata), cfg.features_dir)
-    dataset = TrainDataset(cliques, cfg.features_dir, cfg.features)
+    dataset = TrainDataset(cliques, cfg.features_dir, cfg.features, cfg.augment)
     sampler = CliqueBatchSampler(dataset.members, cfg.cliques_per_batch, cfg.versions_per_clique,
                                  cfg.seed, ranks.rank, ranks.world_size)
     loader = make_train_loader(dataset, sampler, cfg.num_workers, pin_memory=device.type == "cuda")
@@ -145,27 +148,43 @@ def build_val_set(cfg: TrainConfig) -> FullTrackDataset | None:
 
 
 def build_training_state(cfg: TrainConfig, device: torch.device, ranks: Ranks,
-                         initial_weights: bool = True) -> TrainingState:
-    """Seeded model (DDP-wrapped when distributed), Adam, the per-epoch LR schedule, scaler.
+                         initial_weights: bool = True, n_classes: int = 0) -> TrainingState:
+    """Seeded model and head (DDP-wrapped when distributed), Adam over both, the per-epoch
+    LR schedule and the scaler.
 
     Args:
         initial_weights: load ``cfg.init_weights`` (checking its pin); False when a
             checkpoint is about to replace the weights (resume).
+        n_classes: training cliques, the outputs of the classification head (built only
+            when ``cfg.cls_weight > 0``).
     """
     torch.manual_seed(cfg.seed)
     if initial_weights:
         model, init_sha256 = initial_model(cfg)
     else:
         model, init_sha256 = build_model(cfg.model), None
-    model = model.to(device)
-    if ranks.world_size > 1:
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+    model = _distribute(model.to(device), device, ranks)
+    params = list(model.parameters())
+    head = None
+    if cfg.cls_weight > 0:
+        if n_classes < 2:
+            raise ValueError(f"cls_weight={cfg.cls_weight} needs >= 2 training cliques")
+        head = ClassificationHead(cfg.model_config.embedding_dim, n_classes)
+        head = _distribute(head.to(device), device, ranks)
+        params += [p for p in head.parameters() if p.requires_grad]
     # Base LR = lr_peak; the lambda scales it to lr_at(epoch).
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr_peak, weight_decay=0.0)
+    optimizer = torch.optim.Adam(params, lr=cfg.lr_peak, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_at(e, cfg) / cfg.lr_peak)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_enabled(device, cfg.amp))
-    return TrainingState(model, optimizer, scheduler, scaler, device, init_sha256)
+    return TrainingState(model, optimizer, scheduler, scaler, device, head, init_sha256)
+
+
+def _distribute(module: nn.Module, device: torch.device, ranks: Ranks) -> nn.Module:
+    """``module`` in DistributedDataParallel when there are several processes."""
+    if ranks.world_size == 1:
+        return module
+    return nn.parallel.DistributedDataParallel(
+        module, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def initial_model(cfg: TrainConfig) -> tuple[CQTNet, str | None]:
@@ -176,20 +195,39 @@ def initial_model(cfg: TrainConfig) -> tuple[CQTNet, str | None]:
         WeightsError: the weights cannot be loaded, are not of size ``cfg.model``, or do
             not have the sha256 that ``cfg.init_sha256`` pins; a pin without weights.
     """
+    check_init_pin(cfg)
     if not cfg.init_weights:
-        if cfg.init_sha256:
-            raise WeightsError("init_sha256 is set but init_weights is empty")
         return build_model(cfg.model), None
     loaded = load_weights(cfg.init_weights)
-    if cfg.init_sha256 and loaded.sha256 != cfg.init_sha256:
-        raise WeightsError(f"init_weights {cfg.init_weights!r} have sha256 {loaded.sha256}, "
-                           f"but the config pins init_sha256 {cfg.init_sha256}: not the weights "
-                           "this run starts from (the config's comments say where they are)")
+    _check_pin(cfg, loaded.sha256)
     if loaded.model.cfg != cfg.model_config:
         raise WeightsError(f"init_weights {cfg.init_weights!r} hold a {loaded.model.cfg}, "
                            f"not the {cfg.model!r} model {cfg.model_config}")
     log.info("initialised from %s (sha256 %s)", cfg.init_weights, loaded.sha256)
     return loaded.model, loaded.sha256  # a fresh CQTNet; train_epoch switches it to training
+
+
+def check_init_pin(cfg: TrainConfig) -> None:
+    """Check ``cfg.init_sha256`` against the file ``cfg.init_weights`` names, without
+    loading it, so that a wrong start is refused before any data is read.
+
+    Raises:
+        WeightsError: as :func:`initial_model`.
+    """
+    if not cfg.init_weights:
+        if cfg.init_sha256:
+            raise WeightsError("init_sha256 is set but init_weights is empty")
+        return
+    if cfg.init_sha256:
+        path = resolve_weights(cfg.init_weights)
+        _check_pin(cfg, sha256_file(path) if path.is_file() else verify_package(path))
+
+
+def _check_pin(cfg: TrainConfig, sha256: str) -> None:
+    if cfg.init_sha256 and sha256 != cfg.init_sha256:
+        raise WeightsError(f"init_weights {cfg.init_weights!r} have sha256 {sha256}, "
+                           f"but the config pins init_sha256 {cfg.init_sha256}: not the weights "
+                           "this run starts from (the config's comments say where they are)")
 
 
 # --- one step, one epoch -------------------------------------------------------------------
@@ -205,42 +243,54 @@ def training_step(state: TrainingState, batch: tuple[torch.Tensor, ...], cfg: Tr
         generator: draws the positives (None: torch's global generator).
 
     Returns:
-        Detached 0-dim tensors on the device (no sync): ``loss`` and ``active`` (the share
-        of anchors with a positive loss).
+        Detached 0-dim tensors on the device (no sync): ``loss`` (triplet plus
+        ``cls_weight`` x classification), ``active`` (the share of anchors with a positive
+        triplet loss) and, with a head, ``cls_loss``.
     """
     x, labels, versions = batch
     device = state.device
+    labels = labels.to(device)
     x = x.unsqueeze(1).to(device, memory_format=torch.channels_last, non_blocking=True)  # (B, 1, F, T')
     with autocast(device, amp_enabled(device, cfg.amp)):
         emb = state.model(x)  # (B, D)
-    loss, stats = triplet_loss(emb, labels.to(device), cfg.margin, versions.to(device), generator)
+        logits = state.head(emb) if state.head is not None else None  # (B, n_classes)
+    loss, stats = triplet_loss(emb, labels, cfg.margin, versions.to(device), generator)
+    extra = {}
+    if logits is not None:
+        cls_loss = classification_loss(logits, labels, cfg.label_smoothing)
+        loss = loss + cfg.cls_weight * cls_loss
+        extra["cls_loss"] = cls_loss.detach()
     state.optimizer.zero_grad(set_to_none=True)
     state.scaler.scale(loss).backward()
     state.scaler.step(state.optimizer)
     state.scaler.update()
-    return dict(loss=loss.detach(), active=stats["active"])
+    return dict(loss=loss.detach(), active=stats["active"], **extra)
 
 
 def train_epoch(state: TrainingState, loader, cfg: TrainConfig, generator: torch.Generator,
                 ranks: Ranks = Ranks()) -> dict[str, float]:
-    """One pass over this rank's batches; returns the mean ``loss`` and ``active`` over all
-    ranks' steps, and ``steps`` (per rank)."""
+    """One pass over this rank's batches; returns the mean ``loss``, ``active`` and
+    ``cls_loss`` (0 without a head) over all ranks' steps, and ``steps`` (per rank)."""
     state.model.train()
-    totals = torch.zeros(3, dtype=torch.float64, device=state.device)  # loss, active, steps
+    if state.head is not None:
+        state.head.train()
+    totals = torch.zeros(4, dtype=torch.float64, device=state.device)  # loss, active, cls, steps
+    zero = torch.zeros((), device=state.device)
     from tqdm import tqdm
 
     bar = tqdm(loader, desc="train", unit="step", leave=False, disable=not ranks.is_main)
     for batch in bar:
         stats = training_step(state, batch, cfg, generator)
-        totals += torch.stack([stats["loss"].double(), stats["active"].double(),
-                               torch.ones((), dtype=torch.float64, device=state.device)])
+        totals += torch.stack([stats["loss"], stats["active"], stats.get("cls_loss", zero),
+                               torch.ones((), device=state.device)]).double()
         if state.device.type == "cpu":  # a per-step readout costs a device sync on CUDA
             bar.set_postfix(loss=f"{stats['loss'].item():.4f}")
     if ranks.world_size > 1:
         torch_dist.all_reduce(totals)
-    loss_sum, active_sum, steps = totals.tolist()
-    return dict(loss=loss_sum / max(steps, 1), active=active_sum / max(steps, 1),
-                steps=int(steps) // ranks.world_size)
+    loss_sum, active_sum, cls_sum, steps = totals.tolist()
+    steps_or_1 = max(steps, 1)
+    return dict(loss=loss_sum / steps_or_1, active=active_sum / steps_or_1,
+                cls_loss=cls_sum / steps_or_1, steps=int(steps) // ranks.world_size)
 
 
 @torch.inference_mode()
@@ -289,13 +339,16 @@ def run_training(cfg: TrainConfig, resume: bool = False, device: str = "auto") -
             prepare_run_dir(cfg, resume)
         _barrier(ranks)
         torch.backends.cudnn.benchmark = True
+        if not resume:
+            check_init_pin(cfg)
+        loader, sampler = build_train_loader(cfg, ranks, dev)
         # A resumed run takes its weights, and their lineage, from last.pt.
-        state = build_training_state(cfg, dev, ranks, initial_weights=not resume)
+        state = build_training_state(cfg, dev, ranks, initial_weights=not resume,
+                                     n_classes=len(sampler.members))
         if resume:
             restore_checkpoint(run_dir / LAST, state, cfg)
             if ranks.is_main:
                 truncate_metrics(run_dir / METRICS, state.epoch)
-        loader, sampler = build_train_loader(cfg, ranks, dev)
         run = RunContext(cfg, ranks, run_dir, loader, sampler,
                          build_val_set(cfg) if ranks.is_main else None)
         log.info("training %s on %s x %d: %d batches of %d x %d per epoch and rank",
@@ -331,7 +384,8 @@ def _run_epoch(state: TrainingState, run: RunContext) -> None:
             save_checkpoint(run.run_dir / BEST, ckpt)
         seconds = time.perf_counter() - t0
         record = dict(epoch=state.epoch, lr=lr, train_loss=train["loss"], active=train["active"],
-                      steps=train["steps"], seconds=round(seconds, 2), val=val, best=improved)
+                      cls_loss=train["cls_loss"], steps=train["steps"],
+                      seconds=round(seconds, 2), val=val, best=improved)
         append_metrics(run.run_dir / METRICS, record)
         log.info("epoch %d/%d loss %.4f active %.3f lr %.2e val MAP %.4f MR1 %.1f %s(%.1f s)",
                  state.epoch, cfg.epochs, train["loss"], train["active"], lr,

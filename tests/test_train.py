@@ -128,6 +128,38 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(full_run, dataset_dir,
         assert torch.equal(a[name], b[name]), name
 
 
+def test_classification_head_and_augmentation_train_resume_and_stay_out_of_the_package(
+        dataset_dir, tmp_path, monkeypatch):
+    cfg = _cfg(dataset_dir, tmp_path / "cls", "epochs=2", "val_metadata=''", "cls_weight=0.5",
+               "augment.pitch_prob=0.5", "augment.stretch_prob=0.5", "augment.envelope_prob=0.5")
+    real_epoch = train._run_epoch
+
+    def killed_at_last_epoch(state, run):
+        if state.epoch == cfg.epochs - 1:
+            raise KeyboardInterrupt
+        return real_epoch(state, run)
+
+    monkeypatch.setattr(train, "_run_epoch", killed_at_last_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(cfg, device="cpu")
+    monkeypatch.setattr(train, "_run_epoch", real_epoch)
+    run_dir = run_training(cfg, resume=True, device="cpu")
+    ckpt = torch.load(run_dir / LAST, weights_only=True)
+    assert ckpt["head_state_dict"]["classifier.weight"].shape == (10, 16)  # 10 training cliques
+    records = _metrics(run_dir)
+    assert [r["epoch"] for r in records] == [1, 2] and records[0]["cls_loss"] > 0
+    uninterrupted = run_training(with_overrides(cfg, [f"output_dir={tmp_path / 'cls-full'}"]),
+                                 device="cpu")
+    whole = torch.load(uninterrupted / LAST, weights_only=True)
+    for part in ("model_state_dict", "head_state_dict"):
+        for name, tensor in whole[part].items():
+            assert torch.equal(tensor, ckpt[part][name]), (part, name)
+    from safetensors.torch import load_file
+
+    import_checkpoint(run_dir / LAST, tmp_path / "pkg")
+    assert set(load_file(tmp_path / "pkg" / "model.safetensors")) == set(ckpt["model_state_dict"])
+
+
 def test_metrics_lines_are_appended_atomically(tmp_path, monkeypatch):
     path = tmp_path / METRICS
     checkpoint.append_metrics(path, {"epoch": 1})
