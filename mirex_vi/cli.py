@@ -178,13 +178,24 @@ _package_command("export", "Turn a training checkpoint (best.pt/last.pt) into a 
               help="Folder holding audio/<id[:2]>/<id>.<ext> (with --metadata).")
 @click.option("--list", "list_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Plain list of audio paths instead (ids are the file names' stems).")
+@click.option("--pooled", "encoding", type=click.Choice(["f16", "u8"]),
+              help="Write one pooled store instead of the authors' layout: f16 (exact) or "
+                   "u8 (8-bit log magnitude, 40x smaller than the layout).")
+@click.option("--from-features", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="With --pooled: convert this authors'-layout folder instead of decoding "
+                   "audio (the versions of --metadata, or every stored one).")
 @click.option("--workers", type=click.IntRange(1), help="Processes [default: CPU count].")
 @click.option("--quiet", is_flag=True)
-def extract(out_dir, metadata, audio_root, list_file, workers, quiet) -> None:
-    """CQT features of a dataset in the authors' layout (OUT_DIR/<id[:2]>/<id>.mm + .npy)."""
+def extract(out_dir, metadata, audio_root, list_file, encoding, from_features, workers,
+            quiet) -> None:
+    """CQT features of a dataset: the authors' layout (OUT_DIR/<id[:2]>/<id>.mm + .npy), or
+    with --pooled one pooled store (OUT_DIR/pooled.<enc>.npy + pooled.index.tsv)."""
     _setup_logging(quiet)
+    if from_features:
+        _convert_features(from_features, out_dir, metadata, encoding)
+        return
     from .config import FeatureConfig
-    from .extract import extract_features, items_from_list, items_from_metadata
+    from .extract import extract_features, extract_pooled, items_from_list, items_from_metadata
     from .workers import default_workers
 
     if (metadata is None) == (list_file is None) or (metadata is not None and audio_root is None):
@@ -192,13 +203,35 @@ def extract(out_dir, metadata, audio_root, list_file, workers, quiet) -> None:
     try:
         items = items_from_metadata(metadata, audio_root) if metadata else items_from_list(list_file)
         out_dir.mkdir(parents=True, exist_ok=True)
+        workers = workers or default_workers()
+        if encoding:
+            summary = extract_pooled(items, out_dir, FeatureConfig(), workers, encoding,
+                                     progress=not quiet)
+        else:
+            summary = extract_features(items, out_dir, FeatureConfig(), workers,
+                                       progress=not quiet)
     except (ValueError, OSError) as err:
         _fail(str(err))
-    summary = extract_features(items, out_dir, FeatureConfig(), workers or default_workers(),
-                               progress=not quiet)
     click.echo(summary.describe(out_dir), err=True)
     if summary.failed and summary.done == 0 and summary.skipped == 0:
         sys.exit(1)
+
+
+def _convert_features(features_dir: Path, out_dir: Path, metadata: Path | None,
+                      encoding: str | None) -> None:
+    """``extract --from-features``: an authors'-layout folder -> a pooled store."""
+    from .data import read_metadata
+    from .pooled import convert_layout, layout_ids
+
+    if not encoding:
+        _fail("--from-features needs --pooled f16 or --pooled u8")
+    try:
+        ids = ([v.youtube_id for vs in read_metadata(metadata).values() for v in vs]
+               if metadata else layout_ids(features_dir))
+        written = convert_layout(features_dir, ids, out_dir, encoding)
+    except (ValueError, OSError) as err:
+        _fail(str(err))
+    click.echo(f"wrote {written} of {len(ids)} versions to a pooled store in {out_dir}", err=True)
 
 
 @main.command()

@@ -213,8 +213,9 @@ class TrainDataset(Dataset):
 class FullTrackDataset(Dataset):
     """Whole tracks for validation, zero-padded to ``min_frames // downsample_factor``.
 
-    ``max_frames > 0`` keeps only a centred window of ``max_frames // downsample_factor``
-    pooled frames (for speed). Returns ``(x (n_bins, T') float32 numpy, clique index)``.
+    ``max_frames > 0`` keeps only a window of ``max_frames // downsample_factor`` pooled
+    frames: centred (validation, for speed) or, with ``from_start``, the first ones (an
+    excerpt). Returns ``(x (n_bins, T') float32 numpy, clique index)``.
 
     Where this differs from ``preprocess`` (inference): a track shorter than ``min_frames``
     whose length is not a multiple of the factor. ``preprocess`` pads before pooling, so
@@ -223,10 +224,11 @@ class FullTrackDataset(Dataset):
     """
 
     def __init__(self, cliques: Cliques, features: str | Path | FeatureSource,
-                 cfg: FeatureConfig, max_frames: int = 0):
+                 cfg: FeatureConfig, max_frames: int = 0, from_start: bool = False):
         self.source = open_features(features, cfg.downsample_factor)
         self.cfg = cfg
         self.max_frames = max_frames
+        self.from_start = from_start
         self.versions = [v for versions in cliques.values() for v in versions]
         self.labels = np.repeat(np.arange(len(cliques)), [len(v) for v in cliques.values()])
 
@@ -238,7 +240,7 @@ class FullTrackDataset(Dataset):
         pooled = self.source.pooled(self.versions[index].youtube_id)  # (T', F)
         window = self.max_frames // k
         if 0 < window < pooled.shape[0]:
-            start = (pooled.shape[0] - window) // 2
+            start = 0 if self.from_start else (pooled.shape[0] - window) // 2
             pooled = pooled[start : start + window]
         return model_input(pooled, self.cfg.min_frames // k, self.cfg.eps), int(self.labels[index])
 

@@ -78,25 +78,29 @@ def evaluate_features(metadata: Path, features_dir: Path, weights: str | None, d
 def evaluate_cliques(model: CQTNet, cfg: FeatureConfig, cliques: Cliques, features_dir: Path,
                      device: torch.device, amp: bool, excerpt: float | None = None,
                      progress: bool = True) -> tuple[RetrievalResult, list[str]]:
-    """Figures of ``model`` on the stored CQTs of ``cliques`` (every version must have one).
+    """Figures of ``model`` on the stored features (a pooled store or the authors' layout)
+    of ``cliques``; every version must have them.
 
-    Each whole CQT, or with ``excerpt`` its first ``round(excerpt * cfg.frame_rate)`` frames,
-    is preprocessed as at inference and embedded on ``device``; every version is a query
+    Each whole track, or with ``excerpt`` its first ``round(excerpt * cfg.frame_rate)`` CQT
+    frames (on the pooling grid), becomes a model input as in validation
+    (``data.FullTrackDataset``) and is embedded on ``device``; every version is a query
     against all others. Returns the result and the ``(N,)`` clique ids in embedding order.
     """
     from tqdm import tqdm
 
+    from .data import FullTrackDataset
     from .embed import embed_stream
-    from .features import preprocess
-    from .featstore import load_feature
 
-    frames = round(excerpt * cfg.frame_rate) if excerpt else None
-    versions = [v for members in cliques.values() for v in members]
-    inputs = (preprocess(load_feature(features_dir, v.youtube_id)[:frames], cfg) for v in versions)
-    with tqdm(total=len(versions), desc="embed", unit="track", disable=not progress) as bar:
+    frames = round(excerpt * cfg.frame_rate) if excerpt else 0
+    if excerpt and frames < cfg.downsample_factor:
+        raise InputError(f"--excerpt {excerpt}: shorter than one pooled frame "
+                         f"({cfg.downsample_factor / cfg.frame_rate:.2f} s)")
+    dataset = FullTrackDataset(cliques, features_dir, cfg, max_frames=frames, from_start=True)
+    inputs = (dataset[i][0] for i in range(len(dataset)))
+    with tqdm(total=len(dataset), desc="embed", unit="track", disable=not progress) as bar:
         emb = embed_stream(model.to(device), inputs, device, amp_enabled(device, amp),
                            on_chunk=bar.update)
-    labels = [v.clique_id for v in versions]
+    labels = [v.clique_id for v in dataset.versions]
     return metrics_from_embeddings(emb, labels, device=device, progress=progress), labels
 
 

@@ -19,10 +19,9 @@ A *feature source* is anything with ``has(youtube_id)`` and ``pooled(youtube_id)
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -322,32 +321,3 @@ def convert_layout(features_dir: str | Path, ids: Iterable[str], out: str | Path
         log.warning("%d versions without features or shorter than %d frames were skipped, "
                     "e.g. %s", len(skipped), downsample_factor, ", ".join(skipped[:5]))
     return written
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m mirex_vi.pooled convert FEATURES OUT [--ids FILE] [--encoding u8|f16]``
-    or ``python -m mirex_vi.pooled info STORE``."""
-    parser = argparse.ArgumentParser(prog="python -m mirex_vi.pooled", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    conv = sub.add_parser("convert", help="authors' layout -> pooled store")
-    conv.add_argument("features_dir", type=Path)
-    conv.add_argument("out", type=Path)
-    conv.add_argument("--ids", type=Path, help="one youtube id a line (default: every stored one)")
-    conv.add_argument("--encoding", choices=sorted(ENCODINGS), default="u8")
-    conv.add_argument("--downsample-factor", type=int, default=20)
-    info = sub.add_parser("info", help="check a store and print its size")
-    info.add_argument("store", type=Path)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.command == "convert":
-        ids = (args.ids.read_text(encoding="utf-8").split() if args.ids
-               else layout_ids(args.features_dir))
-        convert_layout(args.features_dir, ids, args.out, args.encoding, args.downsample_factor)
-    else:
-        store = PooledStore.open(args.store)
-        print(f"{store.rows_path}: {len(store)} versions, {store.n_rows} rows, "
-              f"{store.encoding}, {store.rows_path.stat().st_size} bytes")
-
-
-if __name__ == "__main__":
-    main()

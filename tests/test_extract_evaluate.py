@@ -16,7 +16,9 @@ from click.testing import CliRunner
 from conftest import leave_temporaries
 from mirex_vi.cli import main
 from mirex_vi.config import FeatureConfig
+from mirex_vi.features import pool_cqt
 from mirex_vi.featstore import has_feature, load_feature, save_feature
+from mirex_vi.pooled import PooledStore
 from mirex_vi.synth import melody, write_audio
 
 IDS = {"C-01": ["aaaaaaaaaa1", "aaaaaaaaaa2"], "C-02": ["bbbbbbbbbb1", "bbbbbbbbbb2"]}
@@ -64,6 +66,31 @@ def test_extract_writes_authors_layout_logs_errors_and_resumes(tmp_path, dataset
                         "--workers", "2", "--quiet")
     assert code == 0 and "extracted 0, already there 3, failed 1" in text
     assert not stale.exists() and fresh.exists()  # a killed run's leftovers are swept
+
+
+def test_extract_pooled_equals_the_layout_pooled_and_evaluates_alike(tmp_path, dataset):
+    meta, root = dataset
+    layout, store, converted = tmp_path / "layout", tmp_path / "store", tmp_path / "converted"
+    assert invoke("extract", layout, "--metadata", meta, "--audio-root", root, "--workers", "1",
+                  "--quiet")[0] == 0
+    code, text = invoke("extract", store, "--metadata", meta, "--audio-root", root,
+                        "--pooled", "f16", "--workers", "2", "--quiet")
+    assert code == 0 and "extracted 3, already there 0, failed 1" in text, text
+    assert "bbbbbbbbbb2" in (store / "extract_errors.tsv").read_text()
+    code, text = invoke("extract", converted, "--from-features", layout, "--metadata", meta,
+                        "--pooled", "f16")
+    assert code == 0 and "wrote 3 of 4 versions" in text, text
+    extracted, from_layout = PooledStore.open(store), PooledStore.open(converted)
+    for yid in ("aaaaaaaaaa1", "aaaaaaaaaa2", "bbbbbbbbbb1"):
+        expected = pool_cqt(load_feature(layout, yid), 20)  # (T', 84)
+        np.testing.assert_array_equal(extracted.pooled(yid), from_layout.pooled(yid))
+        np.testing.assert_allclose(extracted.pooled(yid), expected, rtol=2 ** -10, atol=1e-7)
+    code, text = invoke("extract", store, "--metadata", meta, "--audio-root", root,
+                        "--pooled", "f16", "--quiet")  # a finished store: nothing to do
+    assert code == 0 and "extracted 0, already there 3, failed 1" in text, text
+    figures = [invoke("evaluate", "--metadata", meta, "--features-dir", d, "--device", "cpu",
+                      "--quiet")[1] for d in (store, converted)]
+    assert "MAP" in figures[0] and figures[0] == figures[1]
 
 
 def test_extract_from_plain_list(tmp_path, tracks):
