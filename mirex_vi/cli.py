@@ -21,8 +21,8 @@ def _fail(message: str, code: int = 2) -> None:
 
 def _share_cores_with_workers() -> None:
     """Let torch's idle OpenMP threads sleep instead of spin, so that the CQT worker
-    processes get the cores (identify on 2 cores: 3.14 -> 3.3 tracks/s, see README).
-    Effective only before torch is loaded; an explicit OMP_WAIT_POLICY wins."""
+    processes get the cores (README, "Speed"). Effective only before torch is loaded; an
+    explicit OMP_WAIT_POLICY wins."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 

@@ -1,4 +1,4 @@
-"""Retrieval metrics for cover song identification (REFERENCE.md section 4).
+"""Retrieval metrics for cover song identification (docs/REFERENCE.md §4).
 
 Every query is ranked against the whole collection **minus itself** (it is dropped from
 its own ranking whatever its score: the same as scoring it -inf and calling it irrelevant);

@@ -1,4 +1,4 @@
-"""MIREX files: track lists in, the distance matrix out (REFERENCE.md section 5).
+"""MIREX files: track lists in, the distance matrix out (docs/REFERENCE.md §5).
 
 The matrix is written through a temporary file and renamed into place, so a crash never
 leaves a partial matrix; rows are formatted one at a time, so memory stays O(N).

@@ -88,8 +88,8 @@ class CQTNet(nn.Module):
         self.front_end = nn.Sequential(*layers)
         self.pool = nn.AdaptiveMaxPool2d((1, 1))
         self.proj = _Projection(in_ch, cfg.embedding_dim)
-        # NHWC convolutions: 15-30 % faster on CPU (oneDNN), tensor cores on CUDA; outputs
-        # agree with NCHW to ~1e-7. ``.to(device)`` and ``load_state_dict`` keep the layout.
+        # NHWC convolutions: oneDNN's fast path on CPU, tensor cores on CUDA; outputs agree
+        # with NCHW to ~1e-7. ``.to(device)`` and ``load_state_dict`` keep the layout.
         self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
