@@ -285,15 +285,29 @@ def evaluate(metadata, features_dir, labels, matrix, weights_spec, device, no_am
               help="Processes [default: CPU count].")
 @click.option("--name", default="Synth-VI-YT", show_default=True, help="Metadata file prefix.")
 @click.option("--demo", is_flag=True,
-              help="Use the reserved demo pool and write collection/queries/labels lists.")
+              help="Use the reserved demo pool, render as generator version 1 did, and write "
+                   "collection/queries/labels lists.")
+@click.option("--ood", is_flag=True,
+              help="The out-of-distribution set: the held-out collection's untrained works "
+                   "with the held-out soundfont.")
+@click.option("--p-voice", type=click.FloatRange(0, 1),
+              help="Probability of a sung melody with vibrato [default: 0.25; 0 with --demo].")
+@click.option("--p-band", type=click.FloatRange(0, 1),
+              help="Probability of a rock/pop/swing band under the melody [default: 0.3].")
+@click.option("--p-codec", type=click.FloatRange(0, 1),
+              help="Probability of an MP3/AAC pass at 32-128 kbps [default: 0.4].")
+@click.option("--p-form", type=click.FloatRange(0, 1),
+              help="Probability of a dropped/repeated section or an added intro/outro "
+                   "[default: 0.3].")
 @click.option("--collections",
               help="Comma-separated music21 corpus folders to draw from [default: all the "
                    "training collections].")
 @click.option("--overwrite", is_flag=True, help="Re-render existing audio files.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def corpus(out_dir, works, versions_per_work, seconds, seed, split, jobs, name, demo,
-           collections, overwrite, quiet) -> None:
+def corpus(out_dir, works, versions_per_work, seconds, seed, split, jobs, name, demo, ood,
+           p_voice, p_band, p_codec, p_form, collections, overwrite, quiet) -> None:
     """Render a synthetic cover-song corpus from music21's scores into OUT_DIR (or grow it)."""
+    import dataclasses
     import importlib.util
     import time
 
@@ -306,13 +320,16 @@ def corpus(out_dir, works, versions_per_work, seconds, seed, split, jobs, name, 
     if importlib.util.find_spec("music21") is None:
         _fail("the corpus generator needs music21: pip install mirex-vi[corpus]")
     _setup_logging(quiet)
-    from .corpus.driver import build_corpus
+    from .corpus.driver import build_corpus, default_mix
 
+    given = {"p_voice": p_voice, "p_band": p_band, "p_codec": p_codec, "p_form": p_form}
+    mix = dataclasses.replace(default_mix("demo" if demo else "ood" if ood else "train"),
+                              **{k: v for k, v in given.items() if v is not None})
     extra = {"collections": collections.split(",")} if collections else {}
     start = time.perf_counter()
     try:
         cliques = build_corpus(out_dir, works, versions_per_work, seconds, seed, fractions, jobs,
-                               demo, name, overwrite, quiet, **extra)
+                               demo, name, overwrite, quiet, ood=ood, mix=mix, **extra)
     except (RuntimeError, ValueError) as err:  # missing fluidsynth, a folder made otherwise
         _fail(str(err))
     n_versions = sum(len(v) for v in cliques.values())

@@ -1,13 +1,15 @@
 """Tests of mirex_vi.corpus: the synthetic cover corpus and the demo collection.
 
-Rendering tests need ``apt-get install fluidsynth fluid-soundfont-gm timgm6mb-soundfont``
-and ``pip install mirex-vi[corpus]`` (music21); without them they are skipped with that reason.
+Rendering tests need fluidsynth, ffmpeg and the training soundfonts (``tools/setup.sh``
+installs them) and ``pip install mirex-vi[corpus]`` (music21); without them they are skipped
+with that reason. The version-2 features have their own tests in test_corpus_features.py.
 """
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
+import hashlib
 import re
 import shutil
 from pathlib import Path
@@ -17,22 +19,24 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
+from mirex_vi.cli import main as cli_main
+from mirex_vi.corpus import soundfonts
 from mirex_vi.corpus.arrangement import KICK, bar_chords, quarters_to_seconds
 from mirex_vi.corpus.catalogue import corpus_root, list_candidates, youtube_id
-from mirex_vi.cli import main as cli_main
 from mirex_vi.corpus.driver import build_corpus, check_generator_version, split_cliques, write_json
 from mirex_vi.corpus.midi import midi_bytes
 from mirex_vi.corpus.scores import part_notes
-from mirex_vi.corpus.versions import GENERATOR_VERSION, SOUNDFONT_DIR, SOUNDFONTS
+from mirex_vi.corpus.versions import GENERATOR_VERSION
 
+REPO = Path(__file__).resolve().parents[1]
 HAVE_MUSIC21 = importlib.util.find_spec("music21") is not None
-HAVE_SYNTH = shutil.which("fluidsynth") is not None and all(
-    (SOUNDFONT_DIR / name).exists() for name in SOUNDFONTS)
+HAVE_SYNTH = all(shutil.which(tool) for tool in ("fluidsynth", "ffmpeg")) and not soundfonts.missing(
+    soundfonts.TRAINING + soundfonts.CLASSIC)
 needs_music21 = pytest.mark.skipif(not HAVE_MUSIC21, reason="music21 not installed (pip install mirex-vi[corpus])")
 needs_render = pytest.mark.skipif(
     not (HAVE_MUSIC21 and HAVE_SYNTH),
-    reason="needs music21 and fluidsynth + soundfonts "
-           "(apt-get install fluidsynth fluid-soundfont-gm timgm6mb-soundfont; pip install mirex-vi[corpus])")
+    reason="needs music21, fluidsynth, ffmpeg and the training soundfonts "
+           "(bash tools/setup.sh; pip install mirex-vi[corpus])")
 
 TINY = dict(n_works=3, versions_per_work=2, seconds=4.0, seed=5, jobs=1, quiet=True,
             collections=("essenFolksong", "bach"))
@@ -220,8 +224,10 @@ def test_demo_lists(tmp_path):
 
 def test_records_without_a_generator_version_count_as_version_1(tmp_path):
     write_json(tmp_path / f"{NAME}-light.json", {"C-0000001": [{"version_id": "V-0000001"}]})
-    assert GENERATOR_VERSION == 1
-    check_generator_version(tmp_path, NAME)  # a folder of the generator before the field grows
+    assert GENERATOR_VERSION == 2
+    with pytest.raises(ValueError, match="generator version 1, this is version 2; grow it with "
+                                         "commit 0eedd9a"):
+        check_generator_version(tmp_path, NAME)
 
 
 @needs_render
@@ -271,6 +277,11 @@ def test_cli_command_renders_what_build_corpus_renders(tiny, tmp_path):
     assert _light(out) == _light(tiny)
 
 
+def test_cli_refuses_demo_and_ood_together(tmp_path):
+    result = CliRunner().invoke(cli_main, ["corpus", str(tmp_path / "out"), "--demo", "--ood"])
+    assert result.exit_code == 2 and "choose one" in result.output
+
+
 def test_cli_without_music21_says_how_to_install_it(tmp_path, monkeypatch):
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
@@ -284,3 +295,21 @@ def test_cli_without_music21_says_how_to_install_it(tmp_path, monkeypatch):
 def test_cli_rejects_a_bad_split(tmp_path, split):
     result = CliRunner().invoke(cli_main, ["corpus", str(tmp_path / "out"), "--split", split])
     assert result.exit_code == 2 and "three fractions" in result.output
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@needs_render
+def test_demo_renders_as_generator_version_1_did(tmp_path):
+    """The bundled demo (rendered by version 1) is what --demo renders today, byte for byte."""
+    demo = REPO / "examples" / "demo"
+    cliques = build_corpus(tmp_path, n_works=2, versions_per_work=3, seconds=20.0, seed=2024,
+                           jobs=1, quiet=True, demo=True, name="demo")
+    bundled = json.loads((demo / "demo-light.json").read_text())
+    assert [c for c in bundled][:2] == list(cliques)
+    for clique, versions in cliques.items():
+        assert [v["youtube_id"] for v in versions] == [v["youtube_id"] for v in bundled[clique]]
+        for v in versions:
+            assert _sha256(tmp_path / v["audio_path"]) == _sha256(demo / v["audio_path"])

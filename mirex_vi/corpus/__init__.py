@@ -4,13 +4,19 @@ Every selected score is one clique; its versions are renderings that differ the 
 do: instrumentation (General MIDI programs, with or without accompaniment and drums), tempo
 (0.75x to 1.33x, with a drift), key (-6..+6 semitones), soundfont, reverb, sample rate and
 channels, loudness, filtering, added noise, structure (a repeated first half, loops) and
-the excerpt's start and length. Scores are parsed with music21, arranged here, written as
-Standard MIDI Files and rendered with the ``fluidsynth`` command-line program.
+the excerpt's start and length. Generator version 2 adds, each with its probability: a
+melody sung by a voice program with vibrato, rock/pop/swing band arrangements, changes of
+form (a dropped or repeated section, an added intro or outro) and a low-bitrate MP3/AAC
+pass; and it draws from every General MIDI soundfont Debian packages but one, which is held
+out with one music21 collection for the out-of-distribution set (``--ood``). Scores are
+parsed with music21, arranged here, written as Standard MIDI Files and rendered with the
+``fluidsynth`` command-line program.
 
 The modules follow the data: ``catalogue`` (which works, their ids and order) ->
-``scores`` (music21 to a note array) -> ``versions`` (the random choices of a rendering)
--> ``arrangement`` (timed notes) -> ``midi`` -> ``render`` (fluidsynth, audio chain, FLAC)
--> ``driver`` (parallel rendering, splits, metadata; ``mirex-vi corpus`` calls it).
+``scores`` (music21 to a note array) -> ``versions`` (the random choices of a rendering;
+``soundfonts`` the pools) -> ``arrangement`` (timed notes) -> ``midi`` -> ``render``
+(fluidsynth, the audio chain, ``codec``, FLAC) -> ``driver`` (parallel rendering, splits,
+metadata; ``mirex-vi corpus`` calls it).
 
 The output follows the Discogs-VI-YT layout (docs/REFERENCE.md §6)::
 
@@ -27,6 +33,7 @@ existing clique keeps its split, and only the new cliques are cut into train/val
 version record carries the ``generator_version`` that rendered it, and a folder made by
 another version is refused before anything is rendered.
 
-Requires: ``apt-get install fluidsynth fluid-soundfont-gm timgm6mb-soundfont`` and
+Requires: fluidsynth, ffmpeg and the soundfonts of ``soundfonts.PACKAGES`` (Debian
+packages; ``tools/setup.sh`` installs all but the held-out one) and
 ``pip install mirex-vi[corpus]`` (music21).
 """

@@ -1,5 +1,9 @@
-"""Arrangement: the notes of one version (kept voices, accompaniment, drums, structure) timed
-in seconds on its tempo curve and cut to its excerpt."""
+"""Arrangement: the notes of one version (kept voices, accompaniment or band, drums, structure
+and form) timed in seconds on its tempo curve and cut to its excerpt.
+
+Note arrays are (N, 4) float64 rows of onset and duration in quarter notes, MIDI key and
+part (0.. pitched parts, -1 drums), like ``Work.notes``, until ``arrange`` times them.
+"""
 from __future__ import annotations
 
 import math
@@ -9,8 +13,31 @@ import numpy as np
 from .scores import Work
 from .versions import VersionSpec
 
-KICK, SNARE, HIHAT, RIDE = 36, 38, 42, 51
+KICK, SNARE, HIHAT, PEDAL_HAT, OPEN_HAT, RIDE = 36, 38, 42, 44, 46, 51
 TRIADS = tuple((root, quality) for quality in ("maj", "min") for root in range(12))
+
+# Band patterns over a 4/4 bar, in quarter notes from its downbeat; a bar of another length
+# plays the events that start inside it. Bass steps are semitones above the bar's root, or
+# "third" (of its triad) and "approach" (a semitone below the next bar's root).
+BAND_DRUMS = {
+    "rock": [(0.0, KICK), (2.0, KICK), (2.5, KICK), (1.0, SNARE), (3.0, SNARE)]
+            + [(t / 2, HIHAT) for t in range(8)],
+    "pop": [(0.0, KICK), (1.5, KICK), (2.0, KICK), (1.0, SNARE), (3.0, SNARE), (3.5, OPEN_HAT)]
+           + [(t / 2, HIHAT) for t in range(7)],
+    "swing": [(0.0, KICK), (1.0, PEDAL_HAT), (3.0, PEDAL_HAT), (1.5, RIDE), (3.5, RIDE)]
+             + [(float(t), RIDE) for t in range(4)],
+}
+BAND_BASS = {
+    "rock": [(t / 2, 0.5, 0) for t in range(8)],
+    "pop": [(0.0, 1.5, 0), (1.5, 0.5, 0), (2.0, 1.0, 7), (3.0, 1.0, 0)],
+    "swing": [(0.0, 1.0, 0), (1.0, 1.0, "third"), (2.0, 1.0, 7), (3.0, 1.0, "approach")],
+}
+BAND_CHORDS = {  # (offset, duration) of each chord stroke
+    "rock": [(float(t), 0.9) for t in range(4)],
+    "pop": [(0.0, 1.5), (1.5, 2.5)],
+    "swing": [(1.0, 0.5), (3.0, 0.5)],
+}
+SWING_RATIO = 2 / 3  # where a swung off-beat eighth falls within its beat
 
 
 def select_voices(work: Work, voices: str) -> np.ndarray:
@@ -79,6 +106,56 @@ def drum_notes(work: Work, part: int) -> np.ndarray:
     return np.array(rows, dtype=np.float64).reshape(-1, 4)
 
 
+def band_bars(work: Work) -> list[tuple[float, float, int, str, int]]:
+    """(start, length, root, quality, next root) of each full bar (not a pick-up bar)."""
+    starts = bar_starts(work)
+    chords = bar_chords(work.notes, starts, work.length_q)
+    ends = np.append(starts[1:], work.length_q)
+    roots = [root for root, _ in chords] + [chords[0][0]]
+    first = 1 if work.downbeat_q > 0 else 0
+    return [(float(starts[i]), float(ends[i] - starts[i]), chords[i][0], chords[i][1], roots[i + 1])
+            for i in range(first, len(starts))]
+
+
+def band_notes(work: Work, style: str, first_part: int) -> np.ndarray:
+    """Chords (part ``first_part``) and bass (``first_part + 1``) in a band pattern."""
+    rows = []
+    for b0, length, root, quality, next_root in band_bars(work):
+        third = 4 if quality == "maj" else 3
+        triad = [48 + root, 48 + root + third, 55 + root]
+        for offset, dur in BAND_CHORDS[style]:
+            if offset < length:
+                rows += [(b0 + offset, min(dur, length - offset), p, first_part) for p in triad]
+        for offset, dur, step in BAND_BASS[style]:
+            if offset < length:
+                key = {"third": 36 + root + third, "approach": 35 + next_root}.get(step, None)
+                rows.append((b0 + offset, min(dur, length - offset),
+                             key if key is not None else 36 + root + step, first_part + 1))
+    return np.array(rows, dtype=np.float64).reshape(-1, 4)
+
+
+def band_drums(work: Work, style: str) -> np.ndarray:
+    """The band's drum kit (part -1) on every full bar."""
+    rows = [(b0 + offset, 0.25, key, -1) for b0, length, *_ in band_bars(work)
+            for offset, key in BAND_DRUMS[style] if offset < length]
+    return np.array(rows, dtype=np.float64).reshape(-1, 4)
+
+
+def swing(notes: np.ndarray, downbeat_q: float, ratio: float = SWING_RATIO) -> np.ndarray:
+    """Swung eighths: a point half-way through a beat moves to ``ratio`` of it, the rest of
+    the beat stretches or shrinks linearly (onsets and note ends alike)."""
+    def warp(q: np.ndarray) -> np.ndarray:
+        beat = np.floor(q - downbeat_q)
+        frac = q - downbeat_q - beat
+        return downbeat_q + beat + np.where(frac < 0.5, frac * 2 * ratio,
+                                            ratio + (frac - 0.5) * 2 * (1 - ratio))
+
+    out = notes.copy()
+    out[:, 0] = warp(notes[:, 0])
+    out[:, 1] = np.maximum(warp(notes[:, 0] + notes[:, 1]) - out[:, 0], 1e-3)
+    return out
+
+
 def repeat_structure(notes: np.ndarray, work: Work, structure: str) -> tuple[np.ndarray, float]:
     """Apply "aab" (first half, snapped to a bar line, played twice). Returns notes, length."""
     if structure != "aab":
@@ -92,6 +169,51 @@ def repeat_structure(notes: np.ndarray, work: Work, structure: str) -> tuple[np.
     return np.concatenate([first, second]), work.length_q + half
 
 
+def section_bounds(work: Work, section_bars: int, period_q: float) -> np.ndarray:
+    """Edges of the sections of ``section_bars`` bars over [0, period_q): the first section
+    holds any pick-up, the last whatever remains."""
+    starts = np.arange(work.downbeat_q, period_q - 1e-9, section_bars * work.bar_q)[1:]
+    return np.concatenate([[0.0], starts, [period_q]])
+
+
+def _section(notes: np.ndarray, start: float, end: float) -> np.ndarray:
+    """The notes that start in [start, end), cut at ``end``."""
+    part = notes[(notes[:, 0] >= start) & (notes[:, 0] < end)].copy()
+    part[:, 1] = np.minimum(part[:, 1], end - part[:, 0])
+    return part
+
+
+def change_form(notes: np.ndarray, period_q: float, work: Work, spec: VersionSpec
+                ) -> tuple[np.ndarray, float]:
+    """Apply ``spec.form`` to one pass of the piece; returns the notes and the new length.
+
+    "drop" leaves out one section (never the first), "repeat" plays one twice, "intro" plays
+    the last section before the piece and "outro" after it; ``spec.form_at`` picks the
+    section for "drop" and "repeat".
+    """
+    if spec.form == "plain":
+        return notes, period_q
+    bounds = section_bounds(work, spec.section_bars, period_q)
+    n = len(bounds) - 1
+    i = min(n - 1, 1 + int(spec.form_at * (n - 1)))
+    start, end = bounds[i], bounds[i + 1]
+    if spec.form in ("intro", "outro"):
+        start, end = bounds[-2], bounds[-1]
+    length = end - start
+    section = _section(notes, start, end)
+    before = notes[notes[:, 0] < start].copy()
+    before[:, 1] = np.minimum(before[:, 1], start - before[:, 0])
+    after = notes[notes[:, 0] >= end]
+    shift = [[length, 0, 0, 0]]
+    if spec.form == "drop":
+        return np.concatenate([before, after - shift]), period_q - length
+    if spec.form == "repeat":
+        return np.concatenate([before, section, section + shift, after + shift]), period_q + length
+    if spec.form == "intro":
+        return np.concatenate([section - [[start, 0, 0, 0]], notes + shift]), period_q + length
+    return np.concatenate([notes, section + [[period_q - start, 0, 0, 0]]]), period_q + length
+
+
 def quarters_to_seconds(q: np.ndarray, bpm: float, drift: float, span_q: float) -> np.ndarray:
     """Time map of a tempo changing linearly from ``bpm`` to ``bpm*(1+drift)`` over ``span_q``."""
     rate = bpm / 60.0  # quarters per second at q = 0
@@ -101,21 +223,37 @@ def quarters_to_seconds(q: np.ndarray, bpm: float, drift: float, span_q: float) 
     return np.log1p(k * q) / (k * rate)
 
 
+def layered_notes(work: Work, spec: VersionSpec) -> tuple[np.ndarray, int]:
+    """The kept voices, transposed, with the accompaniment or band and the drums of ``spec``.
+
+    Returns the (N, 4) notes of one pass of the score and the number of pitched parts."""
+    notes = select_voices(work, spec.voices)
+    n_parts = len(spec.programs)
+    if spec.accompaniment != "none":
+        notes = np.concatenate([notes, accompaniment_notes(work, spec.accompaniment, n_parts)])
+        n_parts += 2
+    elif spec.band != "none":
+        notes = np.concatenate([notes, band_notes(work, spec.band, n_parts)])
+        n_parts += 2
+    notes[:, 2] += spec.transpose
+    if spec.drums:
+        notes = np.concatenate([notes, drum_notes(work, -1)])
+    if spec.band != "none":
+        notes = np.concatenate([notes, band_drums(work, spec.band)])
+    if spec.band == "swing":
+        notes = swing(notes, work.downbeat_q)
+    return notes, n_parts
+
+
 def arrange(work: Work, spec: VersionSpec, rng: np.random.Generator) -> tuple[np.ndarray, int, float]:
     """Timed events of one version, cut to its excerpt.
 
     Returns (events, n_pitched_parts, start_s): events is (M, 4) float64 of onset and
     duration in seconds from the excerpt's start, MIDI key, and part (-1 = drums).
     """
-    notes = select_voices(work, spec.voices)
-    n_parts = len(spec.programs)
-    if spec.accompaniment != "none":
-        notes = np.concatenate([notes, accompaniment_notes(work, spec.accompaniment, n_parts)])
-        n_parts += 2
-    notes[:, 2] += spec.transpose
-    if spec.drums:
-        notes = np.concatenate([notes, drum_notes(work, -1)])
+    notes, n_parts = layered_notes(work, spec)
     notes, period_q = repeat_structure(notes, work, spec.structure)
+    notes, period_q = change_form(notes, period_q, work, spec)
     bpm = work.bpm * spec.tempo_factor
     start_s = spec.start_fraction * spec.duration_s
     needed_q = (start_s + spec.duration_s) * bpm / 60.0 * (1.0 + abs(spec.tempo_drift)) + period_q

@@ -3,6 +3,11 @@
 A work is one score of music21's bundled corpus (one tune of an ABC collection); every
 choice here is a hash of the work's key and the seed, so the same options give the same
 works, ids and order on any machine.
+
+Three pools of works: "train" (training corpora), "demo" (1 in 16 works of every collection,
+by hash, reserved for the demo and never trained on) and "ood" (the held-out collection's
+share of the demo pool: works that no corpus of any generator version has trained on, from
+a collection that training corpora no longer draw).
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from typing import Iterable, Sequence
 
 # Collection -> share of the selected works (renormalised over the collections present).
 # ryansMammoth is reserved for independent evaluation and is never listed here.
+# HELD_OUT_COLLECTION stays listed so that the demo pool (and the bundled demo) keeps its works.
 COLLECTION_WEIGHTS = {
     "essenFolksong": 24.0, "oneills1850": 12.0, "airdsAirs": 5.0, "miscFolk": 3.0,
     "bach": 18.0, "palestrina": 13.0, "trecento": 5.0, "monteverdi": 4.0, "josquin": 2.0,
@@ -27,6 +33,11 @@ COLLECTION_WEIGHTS = {
 EXCLUDED_FILES = re.compile(r"(^|/)(test[^/]*|variant[^/]*)\.abc$")  # Essen test sets, variants
 SCORE_EXTENSIONS = (".mxl", ".xml", ".musicxml", ".krn", ".abc")  # preference order per stem
 DEMO_MODULUS = 16  # works whose key hashes to 0 mod this are reserved for --demo
+# Kept out of training corpora from generator version 2 on. music21's nottingham-dataset,
+# the first choice, holds 2 tunes; the unused collections all together fewer than 30. Of
+# O'Neill's 1850 Irish tunes, version 1's corpora trained on some, but never on the 120 of
+# the demo pool, and those make the out-of-distribution set.
+HELD_OUT_COLLECTION = "oneills1850"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,13 +100,25 @@ def read_text(path: Path) -> str:
         return data.decode("latin-1")
 
 
+def pool_collections(pool: str, collections: Iterable[str] = COLLECTION_WEIGHTS) -> set[str]:
+    """The music21 folders that ``pool`` ("train", "demo" or "ood") draws from.
+
+    ``collections`` limits "train" and "demo" (to a subset of COLLECTION_WEIGHTS); "train"
+    never includes the held-out collection, and "ood" is only that collection.
+    """
+    if pool == "ood":
+        return {HELD_OUT_COLLECTION}
+    allowed = set(collections) & set(COLLECTION_WEIGHTS)
+    return allowed - {HELD_OUT_COLLECTION} if pool == "train" else allowed
+
+
 def list_candidates(root: Path, pool: str, collections: Iterable[str] = COLLECTION_WEIGHTS) -> list[WorkRef]:
-    """All usable works under ``root``, sorted, from the ``pool`` "train" or "demo".
+    """All usable works under ``root``, sorted, from the ``pool`` "train", "demo" or "ood".
 
     One file per stem (``x.mxl`` wins over ``x.krn``); ABC files expand into their tunes.
-    ``collections`` (a subset of COLLECTION_WEIGHTS) limits the source folders.
+    ``collections`` limits the source folders (see ``pool_collections``).
     """
-    allowed = set(collections) & set(COLLECTION_WEIGHTS)
+    allowed = pool_collections(pool, collections)
     stems: dict[str, Path] = {}
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()
@@ -114,7 +137,7 @@ def list_candidates(root: Path, pool: str, collections: Iterable[str] = COLLECTI
             refs.extend(WorkRef(rel, i) for i in range(len(split_abc(read_text(path))[1])))
         else:
             refs.append(WorkRef(rel))
-    want_demo = pool == "demo"
+    want_demo = pool != "train"
     return [r for r in refs if is_demo_work(r) == want_demo]
 
 

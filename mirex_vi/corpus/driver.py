@@ -13,10 +13,11 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from ..atomic import atomic_open, remove_stale_temporaries
+from . import soundfonts
 from .catalogue import COLLECTION_WEIGHTS, WorkRef, corpus_root, list_candidates, order_candidates, youtube_id
 from .render import Task, render_version
 from .scores import Work, load_work
-from .versions import DEMO_OVERRIDES, GENERATOR_VERSION, SOUNDFONT_DIR
+from .versions import CLASSIC_MIX, DEMO_OVERRIDES, GENERATOR_VERSION, PREVIOUS_GENERATORS, Mix
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +113,29 @@ def check_generator_version(out_dir: Path, name: str) -> None:
     found = {v.get("generator_version", 1) for versions in previous.values() for v in versions}
     other = sorted(found - {GENERATOR_VERSION})
     if other:
+        older = PREVIOUS_GENERATORS.get(other[0], "that version")
         raise ValueError(f"{path}: made by corpus generator version {other[0]}, this is version "
-                         f"{GENERATOR_VERSION}; grow it with that version or use a new folder")
+                         f"{GENERATOR_VERSION}; grow it with {older} or use a new folder")
+
+
+def default_mix(pool: str) -> Mix:
+    """The mix of a pool: the demo renders as generator version 1 did (the bundled demo stays
+    reproducible), the out-of-distribution set with the held-out soundfont."""
+    return {"demo": CLASSIC_MIX, "ood": Mix(soundfonts.HELD_OUT)}.get(pool, Mix())
+
+
+def check_tools(mix: Mix, pool: str, soundfont_dir: Path) -> None:
+    """Raise RuntimeError for a missing program or soundfont, and ValueError if a corpus
+    other than the out-of-distribution set would render with the held-out soundfont."""
+    if shutil.which("fluidsynth") is None:
+        raise RuntimeError("fluidsynth not found: apt-get install fluidsynth")
+    if mix.p_codec > 0 and shutil.which("ffmpeg") is None:
+        raise RuntimeError("ffmpeg not found (for the codec pass): apt-get install ffmpeg")
+    packages = soundfonts.missing(mix.soundfonts, soundfont_dir)
+    if packages:
+        raise RuntimeError(f"soundfonts missing under {soundfont_dir}: apt-get install {' '.join(packages)}")
+    if pool != "ood":
+        soundfonts.check_not_held_out(mix.soundfonts, soundfont_dir)
 
 
 def write_json(path: Path, obj: object, lines: bool = False) -> None:
@@ -167,24 +189,30 @@ def build_corpus(out_dir: Path, n_works: int, versions_per_work: int, seconds: f
                  fractions: Sequence[float] = (0.8, 0.1, 0.1), jobs: int = 1, demo: bool = False,
                  name: str = "Synth-VI-YT", overwrite: bool = False, quiet: bool = False,
                  collections: Iterable[str] = COLLECTION_WEIGHTS,
-                 soundfont_dir: Path = SOUNDFONT_DIR) -> dict[str, list[dict]]:
+                 soundfont_dir: Path = soundfonts.SOUNDFONT_ROOT, ood: bool = False,
+                 mix: Mix | None = None) -> dict[str, list[dict]]:
     """Make a corpus in ``out_dir``; returns the clique -> versions mapping that was written.
 
     Cliques keep at least two rendered versions (others are dropped and logged). ``demo``
-    draws from the reserved demo pool, renders 22.05 kHz mono without added noise and
-    writes the MIREX-style lists.
+    draws from the reserved demo pool, renders as generator version 1 did at 22.05 kHz mono
+    without added noise, and writes the MIREX-style lists. ``ood`` draws the held-out
+    collection's works that no corpus trained on and renders them with the held-out
+    soundfont. ``mix`` (default: the pool's, see ``default_mix``) sets the soundfonts and
+    the probabilities of the version-2 features.
     """
     from tqdm import tqdm
 
-    if shutil.which("fluidsynth") is None:
-        raise RuntimeError("fluidsynth not found: "
-                           "apt-get install fluidsynth fluid-soundfont-gm timgm6mb-soundfont")
+    if demo and ood:
+        raise ValueError("--demo and --ood draw from different pools: choose one")
+    pool_name = "demo" if demo else "ood" if ood else "train"
+    mix = mix or default_mix(pool_name)
+    check_tools(mix, pool_name, soundfont_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_generator_version(out_dir, name)
     remove_stale_temporaries(out_dir)
     root = corpus_root()
-    candidates = order_candidates(list_candidates(root, "demo" if demo else "train", collections), seed)
-    log.info("%d candidate works in the %s pool", len(candidates), "demo" if demo else "train")
+    candidates = order_candidates(list_candidates(root, pool_name, collections), seed)
+    log.info("%d candidate works in the %s pool", len(candidates), pool_name)
     pool = multiprocessing.Pool(jobs) if jobs > 1 else None
     try:
         mapper = pool.imap if pool else map
@@ -193,7 +221,7 @@ def build_corpus(out_dir: Path, n_works: int, versions_per_work: int, seconds: f
         kept = existing_splits(out_dir, name, {c: work.ref.source for c, work in zip(clique_ids, works)})
         tasks = [Task(work, k, clique_ids[i], f"V-{i * versions_per_work + k + 1:07d}",
                       youtube_id(seed, work.ref.key, k), seed, seconds, out_dir, soundfont_dir, overwrite,
-                      DEMO_OVERRIDES if demo else ())
+                      mix, DEMO_OVERRIDES if demo else ())
                  for i, work in enumerate(works) for k in range(versions_per_work)]
         records = list(tqdm(mapper(render_version, tasks), total=len(tasks), desc="render", unit="clip",
                             disable=quiet, file=sys.stderr))

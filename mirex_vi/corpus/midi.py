@@ -8,6 +8,8 @@ import numpy as np
 
 DRUM_CHANNEL = 9
 TICKS_PER_SECOND = 960  # 480 ticks per quarter at the file's fixed 120 bpm
+BEND_RATE_HZ = 50  # pitch-bend messages per second of a vibrato
+BEND_RANGE_CENTS = 200  # the General MIDI default pitch-bend range (±2 semitones)
 
 
 def _varlen(value: int) -> bytes:
@@ -28,14 +30,25 @@ def channel_of(part: int) -> int:
     return channel + (channel >= DRUM_CHANNEL)
 
 
+def vibrato_bends(cents: float, hz: float, duration_s: float, channel: int = 0
+                  ) -> list[tuple[int, int, bytes]]:
+    """Pitch-bend messages (tick, order, data) of a sine vibrato of ±``cents`` at ``hz``."""
+    times = np.arange(0.0, duration_s, 1.0 / BEND_RATE_HZ)
+    values = 8192 + np.round(8191 * cents / BEND_RANGE_CENTS * np.sin(2 * np.pi * hz * times))
+    return [(int(round(t * TICKS_PER_SECOND)), 0, bytes([0xE0 | channel, int(v) & 0x7F, int(v) >> 7]))
+            for t, v in zip(times, values.astype(int))]
+
+
 def midi_bytes(events: np.ndarray, programs: Sequence[int], velocities: Sequence[int],
-               pans: Sequence[int], duration_s: float) -> bytes:
+               pans: Sequence[int], duration_s: float, vibrato: tuple[float, float] = (0.0, 0.0)
+               ) -> bytes:
     """A type-0 Standard MIDI File at 120 bpm (960 ticks per second).
 
     Args:
         events: (M, 4) onset_s, duration_s, key, part (-1 = drums).
         programs, velocities, pans: one per pitched part.
         duration_s: the end-of-track time.
+        vibrato: (cents, hz) of a pitch-bend vibrato on part 0; 0 cents: none.
     """
     messages: list[tuple[int, int, bytes]] = []  # (tick, order, data); note-offs sort first
     for part, program in enumerate(programs[:15]):
@@ -43,6 +56,8 @@ def midi_bytes(events: np.ndarray, programs: Sequence[int], velocities: Sequence
         messages += [(0, 0, bytes([0xC0 | channel, program])),
                      (0, 0, bytes([0xB0 | channel, 10, pans[part]])),
                      (0, 0, bytes([0xB0 | channel, 7, 100]))]
+    if vibrato[0] > 0:
+        messages += vibrato_bends(vibrato[0], vibrato[1], duration_s, channel_of(0))
     for onset, dur, key, part in events:
         part = int(part)
         channel = channel_of(part)

@@ -1,4 +1,5 @@
-"""Rendering one version: MIDI through the fluidsynth program, then the audio chain, to FLAC."""
+"""Rendering one version: MIDI through the fluidsynth program, then the audio chain (trim,
+fades, filter, mix-down, level, noise, codec), to FLAC."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,9 +14,10 @@ import soundfile as sf
 from ..atomic import atomic_open
 from .arrangement import arrange
 from .catalogue import stable_int
+from .codec import codec_pass
 from .midi import fold_keys, midi_bytes
 from .scores import Work
-from .versions import GENERATOR_VERSION, VersionSpec, draw_spec
+from .versions import GENERATOR_VERSION, Mix, VersionSpec, draw_extras, draw_spec
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,9 @@ def colored_noise(rng: np.random.Generator, n: int, channels: int, color: str) -
 
 def post_process(audio: np.ndarray, spec: VersionSpec, rng: np.random.Generator,
                  faded_in: bool) -> np.ndarray:
-    """Trim, fade, filter, mix down, set level and add noise. (S, 2) in, (S', C) out."""
+    """Trim, fade, filter, mix down, set level, add noise and pass through the codec.
+
+    (S, 2) in, (S', C) float32 out, with its peak at most 0.98."""
     from scipy import signal
 
     sr = spec.sample_rate
@@ -78,8 +82,16 @@ def post_process(audio: np.ndarray, spec: VersionSpec, rng: np.random.Generator,
     if spec.snr_db is not None:
         noise = colored_noise(rng, n, audio.shape[1], spec.noise)
         audio = audio + noise * 10 ** ((spec.level_dbfs - spec.snr_db) / 20)
+    audio = limit_peak(audio)
+    if spec.codec != "none":
+        audio = limit_peak(codec_pass(audio, sr, spec.codec, spec.codec_kbps, spec.codec_rate))
+    return audio
+
+
+def limit_peak(audio: np.ndarray, peak_max: float = 0.98) -> np.ndarray:
+    """``audio`` as float32, scaled down if its peak exceeds ``peak_max``."""
     peak = float(np.abs(audio).max())
-    return (audio * (0.98 / peak if peak > 0.98 else 1.0)).astype(np.float32)
+    return (audio * (peak_max / peak if peak > peak_max else 1.0)).astype(np.float32)
 
 
 def write_flac(path: Path, audio: np.ndarray, sample_rate: int) -> None:
@@ -103,14 +115,18 @@ class Task:
     out_dir: Path
     soundfont_dir: Path
     overwrite: bool
+    mix: Mix
     overrides: tuple[tuple[str, object], ...] = ()  # VersionSpec fields forced after drawing
 
 
 def render_version(task: Task) -> dict | None:
     """Render one version to FLAC; returns its metadata record, or None if it failed."""
     work = task.work
-    rng = np.random.default_rng([task.seed, stable_int(work.ref.key) % 2**63, task.version])
-    spec = dataclasses.replace(draw_spec(work, rng, task.version, task.seconds), **dict(task.overrides))
+    stream = [task.seed, stable_int(work.ref.key) % 2**63, task.version]
+    rng = np.random.default_rng(stream)
+    spec = draw_spec(work, rng, task.version, task.seconds, task.mix)
+    spec = draw_extras(spec, work, np.random.default_rng([*stream, 2]), task.mix)
+    spec = dataclasses.replace(spec, **dict(task.overrides))
     events, n_parts, start_s = arrange(work, spec, rng)
     velocities = [int(v) for v in rng.integers(60, 106, n_parts)]
     pans = [int(p) for p in rng.integers(24, 105, n_parts)]
@@ -119,7 +135,8 @@ def render_version(task: Task) -> dict | None:
     path = task.out_dir / rel
     if task.overwrite or not path.exists():
         try:
-            midi = midi_bytes(fold_keys(events), programs, velocities, pans, spec.duration_s)
+            midi = midi_bytes(fold_keys(events), programs, velocities, pans, spec.duration_s,
+                              (spec.vibrato_cents, spec.vibrato_hz))
             audio = fluidsynth_render(midi, task.soundfont_dir / spec.soundfont, spec.sample_rate,
                                       spec.reverb, spec.chorus)
             write_flac(path, post_process(audio, spec, rng, start_s > 0), spec.sample_rate)
