@@ -1,41 +1,42 @@
-"""Tests of tools/make_corpus.py: the synthetic cover corpus and the demo collection.
+"""Tests of mirex_vi.corpus: the synthetic cover corpus and the demo collection.
 
-Rendering tests need ``apt-get install fluidsynth fluid-soundfont-gm timgm6mb-soundfont``
-and ``pip install music21``; without them they are skipped with that reason.
+Rendering tests need fluidsynth, ffmpeg and the training soundfonts (``tools/setup.sh``
+installs them) and ``pip install mirex-vi[corpus]`` (music21); without them they are skipped
+with that reason. The version-2 features have their own tests in test_corpus_features.py.
 """
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import hashlib
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from click.testing import CliRunner
+
+from mirex_vi.cli import main as cli_main
+from mirex_vi.corpus import soundfonts
+from mirex_vi.corpus.arrangement import KICK, bar_chords, quarters_to_seconds
+from mirex_vi.corpus.catalogue import corpus_root, list_candidates, youtube_id
+from mirex_vi.corpus.driver import build_corpus, check_generator_version, split_cliques, write_json
+from mirex_vi.corpus.midi import midi_bytes
+from mirex_vi.corpus.scores import part_notes
+from mirex_vi.corpus.versions import GENERATOR_VERSION
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("make_corpus", REPO / "tools" / "make_corpus.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["make_corpus"] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
-
-
-mc = _load_tool()
 HAVE_MUSIC21 = importlib.util.find_spec("music21") is not None
-HAVE_SYNTH = shutil.which("fluidsynth") is not None and all(
-    (mc.SOUNDFONT_DIR / name).exists() for name in mc.SOUNDFONTS)
-needs_music21 = pytest.mark.skipif(not HAVE_MUSIC21, reason="music21 not installed (pip install music21)")
+HAVE_SYNTH = all(shutil.which(tool) for tool in ("fluidsynth", "ffmpeg")) and not soundfonts.missing(
+    soundfonts.TRAINING + soundfonts.CLASSIC)
+needs_music21 = pytest.mark.skipif(not HAVE_MUSIC21, reason="music21 not installed (pip install mirex-vi[corpus])")
 needs_render = pytest.mark.skipif(
     not (HAVE_MUSIC21 and HAVE_SYNTH),
-    reason="needs music21 and fluidsynth + soundfonts "
-           "(apt-get install fluidsynth fluid-soundfont-gm timgm6mb-soundfont; pip install music21)")
+    reason="needs music21, fluidsynth, ffmpeg and the training soundfonts "
+           "(bash tools/setup.sh; pip install mirex-vi[corpus])")
 
 TINY = dict(n_works=3, versions_per_work=2, seconds=4.0, seed=5, jobs=1, quiet=True,
             collections=("essenFolksong", "bach"))
@@ -46,7 +47,7 @@ YID = re.compile(r"^[A-Za-z0-9_-]{11}$")
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("corpus")
-    mc.build_corpus(out, **TINY)
+    build_corpus(out, **TINY)
     return out
 
 
@@ -55,27 +56,27 @@ def _light(out: Path, suffix: str = "") -> dict:
 
 
 def test_youtube_ids_are_deterministic_and_well_formed():
-    a = mc.youtube_id(27, "bach/bwv66.6.mxl", 0)
+    a = youtube_id(27, "bach/bwv66.6.mxl", 0)
     assert YID.match(a)
-    assert a == mc.youtube_id(27, "bach/bwv66.6.mxl", 0)
-    assert len({a, mc.youtube_id(28, "bach/bwv66.6.mxl", 0), mc.youtube_id(27, "bach/bwv66.6.mxl", 1)}) == 3
+    assert a == youtube_id(27, "bach/bwv66.6.mxl", 0)
+    assert len({a, youtube_id(28, "bach/bwv66.6.mxl", 0), youtube_id(27, "bach/bwv66.6.mxl", 1)}) == 3
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 10, 101])
 def test_split_is_a_partition_of_cliques(n):
     ids = [f"C-{i:07d}" for i in range(n)]
-    splits = mc.split_cliques(ids, (0.8, 0.1, 0.1), seed=3)
+    splits = split_cliques(ids, (0.8, 0.1, 0.1), seed=3)
     parts = [set(p) for p in splits.values()]
     assert sum(len(p) for p in parts) == n and set().union(*parts) == set(ids)
     if n >= 3:
         assert all(splits[name] for name in ("train", "val", "test"))
-    assert splits == mc.split_cliques(ids, (0.8, 0.1, 0.1), seed=3)
+    assert splits == split_cliques(ids, (0.8, 0.1, 0.1), seed=3)
 
 
 def test_kept_cliques_stay_in_their_split():
     ids = [f"C-{i:07d}" for i in range(1, 41)]
     kept = {"C-0000001": "test", "C-0000002": "val", "C-0000003": "train", "C-0000099": "test"}
-    splits = mc.split_cliques(ids, (0.8, 0.1, 0.1), seed=3, kept=kept)
+    splits = split_cliques(ids, (0.8, 0.1, 0.1), seed=3, kept=kept)
     assert "C-0000001" in splits["test"] and "C-0000002" in splits["val"]
     assert "C-0000003" in splits["train"]
     assert sorted(sum(splits.values(), [])) == ids  # a kept id that is gone is not added
@@ -83,26 +84,26 @@ def test_kept_cliques_stay_in_their_split():
 
 
 def test_midi_file_layout():
-    events = np.array([[0.0, 0.5, 60, 0], [0.5, 0.5, 64, 1], [0.25, 0.1, mc.KICK, -1]])
-    data = mc.midi_bytes(events, [0, 40], [80, 70], [64, 64], duration_s=2.0)
+    events = np.array([[0.0, 0.5, 60, 0], [0.5, 0.5, 64, 1], [0.25, 0.1, KICK, -1]])
+    data = midi_bytes(events, [0, 40], [80, 70], [64, 64], duration_s=2.0)
     assert data[:4] == b"MThd" and data[14:18] == b"MTrk"
     assert int.from_bytes(data[18:22], "big") == len(data) - 22
     assert data.endswith(b"\xff\x2f\x00")
-    assert bytes([0x99, mc.KICK]) in data  # drums on channel 10
+    assert bytes([0x99, KICK]) in data  # drums on channel 10
     assert bytes([0x91, 64]) in data  # part 1 on channel 2
 
 
 def test_transposition_and_tempo_time_map():
     q = np.array([0.0, 1.0, 4.0])
-    assert np.allclose(mc.quarters_to_seconds(q, 120.0, 0.0, 4.0), [0.0, 0.5, 2.0])
-    faster = mc.quarters_to_seconds(q, 120.0, 0.2, 4.0)  # speeds up: ends earlier
+    assert np.allclose(quarters_to_seconds(q, 120.0, 0.0, 4.0), [0.0, 0.5, 2.0])
+    faster = quarters_to_seconds(q, 120.0, 0.2, 4.0)  # speeds up: ends earlier
     assert faster[-1] < 2.0 and np.all(np.diff(faster) > 0)
 
 
 def test_bar_chords_find_triads():
     notes = np.array([[0, 1, 60, 0], [1, 1, 64, 0], [2, 2, 67, 0],  # bar 1: C major
                       [4, 2, 57, 0], [6, 1, 60, 0], [7, 1, 64, 0]])  # bar 2: A minor
-    assert mc.bar_chords(notes, np.array([0.0, 4.0]), 8.0) == [(0, "maj"), (9, "min")]
+    assert bar_chords(notes, np.array([0.0, 4.0]), 8.0) == [(0, "maj"), (9, "min")]
 
 
 @needs_music21
@@ -115,15 +116,15 @@ def test_ties_merge_only_equal_pitches():
         n = note.Note(name, quarterLength=ql)
         n.tie = tie.Tie(kind)
         part.append(n)
-    rows = mc.part_notes(part, 0)
+    rows = part_notes(part, 0)
     assert rows == [[0.0, 1.5, 60, 0], [1.5, 1.0, 62, 0], [2.5, 0.5, 64, 0]]  # ABC slurs parse as ties
 
 
 @needs_music21
 def test_pools_are_disjoint_and_never_use_ryans_mammoth():
-    root = mc.corpus_root()
-    train = {r.key for r in mc.list_candidates(root, "train")}
-    demo = {r.key for r in mc.list_candidates(root, "demo")}
+    root = corpus_root()
+    train = {r.key for r in list_candidates(root, "train")}
+    demo = {r.key for r in list_candidates(root, "demo")}
     assert train and demo and not train & demo
     assert not any("ryansMammoth" in k for k in train | demo)
 
@@ -173,7 +174,7 @@ def test_versions_of_a_work_differ(tiny):
 
 @needs_render
 def test_same_seed_same_corpus_whatever_the_jobs(tiny, tmp_path):
-    mc.build_corpus(tmp_path, **{**TINY, "jobs": 2})
+    build_corpus(tmp_path, **{**TINY, "jobs": 2})
     assert _light(tmp_path) == _light(tiny)
     for versions in _light(tiny).values():
         for v in versions:
@@ -186,7 +187,7 @@ def test_growing_a_corpus_keeps_its_cliques_splits_and_audio(tiny, tmp_path):
     grown = tmp_path / "grown"
     shutil.copytree(tiny, grown)
     before = {p: p.stat().st_mtime_ns for p in grown.rglob("*.flac")}
-    mc.build_corpus(grown, **{**TINY, "n_works": 5})
+    build_corpus(grown, **{**TINY, "n_works": 5})
     light = _light(grown)
     assert len(light) == 5 and all(light[c] == v for c, v in _light(tiny).items())
     for split in ("train", "val", "test"):
@@ -201,15 +202,15 @@ def test_growing_with_other_options_is_refused_before_rendering(tiny, tmp_path):
     shutil.copytree(tiny, other)
     n_files = len(list(other.rglob("*.flac")))
     with pytest.raises(ValueError, match="other options"):
-        mc.build_corpus(other, **{**TINY, "seed": 6})
+        build_corpus(other, **{**TINY, "seed": 6})
     assert len(list(other.rglob("*.flac"))) == n_files and _light(other) == _light(tiny)
 
 
 @needs_render
 def test_demo_lists(tmp_path):
-    cliques = mc.build_corpus(tmp_path, **{**TINY, "n_works": 2, "seed": 9}, demo=True)
-    root = mc.corpus_root()
-    demo_keys = {r.key for r in mc.list_candidates(root, "demo")}
+    cliques = build_corpus(tmp_path, **{**TINY, "n_works": 2, "seed": 9}, demo=True)
+    root = corpus_root()
+    demo_keys = {r.key for r in list_candidates(root, "demo")}
     assert all(v["source"].removeprefix("music21:") in demo_keys for vs in cliques.values() for v in vs)
     collection = (tmp_path / "collection.txt").read_text().splitlines()
     assert collection == (tmp_path / "queries.txt").read_text().splitlines()
@@ -219,3 +220,96 @@ def test_demo_lists(tmp_path):
     for rel in collection:
         assert not Path(rel).is_absolute() and (tmp_path / rel).exists()
         assert sf.info(tmp_path / rel).samplerate == 22050 and sf.info(tmp_path / rel).channels == 1
+
+
+def test_records_without_a_generator_version_count_as_version_1(tmp_path):
+    write_json(tmp_path / f"{NAME}-light.json", {"C-0000001": [{"version_id": "V-0000001"}]})
+    assert GENERATOR_VERSION == 2
+    with pytest.raises(ValueError, match="generator version 1, this is version 2; grow it with "
+                                         "commit 0eedd9a"):
+        check_generator_version(tmp_path, NAME)
+
+
+@needs_render
+def test_growing_a_folder_of_another_generator_version_is_refused_before_rendering(tiny, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(tiny, other)
+    light = _light(other)
+    assert {v["generator_version"] for vs in light.values() for v in vs} == {GENERATOR_VERSION}
+    for versions in light.values():
+        for v in versions:
+            v["generator_version"] = GENERATOR_VERSION + 1
+    write_json(other / f"{NAME}-light.json", light)
+    n_files = len(list(other.rglob("*.flac")))
+    with pytest.raises(ValueError, match=f"generator version {GENERATOR_VERSION + 1}, this is "
+                                         f"version {GENERATOR_VERSION}"):
+        build_corpus(other, **{**TINY, "n_works": 5})
+    assert len(list(other.rglob("*.flac"))) == n_files and _light(other) == light
+
+
+def test_write_json_leaves_no_temporary_on_failure(tmp_path):
+    target = tmp_path / "x.json"
+    with pytest.raises(TypeError):
+        write_json(target, {"bad": object()})
+    assert list(tmp_path.iterdir()) == []
+
+
+@needs_render
+def test_a_run_leaves_no_temporaries_and_sweeps_stale_ones(tiny, tmp_path):
+    assert not list(tiny.rglob("*.tmp"))
+    again = tmp_path / "again"
+    shutil.copytree(tiny, again)
+    flac = next(again.rglob("*.flac"))
+    stale = flac.with_name(f".{flac.name}.x1y2z3.tmp")  # what a SIGKILLed atomic_open leaves
+    stale.write_bytes(b"partial")
+    os.utime(stale, (stale.stat().st_atime - 7200, stale.stat().st_mtime - 7200))
+    build_corpus(again, **TINY)
+    assert not list(again.rglob("*.tmp")) and _light(again) == _light(tiny)
+
+
+@needs_render
+def test_cli_command_renders_what_build_corpus_renders(tiny, tmp_path):
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(cli_main, [
+        "corpus", str(out), "--works", "3", "--versions-per-work", "2", "--seconds", "4",
+        "--seed", "5", "--jobs", "1", "--quiet", "--collections", "essenFolksong,bach"])
+    assert result.exit_code == 0, result.output
+    assert _light(out) == _light(tiny)
+
+
+def test_cli_refuses_demo_and_ood_together(tmp_path):
+    result = CliRunner().invoke(cli_main, ["corpus", str(tmp_path / "out"), "--demo", "--ood"])
+    assert result.exit_code == 2 and "choose one" in result.output
+
+
+def test_cli_without_music21_says_how_to_install_it(tmp_path, monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "music21" else real_find_spec(name, *a))
+    result = CliRunner().invoke(cli_main, ["corpus", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "pip install mirex-vi[corpus]" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("split", ["0.8,0.2", "0.5,0.3,0.3", "a,b,c"])
+def test_cli_rejects_a_bad_split(tmp_path, split):
+    result = CliRunner().invoke(cli_main, ["corpus", str(tmp_path / "out"), "--split", split])
+    assert result.exit_code == 2 and "three fractions" in result.output
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@needs_render
+def test_demo_renders_as_generator_version_1_did(tmp_path):
+    """The bundled demo (rendered by version 1) is what --demo renders today, byte for byte."""
+    demo = REPO / "examples" / "demo"
+    cliques = build_corpus(tmp_path, n_works=2, versions_per_work=3, seconds=20.0, seed=2024,
+                           jobs=1, quiet=True, demo=True, name="demo")
+    bundled = json.loads((demo / "demo-light.json").read_text())
+    assert [c for c in bundled][:2] == list(cliques)
+    for clique, versions in cliques.items():
+        assert [v["youtube_id"] for v in versions] == [v["youtube_id"] for v in bundled[clique]]
+        for v in versions:
+            assert _sha256(tmp_path / v["audio_path"]) == _sha256(demo / v["audio_path"])

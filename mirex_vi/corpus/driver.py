@@ -1,0 +1,237 @@
+"""The corpus driver: pick works, render their versions in parallel, write the metadata."""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import multiprocessing
+import shutil
+import sys
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from ..atomic import atomic_open, remove_stale_temporaries
+from . import soundfonts
+from .catalogue import COLLECTION_WEIGHTS, WorkRef, corpus_root, list_candidates, order_candidates, youtube_id
+from .render import Task, render_version
+from .scores import Work, load_work
+from .versions import CLASSIC_MIX, DEMO_OVERRIDES, GENERATOR_VERSION, PREVIOUS_GENERATORS, Mix
+
+log = logging.getLogger(__name__)
+
+def _load(args: tuple[WorkRef, Path]) -> Work | None:
+    return load_work(*args)
+
+
+def pick_works(candidates: Iterable[WorkRef], n_works: int, root: Path, mapper,
+               quiet: bool = False) -> list[Work]:
+    """The first ``n_works`` candidates that load and whose melody opening is new.
+
+    Candidates are parsed in batches through ``mapper`` (an order-keeping, possibly
+    parallel ``map``), so the result does not depend on the number of processes.
+    """
+    from tqdm import tqdm
+
+    chosen: list[Work] = []
+    seen: set[tuple[int, ...]] = set()
+    it: Iterator[WorkRef] = iter(candidates)
+    while len(chosen) < n_works:
+        batch = [(ref, root) for ref in itertools.islice(it, max(8, int((n_works - len(chosen)) * 1.3)))]
+        if not batch:
+            log.warning("only %d works available", len(chosen))
+            break
+        for work in tqdm(mapper(_load, batch), total=len(batch), desc="parse", unit="score",
+                         disable=quiet, file=sys.stderr):
+            if work is None or work.fingerprint() in seen or len(chosen) >= n_works:
+                continue
+            seen.add(work.fingerprint())
+            chosen.append(work)
+    return chosen
+
+
+def split_cliques(clique_ids: Sequence[str], fractions: Sequence[float], seed: int,
+                  kept: dict[str, str] | None = None) -> dict[str, list[str]]:
+    """Shuffle cliques with the seed and cut them into train/val/test by ``fractions``.
+
+    ``kept`` (clique -> split, from an earlier run into the same folder) pins those cliques
+    to their split; only the others are shuffled and cut, so growing a corpus never moves a
+    held-out clique into training. With three or more new cliques, val and test get at least
+    one of them each.
+    """
+    present = set(clique_ids)
+    kept = {c: s for c, s in (kept or {}).items() if c in present}
+    ids = [c for c in clique_ids if c not in kept]
+    np.random.default_rng([seed, 1]).shuffle(ids)
+    n = len(ids)
+    n_val, n_test = (round(n * f) for f in fractions[1:3])
+    if n >= 3:
+        n_val, n_test = max(1, n_val), max(1, n_test)
+    n_train = max(0, n - n_val - n_test)
+    cuts = {"train": ids[:n_train], "val": ids[n_train:n_train + n_val],
+            "test": ids[n_train + n_val:]}
+    for clique, split in kept.items():
+        cuts[split].append(clique)
+    return {name: sorted(part) for name, part in cuts.items()}
+
+
+def existing_splits(out_dir: Path, name: str, sources: dict[str, str]) -> dict[str, str]:
+    """Clique -> split of an earlier corpus in ``out_dir`` (empty if there is none).
+
+    ``sources`` maps the clique ids about to be made to their ``music21:`` sources. Raises
+    ValueError if an earlier clique id now names another work: the folder was made with other
+    options, and keeping its splits would mix works across them.
+    """
+    previous_path = out_dir / f"{name}-light.json"
+    if not previous_path.exists():
+        return {}
+    previous = json.loads(previous_path.read_text(encoding="utf-8"))
+    for clique in sorted(previous.keys() & sources.keys()):
+        if previous[clique][0]["source"] != sources[clique]:
+            raise ValueError(f"{previous_path}: clique {clique} is {previous[clique][0]['source']} "
+                             f"there but {sources[clique]} now; the folder was made with other "
+                             "options (seed, collections): use a new one")
+    kept = {}
+    for split in ("train", "val", "test"):
+        path = out_dir / f"{name}-light.json.{split}"
+        if path.exists():
+            kept.update(dict.fromkeys(json.loads(path.read_text(encoding="utf-8")), split))
+    return kept
+
+
+def check_generator_version(out_dir: Path, name: str) -> None:
+    """Refuse a folder whose metadata another generator version wrote.
+
+    Growing it would mix renders of two generators under one seed. Records without a
+    ``generator_version`` field count as version 1. Raises ValueError (a one-line message).
+    """
+    path = out_dir / f"{name}-light.json"
+    if not path.exists():
+        return
+    previous = json.loads(path.read_text(encoding="utf-8"))
+    found = {v.get("generator_version", 1) for versions in previous.values() for v in versions}
+    other = sorted(found - {GENERATOR_VERSION})
+    if other:
+        older = PREVIOUS_GENERATORS.get(other[0], "that version")
+        raise ValueError(f"{path}: made by corpus generator version {other[0]}, this is version "
+                         f"{GENERATOR_VERSION}; grow it with {older} or use a new folder")
+
+
+def default_mix(pool: str) -> Mix:
+    """The mix of a pool: the demo renders as generator version 1 did (the bundled demo stays
+    reproducible), the out-of-distribution set with the held-out soundfont."""
+    return {"demo": CLASSIC_MIX, "ood": Mix(soundfonts.HELD_OUT)}.get(pool, Mix())
+
+
+def check_tools(mix: Mix, pool: str, soundfont_dir: Path) -> None:
+    """Raise RuntimeError for a missing program or soundfont, and ValueError if a corpus
+    other than the out-of-distribution set would render with the held-out soundfont."""
+    if shutil.which("fluidsynth") is None:
+        raise RuntimeError("fluidsynth not found: apt-get install fluidsynth")
+    if mix.p_codec > 0 and shutil.which("ffmpeg") is None:
+        raise RuntimeError("ffmpeg not found (for the codec pass): apt-get install ffmpeg")
+    packages = soundfonts.missing(mix.soundfonts, soundfont_dir)
+    if packages:
+        raise RuntimeError(f"soundfonts missing under {soundfont_dir}: apt-get install {' '.join(packages)}")
+    if pool != "ood":
+        soundfonts.check_not_held_out(mix.soundfonts, soundfont_dir)
+
+
+def write_json(path: Path, obj: object, lines: bool = False) -> None:
+    """Write JSON (or JSON lines from a list) atomically (``atomic_open``)."""
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        if lines:
+            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in obj)
+        else:
+            json.dump(obj, f, ensure_ascii=False, separators=(",", ":"))
+
+
+def write_metadata(out_dir: Path, name: str, cliques: dict[str, list[dict]],
+                   splits: dict[str, list[str]]) -> None:
+    """``<name>-light.json`` (+ split files) and ``<name>.jsonl`` in the Discogs-VI-YT format."""
+    write_json(out_dir / f"{name}-light.json", cliques)
+    for split, ids in splits.items():
+        write_json(out_dir / f"{name}-light.json.{split}", {c: cliques[c] for c in ids})
+    rows = [{"clique_id": c, "versions": [
+        {"version_id": v["version_id"],
+         "tracks": [{"track_title": v["track_title"], "artists": [v["composer"]], "source": v["source"]}],
+         "youtube_video": [{"url": f"https://www.youtube.com/watch?v={v['youtube_id']}",
+                            "source": "synthetic"}]} for v in versions]}
+        for c, versions in cliques.items()]
+    write_json(out_dir / f"{name}.jsonl", rows, lines=True)
+
+
+def write_demo_lists(out_dir: Path, cliques: dict[str, list[dict]]) -> None:
+    """collection.txt, queries.txt (same tracks) and labels.tsv, paths relative to out_dir."""
+    rows = [(v["audio_path"], c) for c, versions in cliques.items() for v in versions]
+    paths = "".join(f"{p}\n" for p, _ in rows)
+    texts = {"collection.txt": paths, "queries.txt": paths,
+             "labels.tsv": "".join(f"{p}\t{c}\n" for p, c in rows)}
+    for list_name, text in texts.items():
+        with atomic_open(out_dir / list_name, "w", encoding="utf-8") as f:
+            f.write(text)
+
+
+def group_cliques(tasks: Sequence[Task], records: Sequence[dict | None]) -> dict[str, list[dict]]:
+    """Clique -> rendered version records; cliques left with fewer than two are dropped."""
+    cliques: dict[str, list[dict]] = {}
+    for task, record in zip(tasks, records):
+        if record is not None:
+            cliques.setdefault(task.clique_id, []).append(record)
+    small = [c for c, versions in cliques.items() if len(versions) < 2]
+    if small:
+        log.warning("dropping %d cliques with fewer than 2 versions", len(small))
+    return {c: v for c, v in cliques.items() if len(v) >= 2}
+
+
+def build_corpus(out_dir: Path, n_works: int, versions_per_work: int, seconds: float, seed: int,
+                 fractions: Sequence[float] = (0.8, 0.1, 0.1), jobs: int = 1, demo: bool = False,
+                 name: str = "Synth-VI-YT", overwrite: bool = False, quiet: bool = False,
+                 collections: Iterable[str] = COLLECTION_WEIGHTS,
+                 soundfont_dir: Path = soundfonts.SOUNDFONT_ROOT, ood: bool = False,
+                 mix: Mix | None = None) -> dict[str, list[dict]]:
+    """Make a corpus in ``out_dir``; returns the clique -> versions mapping that was written.
+
+    Cliques keep at least two rendered versions (others are dropped and logged). ``demo``
+    draws from the reserved demo pool, renders as generator version 1 did at 22.05 kHz mono
+    without added noise, and writes the MIREX-style lists. ``ood`` draws the held-out
+    collection's works that no corpus trained on and renders them with the held-out
+    soundfont. ``mix`` (default: the pool's, see ``default_mix``) sets the soundfonts and
+    the probabilities of the version-2 features.
+    """
+    from tqdm import tqdm
+
+    if demo and ood:
+        raise ValueError("--demo and --ood draw from different pools: choose one")
+    pool_name = "demo" if demo else "ood" if ood else "train"
+    mix = mix or default_mix(pool_name)
+    check_tools(mix, pool_name, soundfont_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    check_generator_version(out_dir, name)
+    remove_stale_temporaries(out_dir)
+    root = corpus_root()
+    candidates = order_candidates(list_candidates(root, pool_name, collections), seed)
+    log.info("%d candidate works in the %s pool", len(candidates), pool_name)
+    pool = multiprocessing.Pool(jobs) if jobs > 1 else None
+    try:
+        mapper = pool.imap if pool else map
+        works = pick_works(candidates, n_works, root, mapper, quiet)
+        clique_ids = [f"C-{i + 1:07d}" for i in range(len(works))]
+        kept = existing_splits(out_dir, name, {c: work.ref.source for c, work in zip(clique_ids, works)})
+        tasks = [Task(work, k, clique_ids[i], f"V-{i * versions_per_work + k + 1:07d}",
+                      youtube_id(seed, work.ref.key, k), seed, seconds, out_dir, soundfont_dir, overwrite,
+                      mix, DEMO_OVERRIDES if demo else ())
+                 for i, work in enumerate(works) for k in range(versions_per_work)]
+        records = list(tqdm(mapper(render_version, tasks), total=len(tasks), desc="render", unit="clip",
+                            disable=quiet, file=sys.stderr))
+    finally:
+        if pool:
+            pool.close()
+            pool.join()
+    cliques = group_cliques(tasks, records)
+    write_metadata(out_dir, name, cliques, split_cliques(list(cliques), fractions, seed, kept))
+    if demo:
+        write_demo_lists(out_dir, cliques)
+    return cliques
+
