@@ -106,9 +106,8 @@ def test_tiny_run_learns_and_checkpoints(full_run):
         run_training(cfg, device="cpu")
 
 
-def test_resume_after_a_kill_matches_an_uninterrupted_run(full_run, dataset_dir, tmp_path,
-                                                          monkeypatch):
-    cfg = _cfg(dataset_dir, tmp_path / "killed")
+def _kill_before_last_epoch_and_resume(cfg, monkeypatch) -> Path:
+    """Run ``cfg``, interrupted as its last epoch starts, then ``--resume`` it to the end."""
     real_epoch = train._run_epoch
 
     def killed_at_last_epoch(state, run):
@@ -120,8 +119,15 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(full_run, dataset_dir,
     with pytest.raises(KeyboardInterrupt):
         run_training(cfg, device="cpu")
     monkeypatch.setattr(train, "_run_epoch", real_epoch)
-    assert torch.load(tmp_path / "killed" / LAST, weights_only=True)["epoch"] == cfg.epochs - 1
-    run_dir = run_training(cfg, resume=True, device="cpu")
+    last = Path(cfg.output_dir) / LAST
+    assert torch.load(last, weights_only=True)["epoch"] == cfg.epochs - 1
+    return run_training(cfg, resume=True, device="cpu")
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(full_run, dataset_dir, tmp_path,
+                                                          monkeypatch):
+    cfg = _cfg(dataset_dir, tmp_path / "killed")
+    run_dir = _kill_before_last_epoch_and_resume(cfg, monkeypatch)
     assert _metrics(run_dir)[-1]["epoch"] == cfg.epochs
     a, b = (torch.load(d / LAST, weights_only=True)["model_state_dict"] for d in (full_run, run_dir))
     for name in a:
@@ -132,18 +138,7 @@ def test_classification_head_and_augmentation_train_resume_and_stay_out_of_the_p
         dataset_dir, tmp_path, monkeypatch):
     cfg = _cfg(dataset_dir, tmp_path / "cls", "epochs=2", "val_metadata=''", "cls_weight=0.5",
                "augment.pitch_prob=0.5", "augment.stretch_prob=0.5", "augment.envelope_prob=0.5")
-    real_epoch = train._run_epoch
-
-    def killed_at_last_epoch(state, run):
-        if state.epoch == cfg.epochs - 1:
-            raise KeyboardInterrupt
-        return real_epoch(state, run)
-
-    monkeypatch.setattr(train, "_run_epoch", killed_at_last_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        run_training(cfg, device="cpu")
-    monkeypatch.setattr(train, "_run_epoch", real_epoch)
-    run_dir = run_training(cfg, resume=True, device="cpu")
+    run_dir = _kill_before_last_epoch_and_resume(cfg, monkeypatch)
     ckpt = torch.load(run_dir / LAST, weights_only=True)
     assert ckpt["head_state_dict"]["classifier.weight"].shape == (10, 16)  # 10 training cliques
     records = _metrics(run_dir)
