@@ -230,7 +230,8 @@ class TorchFrontEnd:
         """
         import torch
 
-        samples, scale = (audio.samples, audio.scale) if isinstance(audio, PackedAudio) else (audio, 1.0)
+        packed = isinstance(audio, PackedAudio)
+        samples, scale = (audio.samples, audio.scale) if packed else (audio, 1.0)
         with torch.inference_mode():
             wave = self._staging.to_device(samples).float() / scale  # (N,); exact, a power of 2
             spec = self.cqt(wave[None])[0].T.half().float()  # (T, n_bins), float16 round trip

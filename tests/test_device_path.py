@@ -122,7 +122,8 @@ def test_out_of_memory_errors_are_told_apart():
     assert is_out_of_memory(RuntimeError("cuFFT error: CUFFT_ALLOC_FAILED"))
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
     assert runtime.unless_out_of_memory(lambda: 3, CPU) == 3
-    assert runtime.unless_out_of_memory(_raise(torch.OutOfMemoryError("out of memory")), CPU) is None
+    out_of_memory = _raise(torch.OutOfMemoryError("out of memory"))
+    assert runtime.unless_out_of_memory(out_of_memory, CPU) is None
     with pytest.raises(RuntimeError, match="shape"):
         runtime.unless_out_of_memory(_raise(RuntimeError("shape mismatch")), CPU)
 
