@@ -49,12 +49,13 @@ def main() -> None:
               help="Run the model in true fp32 on CUDA too: no fp16 autocast, and TF32 "
                    "convolutions and matrix products off.")
 @click.option("--batch-size", type=click.IntRange(1),
-              help="Tracks of equal length per forward pass [default: 16 on CUDA, 1 on CPU, "
-                   "where batching gains nothing and would make a resumed run differ in the "
-                   "last digit].")
+              help="Tracks of equal length per forward pass on CUDA [default: 16]. On the "
+                   "CPU the model takes one track at a time whatever this says, so CPU "
+                   "embeddings never depend on it (batching gains nothing there).")
 @click.option("--workers", type=click.IntRange(1), help="Decode/CQT processes [default: CPU count].")
 @click.option("--cqt", "cqt_backend", type=click.Choice(["auto", "librosa", "torch"]), default="auto",
-              show_default=True, help="CQT on the device in torch (auto: on CUDA) or librosa.")
+              show_default=True, help="CQT on the device in torch (auto: on CUDA, after a "
+                                      "self-check against librosa) or librosa in the workers.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad audio file (exit 1, no output).")
 @click.option("--quiet", is_flag=True, help="No progress bar or info messages.")
 @click.option("--name", help="First line of the output [default: system and weights name].")
@@ -211,7 +212,7 @@ SHARED_MEMORY_HINT = (
 
 def _out_of_shared_memory(err: RuntimeError) -> bool:
     """Whether ``err`` is a DataLoader worker's bus error or shared-memory failure."""
-    return any(s in str(err) for s in ("Bus error", "shared memory", "/torch_"))
+    return any(s in str(err) for s in ("Bus error", "shared memory", "</torch_"))
 
 
 @main.command()
