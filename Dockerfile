@@ -13,6 +13,13 @@
 
 # torch==2.13.0 from PyPI is built for CUDA 13.0 and carries its own CUDA libraries; the base
 # supplies the matching runtime and cuDNN for anything else linked against CUDA.
+# Host driver: the CUDA 13.0 base needs NVIDIA driver >= 580 (NVIDIA's minimum for 13.0,
+# 580.65.06); with an older driver the NVIDIA Container Toolkit refuses to start the
+# container ("unsatisfied condition: cuda>=13.0"). For a CUDA 12.x driver, build a CUDA 12.x
+# image: a 12.x base and torch from PyTorch's index of the same CUDA version, e.g.
+#   docker build --build-arg BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 \
+#       --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 -t mirex-vi:cu128 .
+# (CUDA 12.8 needs driver >= 570; that index must carry the pinned torch version.)
 ARG BASE_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
 
 # --- system: Python, ffmpeg (decodes what libsndfile cannot), libsndfile, runtime user ----
@@ -26,6 +33,9 @@ RUN apt-get update \
 # --- build: the virtual environment; the wheelhouse stays in this stage only -------------
 FROM system AS build
 ARG WHEELS=wheels
+# Empty: torch from PyPI (CUDA 13.0 build). A PyTorch wheel index (.../whl/cu128): the pinned
+# torch from there first, for older drivers (see BASE_IMAGE above); not with a wheelhouse.
+ARG TORCH_INDEX_URL=
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # The glob lets the wheelhouse be absent; a folder's contents land beside requirements.txt.
 COPY requirements.txt ${WHEELS}* /tmp/pip/
@@ -33,6 +43,13 @@ RUN if ls /tmp/pip/*.whl >/dev/null 2>&1; then echo "--no-index --find-links /tm
         > /tmp/pip/options \
     && echo "pip options: $(cat /tmp/pip/options)" \
     && python3 -m venv /opt/venv \
+    && if [ -n "$TORCH_INDEX_URL" ]; then \
+           if [ -s /tmp/pip/options ]; then \
+               echo "TORCH_INDEX_URL needs an index: not with a wheelhouse" >&2; exit 1; \
+           fi; \
+           /opt/venv/bin/pip install --index-url "$TORCH_INDEX_URL" \
+               "$(grep '^torch==' /tmp/pip/requirements.txt)"; \
+       fi \
     && /opt/venv/bin/pip install $(cat /tmp/pip/options) -r /tmp/pip/requirements.txt
 COPY pyproject.toml README.md /src/
 COPY mirex_vi/ /src/mirex_vi/

@@ -26,11 +26,13 @@ TMP_SUFFIX = ".tmp"
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "wb", **kwargs) -> Iterator[IO]:
+def atomic_open(path: str | Path, mode: str = "wb", fsync: bool = True, **kwargs) -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success it replaces ``path``.
 
     On any exception the temporary file is removed and ``path`` is left untouched.
     ``mode`` is ``"wb"`` or ``"w"`` (text; ``kwargs`` go to ``open``, e.g. encoding).
+    ``fsync=False`` leaves making the data durable before the rename to the caller (one
+    ``os.sync`` for many files).
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
@@ -39,7 +41,8 @@ def atomic_open(path: str | Path, mode: str = "wb", **kwargs) -> Iterator[IO]:
         with open(fd, mode, **kwargs) as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -45,14 +45,17 @@ def main() -> None:
               help="Cache and error log folder [default: OUTPUT.work beside the output].")
 @click.option("--weights", "weights_spec", help="Weight package folder or name, or an authors' .pth.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--no-amp", is_flag=True, help="Run the model in fp32 on CUDA too.")
+@click.option("--no-amp", is_flag=True,
+              help="Run the model in true fp32 on CUDA too: no fp16 autocast, and TF32 "
+                   "convolutions and matrix products off.")
 @click.option("--batch-size", type=click.IntRange(1),
-              help="Tracks of equal length per forward pass [default: 16 on CUDA, 1 on CPU, "
-                   "where batching gains nothing and would make a resumed run differ in the "
-                   "last digit].")
+              help="Tracks of equal length per forward pass on CUDA [default: 16]. On the "
+                   "CPU the model takes one track at a time whatever this says, so CPU "
+                   "embeddings never depend on it (batching gains nothing there).")
 @click.option("--workers", type=click.IntRange(1), help="Decode/CQT processes [default: CPU count].")
 @click.option("--cqt", "cqt_backend", type=click.Choice(["auto", "librosa", "torch"]), default="auto",
-              show_default=True, help="CQT on the device in torch (auto: on CUDA) or librosa.")
+              show_default=True, help="CQT on the device in torch (auto: on CUDA, after a "
+                                      "self-check against librosa) or librosa in the workers.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad audio file (exit 1, no output).")
 @click.option("--quiet", is_flag=True, help="No progress bar or info messages.")
 @click.option("--name", help="First line of the output [default: system and weights name].")
@@ -234,6 +237,17 @@ def _convert_features(features_dir: Path, out_dir: Path, metadata: Path | None,
     click.echo(f"wrote {written} of {len(ids)} versions to a pooled store in {out_dir}", err=True)
 
 
+SHARED_MEMORY_HINT = (
+    "hint: the DataLoader workers (num_workers > 0) pass batches through shared memory "
+    "(/dev/shm), which Docker limits to 64 MB by default: run the container with "
+    "--shm-size=8g (or --ipc=host), or train with --set num_workers=0.")
+
+
+def _out_of_shared_memory(err: RuntimeError) -> bool:
+    """Whether ``err`` is a DataLoader worker's bus error or shared-memory failure."""
+    return any(s in str(err) for s in ("Bus error", "shared memory", "</torch_"))
+
+
 @main.command()
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="YAML training config (e.g. configs/discogs-vinet-mirex.yaml), after its "
@@ -263,6 +277,10 @@ def train(config_path, overrides, resume, device, quiet) -> None:
         run_dir = run_training(cfg, resume=resume, device=device)
     except (WeightsError, FileExistsError, FileNotFoundError) as err:  # bad weights, run folder
         _fail(str(err))
+    except RuntimeError as err:
+        if not _out_of_shared_memory(err):
+            raise
+        _fail(f"{err}\n{SHARED_MEMORY_HINT}")
     if os.environ.get("RANK", "0") == "0":  # under torchrun, only rank 0 reports
         click.echo(f"run folder: {run_dir}", err=True)
 

@@ -1,26 +1,40 @@
-"""Tracks -> embeddings: parallel CQTs, batched model, devices, AMP and a resumable cache."""
+"""Tracks -> embeddings: parallel CQTs, batched model, devices, AMP and a resumable cache.
+
+Worker processes decode (and, with the librosa backend, compute CQTs); this process's main
+thread receives their results while a second thread runs the front end, the model and the
+cache writes (``_consume_in_thread``), so the device works while the next files arrive.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 from .atomic import atomic_open, remove_stale_temporaries
+from .audio import AudioError
 from .config import FeatureConfig, to_dict
-from .features import TorchFrontEnd, preprocess
+from .features import TorchFrontEnd, checked_cqt, preprocess
 from .model import CQTNet
-from .runtime import autocast
+from .runtime import autocast, unless_out_of_memory
 from .weights import LoadedWeights
-from .workers import iter_files
+from .workers import FileResult, iter_files
 
 log = logging.getLogger(__name__)
+
+Input = np.ndarray | torch.Tensor  # (n_bins, T') float32 model input
+T = TypeVar("T")
 
 
 class TrackError(Exception):
@@ -42,7 +56,10 @@ def embed_inputs(
     """Embed preprocessed inputs, batching only those of equal length.
 
     Padding would change a track's embedding (the global max-pool would see the pad), so
-    inputs of different lengths never share a batch; results equal batch-size-1 calls.
+    inputs of different lengths never share a batch; results equal batch-size-1 calls within
+    ``runtime.tolerance(...).batch``. On the CPU the model sees one track per forward pass
+    whatever ``batch_size``: batching gains nothing there, and oneDNN's kernels for other
+    batch sizes round differently, so CPU embeddings are bit-for-bit independent of it.
 
     Args:
         inputs: ``(n_bins, T')`` float32 arrays or tensors (any device), one per track.
@@ -50,6 +67,8 @@ def embed_inputs(
     Returns:
         ``(N, D)`` float32 on the CPU, rows in input order, unit norm.
     """
+    if device.type == "cpu":
+        batch_size = 1
     out = torch.empty(len(inputs), model.cfg.embedding_dim)
     by_length: dict[int, list[int]] = {}
     for i, x in enumerate(inputs):
@@ -143,6 +162,20 @@ class EmbeddingCache:
         with atomic_open(entry) as f:
             np.save(f, emb.astype(np.float32))
 
+    def put_many(self, items: Sequence[tuple[Path, np.ndarray]]) -> None:
+        """:meth:`put` for a batch of ``(audio, (D,) embedding)`` pairs with one ``sync``
+        instead of one ``fsync`` per entry: every entry is written to its temporary file, all
+        are made durable together, and only then renamed into place."""
+        with contextlib.ExitStack() as renames:
+            for audio, emb in items:
+                entry = self.path_for(audio)
+                entry.parent.mkdir(parents=True, exist_ok=True)
+                f = renames.enter_context(atomic_open(entry, fsync=False))
+                np.save(f, emb.astype(np.float32))
+                f.flush()
+            if items:
+                os.sync()
+
 
 @dataclass
 class EmbeddingRun:
@@ -152,6 +185,11 @@ class EmbeddingRun:
     embeddings: np.ndarray
     errors: dict[int, str]
     n_cached: int
+
+
+def uses_torch_cqt(cqt_backend: str, device: torch.device) -> bool:
+    """``torch``, or ``auto`` on CUDA: the CQT is computed on ``device`` (``TorchFrontEnd``)."""
+    return cqt_backend == "torch" or (cqt_backend == "auto" and device.type == "cuda")
 
 
 def embed_tracks(
@@ -170,52 +208,166 @@ def embed_tracks(
 
     ``cqt_backend``: ``librosa`` computes CQTs in the workers (exact); ``torch`` has the
     workers only decode and computes CQTs on ``device`` (:class:`TorchFrontEnd`); ``auto``
-    is ``torch`` on CUDA and ``librosa`` on the CPU. Inputs wait until ``batch_size`` of them
-    are ready, then go through the model (equal lengths share a batch) and into the cache,
-    so a killed run loses at most one batch. ``on_track`` is called once per finished track.
+    is ``torch`` on CUDA and ``librosa`` on the CPU. A track the torch CQT cannot take
+    (not finite, out of device memory) gets librosa's. Inputs wait until ``batch_size`` of
+    them are ready, then go through the model and into the cache, so a killed run loses at
+    most one batch. ``on_track`` is called once per finished track.
 
     Raises:
         TrackError: in ``strict`` mode, at the first track that cannot be embedded.
     """
     model = weights.model.to(device).eval()
-    emb = np.zeros((len(paths), model.cfg.embedding_dim), dtype=np.float32)
-    errors: dict[int, str] = {}
+    run = EmbeddingRun(np.zeros((len(paths), model.cfg.embedding_dim), dtype=np.float32), {}, 0)
     todo: list[int] = []
     for i, path in enumerate(paths):
         cached = cache.get(path) if cache and path.is_file() else None
         if cached is None:
             todo.append(i)
         else:
-            emb[i] = cached
+            run.embeddings[i] = cached
             on_track()
-    on_gpu = cqt_backend == "torch" or (cqt_backend == "auto" and device.type == "cuda")
-    front_end = TorchFrontEnd(weights.features, device) if on_gpu else None
-    pending: dict[int, list[tuple[int, np.ndarray | torch.Tensor]]] = {}  # T' -> [(track, input)]
+    run.n_cached = len(paths) - len(todo)
+    on_gpu = uses_torch_cqt(cqt_backend, device)
+    embedder = _Embedder(model, weights.features, device, amp, batch_size, paths, run,
+                         TorchFrontEnd(weights.features, device) if on_gpu else None,
+                         cache, strict, on_track)
+    results = iter_files([paths[i] for i in todo], weights.features, workers, decode_only=on_gpu)
+    _consume_in_thread(((todo[r.index], r) for r in results), embedder.add,
+                       depth=max(2, batch_size))
+    embedder.flush()
+    return run
 
-    def flush(group: list[tuple[int, np.ndarray | torch.Tensor]]) -> None:
-        if not group:
-            return
-        vectors = embed_inputs(model, [x for _, x in group], device, amp, batch_size).numpy()
-        for (i, _), vector in zip(group, vectors):
-            emb[i] = vector
-            if cache:
-                cache.put(paths[i], vector)
-            on_track()
-        group.clear()
 
-    for result in iter_files([paths[i] for i in todo], weights.features, workers, decode_only=on_gpu):
-        track = todo[result.index]
+@dataclass
+class _Embedder:
+    """Worker results -> embeddings, errors and cache entries (the model's thread).
+
+    Inputs wait in ``pending`` (by length) until ``batch_size`` are ready. A track whose
+    torch CQT is not finite or does not fit in device memory gets librosa's CQT here; a
+    non-finite embedding under AMP is recomputed in fp32; a track that still fails is an
+    error. No non-finite vector is ever stored or cached.
+    """
+
+    model: CQTNet
+    cfg: FeatureConfig
+    device: torch.device
+    amp: bool
+    batch_size: int
+    paths: Sequence[Path]
+    run: EmbeddingRun
+    front_end: TorchFrontEnd | None
+    cache: EmbeddingCache | None
+    strict: bool
+    on_track: Callable[[], None]
+    pending: dict[int, list[tuple[int, Input]]] = field(default_factory=dict)
+
+    def add(self, item: tuple[int, FileResult]) -> None:
+        track, result = item
         if result.error is not None:
-            if strict:
-                raise TrackError(paths[track], result.error)
-            errors[track] = result.error
-            on_track()
-            continue
-        x = front_end(result.audio) if front_end else preprocess(result.cqt, weights.features)
-        pending.setdefault(x.shape[-1], []).append((track, x))
-        if sum(map(len, pending.values())) >= batch_size:
-            for group in pending.values():
-                flush(group)
-    for group in pending.values():
-        flush(group)
-    return EmbeddingRun(emb, errors, n_cached=len(paths) - len(todo))
+            self._fail(track, result.error)
+            return
+        x = self._model_input(track, result)
+        if x is None:
+            return
+        self.pending.setdefault(x.shape[-1], []).append((track, x))
+        if sum(map(len, self.pending.values())) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Embed every pending input, store the vectors and cache them (one sync)."""
+        done = [pair for group in self.pending.values() for pair in self._embed_group(group)]
+        self.pending.clear()
+        if self.cache:
+            self.cache.put_many([(self.paths[i], vector) for i, vector in done])
+        for i, vector in done:
+            self.run.embeddings[i] = vector
+            self.on_track()
+
+    def _fail(self, track: int, reason: str) -> None:
+        if self.strict:
+            raise TrackError(self.paths[track], reason)
+        self.run.errors[track] = reason
+        self.on_track()
+
+    def _model_input(self, track: int, result: FileResult) -> Input | None:
+        """The track's model input, through the torch front end when there is one, else
+        (or when that fails) through librosa; None when the track failed."""
+        if self.front_end is None:
+            return preprocess(result.cqt, self.cfg)
+        reason = "the device ran out of memory"
+        try:
+            x = unless_out_of_memory(lambda: self.front_end(result.audio), self.device)
+        except AudioError as err:
+            x, reason = None, str(err)
+        if x is not None:
+            return x
+        audio = result.audio.unpack()
+        log.warning("%s: torch CQT failed (%s); computing it with librosa", self.paths[track],
+                    reason)
+        try:
+            return preprocess(checked_cqt(audio, self.cfg), self.cfg)
+        except AudioError as err:
+            self._fail(track, str(err))
+            return None
+
+    def _embed_group(self, group: list[tuple[int, Input]]) -> list[tuple[int, np.ndarray]]:
+        """``(track, (D,) vector)`` for the tracks of one equal-length group that embed."""
+        inputs = [x for _, x in group]
+        batch = unless_out_of_memory(lambda: self._embed(inputs, self.amp), self.device)
+        if batch is None:  # the group does not fit: one track at a time
+            vectors = [self._embed_alone(x, self.amp) for x in inputs]
+        else:
+            vectors = list(batch)
+        done = []
+        for (track, x), vector in zip(group, vectors):
+            if vector is not None and self.amp and not np.all(np.isfinite(vector)):
+                vector = self._embed_alone(x, amp=False)  # an fp16 overflow inside the model
+            if vector is None:
+                self._fail(track, "the device ran out of memory in the model")
+            elif not np.all(np.isfinite(vector)):
+                self._fail(track, "the embedding is not finite")
+            else:
+                done.append((track, vector))
+        return done
+
+    def _embed(self, inputs: list[Input], amp: bool) -> np.ndarray:
+        """``(len(inputs), D)`` float32."""
+        return embed_inputs(self.model, inputs, self.device, amp, self.batch_size).numpy()
+
+    def _embed_alone(self, x: Input, amp: bool) -> np.ndarray | None:
+        out = unless_out_of_memory(lambda: self._embed([x], amp), self.device)
+        return None if out is None else out[0]
+
+
+def _consume_in_thread(items: Iterator[T], consume: Callable[[T], None], depth: int) -> None:
+    """Call ``consume`` on every item in a second thread while this thread draws them.
+
+    At most ``depth`` items wait between the two. An exception in ``consume`` stops the
+    drawing and is raised here; one raised while drawing is raised after the items already
+    drawn are consumed.
+    """
+    handoff: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    failure: list[BaseException] = []
+
+    def consumer() -> None:
+        while (item := handoff.get()) is not done:
+            if failure:
+                continue  # drain, so the drawing thread never blocks on a full queue
+            try:
+                consume(item)
+            except BaseException as err:  # noqa: BLE001 - re-raised in the drawing thread
+                failure.append(err)
+
+    thread = threading.Thread(target=consumer, name="mirex-vi-model", daemon=True)
+    thread.start()
+    try:
+        for item in items:
+            if failure:
+                break
+            handoff.put(item)
+    finally:
+        handoff.put(done)
+        thread.join()
+    if failure:
+        raise failure[0]

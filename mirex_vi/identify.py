@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from .atomic import atomic_open
-from .embed import EmbeddingCache, TrackError, embed_tracks
+from .embed import EmbeddingCache, TrackError, embed_tracks, uses_torch_cqt
 from .mirex_io import (InputError, TrackList, check_output_location, query_positions, read_list,
                        write_distance_matrix)
-from .runtime import amp_enabled, resolve_device
+from .runtime import amp_enabled, disable_tf32_without_amp, resolve_device
 from .scoring import distance_rows
 from .weights import LoadedWeights, load_weights
 from .workers import default_workers
@@ -83,10 +83,17 @@ def prepare(collection: Path, queries: Path, output: Path, workdir: Path | None,
 def identify(job: IdentifyJob, amp: bool = True, batch_size: int | None = None,
              workers: int | None = None, strict: bool = False, progress: bool = True,
              name: str | None = None, cqt_backend: str = "auto") -> IdentifySummary:
-    """Embed every collection track (cached in the workdir), score, write the matrix."""
+    """Embed every collection track (cached in the workdir), score, write the matrix.
+
+    Without ``amp`` on CUDA, TF32 is off (true fp32). Before the torch CQT is used on CUDA
+    it must pass the self-check (``selfcheck.torch_cqt_agrees``); if it does not, the CQTs
+    are computed with librosa in the workers.
+    """
     from tqdm import tqdm
 
     start = time.perf_counter()
+    disable_tf32_without_amp(job.device, amp)
+    cqt_backend = _checked_cqt_backend(job, amp_enabled(job.device, amp), cqt_backend)
     batch_size = batch_size or (16 if job.device.type == "cuda" else 1)
     paths = job.collection.paths
     cache = EmbeddingCache(job.workdir / "embeddings", job.weights.sha256, job.weights.features,
@@ -110,6 +117,15 @@ def identify(job: IdentifyJob, amp: bool = True, batch_size: int | None = None,
     write_distance_matrix(job.output, header, paths, job.query_indices, rows)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _checked_cqt_backend(job: IdentifyJob, amp: bool, cqt_backend: str) -> str:
+    """``cqt_backend``, or ``librosa`` where the torch CQT on CUDA fails the self-check."""
+    if job.device.type != "cuda" or not uses_torch_cqt(cqt_backend, job.device):
+        return cqt_backend
+    from .selfcheck import torch_cqt_agrees
+
+    return "torch" if torch_cqt_agrees(job.weights, job.device, amp) else "librosa"
 
 
 def _write_errors(path: Path, errors: list[tuple[Path, str]]) -> None:

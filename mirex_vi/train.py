@@ -41,7 +41,7 @@ from .data import (CliqueBatchSampler, FullTrackDataset, TrainDataset, filter_av
 from .heads import ClassificationHead, classification_loss
 from .losses import triplet_loss
 from .model import CQTNet, build_model
-from .runtime import amp_enabled, autocast, resolve_device
+from .runtime import amp_enabled, autocast, disable_tf32_without_amp, resolve_device
 from .weights import (WeightsError, load_weights, resolve_weights, sha256_file,
                       verify_package)
 
@@ -331,6 +331,7 @@ def run_training(cfg: TrainConfig, resume: bool = False, device: str = "auto") -
         WeightsError: ``init_weights`` that cannot be used or do not match ``init_sha256``.
     """
     ranks, dev = init_distributed(device)
+    disable_tf32_without_amp(dev, cfg.amp)  # amp: false means true fp32 on CUDA
     if not ranks.is_main:  # only rank 0 reports
         logging.getLogger(__package__).setLevel(logging.WARNING)
     run_dir = Path(cfg.output_dir)

@@ -1,8 +1,9 @@
 """Audio files -> CQTs (or decoded audio) in parallel worker processes.
 
 Workers decode and, unless asked only to decode, compute the CQT; the caller (identification,
-evaluation on audio, dataset extraction) receives each file's array or the reason it failed
-as soon as it is done, in completion order.
+evaluation on audio, dataset extraction) receives each file's array (decoded audio as int16
+``PackedAudio``, half the bytes of float32) or the reason it failed as soon as it is done,
+in completion order.
 Workers are started with ``forkserver`` so they never inherit the parent's torch threads.
 """
 
@@ -19,18 +20,18 @@ import numpy as np
 
 from .audio import AudioError, load_audio
 from .config import FeatureConfig
-from .features import compute_cqt
+from .features import PackedAudio, checked_cqt
 
 
 @dataclass(frozen=True)
 class FileResult:
     """One finished file: ``cqt`` (``(T, n_bins)`` float16) when CQTs were asked for, ``audio``
-    (``(N,)`` float32 at ``cfg.sample_rate``) when only decoding was, or ``error`` saying why
-    neither."""
+    (``(N,)`` samples at ``cfg.sample_rate``, packed) when only decoding was, or ``error``
+    saying why neither."""
 
     index: int
     cqt: np.ndarray | None = None
-    audio: np.ndarray | None = None
+    audio: PackedAudio | None = None
     error: str | None = None
 
 
@@ -44,17 +45,13 @@ def file_to_cqt(path: str | Path, cfg: FeatureConfig) -> np.ndarray:
     Raises:
         AudioError: the file is unusable (missing, unreadable, silent...).
     """
-    audio = load_audio(path, cfg.sample_rate)
-    cqt = compute_cqt(audio, cfg)
-    if not np.all(np.isfinite(cqt)):
-        raise AudioError("CQT is not finite (float16 overflow: is the audio scaled to [-1, 1]?)")
-    return cqt
+    return checked_cqt(load_audio(path, cfg.sample_rate), cfg)
 
 
 def _job(index: int, path: str, cfg: FeatureConfig, decode_only: bool) -> FileResult:
     try:
         if decode_only:
-            return FileResult(index, audio=load_audio(path, cfg.sample_rate))
+            return FileResult(index, audio=PackedAudio.pack(load_audio(path, cfg.sample_rate)))
         return FileResult(index, cqt=file_to_cqt(path, cfg))
     except AudioError as err:
         return FileResult(index, error=str(err))

@@ -274,3 +274,23 @@ def test_two_process_ddp_keeps_replicas_identical(dataset_dir, tmp_path):
     for name, param in init.named_parameters():
         assert torch.equal(r0["state"][name], r1["state"][name]), name
         assert not torch.equal(param.detach(), r0["state"][name]), name
+
+
+
+def _train_cli_failing_with(monkeypatch, tmp_path, message):
+    def run_training(*args, **kwargs):
+        raise RuntimeError(message)
+
+    monkeypatch.setattr(train, "run_training", run_training)
+    return CliRunner().invoke(main, ["train", "--set", f"output_dir={tmp_path}"])
+
+
+def test_a_dataloader_bus_error_says_how_to_give_the_workers_shared_memory(monkeypatch, tmp_path):
+    result = _train_cli_failing_with(
+        monkeypatch, tmp_path, "DataLoader worker (pid 4242) is killed by signal: Bus error. "
+                               "It is possible that dataloader's workers are out of shared memory.")
+    assert result.exit_code == 2
+    assert "Bus error" in result.output and "--shm-size" in result.output
+    assert "--ipc=host" in result.output and "num_workers=0" in result.output
+    other = _train_cli_failing_with(monkeypatch, tmp_path, "CUDA error: an illegal memory access")
+    assert isinstance(other.exception, RuntimeError)  # any other error is not disguised

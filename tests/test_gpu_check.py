@@ -1,0 +1,36 @@
+"""benchmarks/gpu_check.py, the prepared device check, runs end to end at smoke sizes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+STEPS = ["1_versions", "2_cqt_accuracy", "3_distinct_lengths", "4_precision_and_batching",
+         "5_identify", "6_amp_training", "7_resume_from_cpu", "8_ddp_one_rank"]
+
+
+@pytest.mark.slow
+def test_smoke_run_completes_every_step_on_the_cpu(tmp_path):
+    report_path = tmp_path / "report.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke",
+                           "--device", "cpu", "--out", str(report_path),
+                           "--work", str(tmp_path / "work")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    report = json.loads(report_path.read_text())
+    steps = report["steps"]
+    assert list(steps) == STEPS
+    failed = {k: v["error"] for k, v in steps.items() if not v["ok"]}
+    assert not failed and proc.returncode == 0, (failed, proc.stdout[-2000:], proc.stderr[-2000:])
+    assert report["smoke"] and report["device"] == "cpu"
+    assert steps["2_cqt_accuracy"]["target_rel_error_1e-5"]
+    assert steps["4_precision_and_batching"]["self_check"]["problem"] is None
+    assert steps["5_identify"]["top10_overlap"] == 1.0
+    assert steps["7_resume_from_cpu"]["epochs"] == [1, 2]
+    assert steps["8_ddp_one_rank"]["unwrapped_state_dict"]
