@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -22,7 +21,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from .atomic import atomic_open, remove_stale_temporaries
+from .atomic import atomic_open, remove_stale_temporaries, sync_files
 from .audio import AudioError
 from .config import FeatureConfig, to_dict
 from .features import TorchFrontEnd, checked_cqt, preprocess
@@ -163,18 +162,19 @@ class EmbeddingCache:
             np.save(f, emb.astype(np.float32))
 
     def put_many(self, items: Sequence[tuple[Path, np.ndarray]]) -> None:
-        """:meth:`put` for a batch of ``(audio, (D,) embedding)`` pairs with one ``sync``
-        instead of one ``fsync`` per entry: every entry is written to its temporary file, all
-        are made durable together, and only then renamed into place."""
+        """:meth:`put` for a batch of ``(audio, (D,) embedding)`` pairs with one file-system
+        sync instead of one ``fsync`` per entry: every entry is written to its temporary
+        file, all are made durable together (``atomic.sync_files``), and only then renamed
+        into place."""
         with contextlib.ExitStack() as renames:
+            files = []
             for audio, emb in items:
                 entry = self.path_for(audio)
                 entry.parent.mkdir(parents=True, exist_ok=True)
                 f = renames.enter_context(atomic_open(entry, fsync=False))
                 np.save(f, emb.astype(np.float32))
-                f.flush()
-            if items:
-                os.sync()
+                files.append(f)
+            sync_files(files)
 
 
 @dataclass
