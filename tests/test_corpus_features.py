@@ -8,7 +8,6 @@ import dataclasses
 import importlib.util
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
