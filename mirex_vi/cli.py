@@ -6,29 +6,16 @@ location, weights, config), reported before any audio is processed.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
 
 import click
 
-
-def _fail(message: str, code: int = 2) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
-
-
-def _share_cores_with_workers() -> None:
-    """Let torch's idle OpenMP threads sleep instead of spin, so that the CQT worker
-    processes get the cores (identify on 2 cores: 3.14 -> 3.3 tracks/s, see README).
-    Effective only before torch is loaded; an explicit OMP_WAIT_POLICY wins."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
-def _setup_logging(quiet: bool) -> None:
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+from .cli_common import fail as _fail
+from .cli_common import setup_logging as _setup_logging
+from .cli_common import share_cores_with_workers as _share_cores_with_workers
+from .cli_search import evaluate_through_index, index_group, search_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -232,12 +219,23 @@ def train(config_path, overrides, resume, device, quiet) -> None:
               help="Write the figures as a JSON object.")
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write PNG plots (rank-of-first-version histogram, AP per clique).")
+@click.option("--index", "index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="MAP@k and recall@k of the --labels tracks searched in this index (FAISS).")
+@click.option("--top-k", type=click.IntRange(1), default=10, show_default=True,
+              help="k of MAP@k and recall@k (with --index).")
 @click.option("--quiet", is_flag=True)
 def evaluate(metadata, features_dir, labels, matrix, weights_spec, device, no_amp, workers,
-             json_out, plot_dir, quiet) -> None:
-    """MAP, MR1, MRR, Top-1, Top-10 and P@10 of a model or of a MIREX matrix."""
+             json_out, plot_dir, index_dir, top_k, quiet) -> None:
+    """MAP, MR1, MRR, Top-1, Top-10 and P@10 of a model or of a MIREX matrix; MAP@k and
+    recall@k through a catalogue index (--index)."""
     _setup_logging(quiet)
     _share_cores_with_workers()
+    if index_dir:
+        if not labels or plot_dir:
+            _fail("--index needs --labels, and takes no --plot (the exact path plots)")
+        evaluate_through_index(index_dir, labels, top_k, weights_spec, device, workers, json_out,
+                               quiet)
+        return
     from . import evaluate as ev
 
     try:
@@ -266,3 +264,7 @@ def evaluate(metadata, features_dir, labels, matrix, weights_spec, device, no_am
 
         for png in write_plots(result, clique_of, plot_dir):
             click.echo(f"wrote {png}", err=True)
+
+
+main.add_command(index_group)
+main.add_command(search_command)
