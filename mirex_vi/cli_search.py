@@ -64,7 +64,7 @@ def _audio_root_option(command):
 
 def _kind_options(command):
     command = click.option("--nprobe", type=click.IntRange(1),
-                           help="ivfpq: cells a query scans [default: 8].")(command)
+                           help="ivfpq: cells a query scans [default: 4].")(command)
     return click.option("--kind", type=click.Choice(["auto", "flat", "ivfpq"]), default="auto",
                         show_default=True,
                         help="flat: exact; ivfpq: compressed, trained on the tracks "
@@ -140,6 +140,7 @@ def index_add(index_dir, source, audio_root, weights_spec, device, workers, cach
 def index_merge(index_dir, inputs, kind, nprobe, quiet) -> None:
     """Join the flat indexes INPUTS (e.g. every shard of a list) into a new INDEX_DIR."""
     setup_logging(quiet)
+    share_cores_with_workers()
     catalogue = _search_module("catalogue")
     try:
         summary = catalogue.merge_indexes(index_dir, list(inputs), kind, nprobe)

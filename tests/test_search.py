@@ -18,6 +18,7 @@ from click.testing import CliRunner
 pytest.importorskip("faiss")
 
 from conftest import melody, write_audio  # noqa: E402
+from mirex_vi import catalogue  # noqa: E402
 from mirex_vi import index as index_folder  # noqa: E402
 from mirex_vi import neighbours  # noqa: E402
 from mirex_vi.cli import main  # noqa: E402
@@ -157,6 +158,27 @@ def test_ivfpq_finds_the_cliques_and_states_its_size(tmp_path):
         neighbours.resolve_kind("ivfpq", 999)
     assert neighbours.resolve_kind("auto", 999_999) == "flat"
     assert neighbours.resolve_kind("auto", 1_000_000) == "ivfpq"
+
+
+def test_flat_shards_merge_into_an_ivfpq_index(tmp_path):
+    x = cliques(150, 10, 64, spread=0.6)
+    tracks = [index_folder.Track(f"/catalogue/{i:04d}.wav") for i in range(len(x))]
+    for number, rows in ((1, range(0, 700)), (2, range(700, 1500))):
+        manifest = index_folder.Manifest("flat", 0, 64, "w", "0" * 64, "", {"n_bins": 84},
+                                         shard=index_folder.Shard(number, 2, "list"))
+        with index_folder.writing(tmp_path / f"s{number}"):
+            index_folder.save(tmp_path / f"s{number}", manifest, neighbours.build("flat", x[rows]),
+                              tracks[rows.start : rows.stop])
+    catalogue.merge_indexes(tmp_path / "merged", [tmp_path / "s2", tmp_path / "s1"], "ivfpq", 3)
+    merged = index_folder.open_index(tmp_path / "merged")
+    assert merged.manifest.kind == "ivfpq" and merged.manifest.params["nprobe"] == 3
+    assert [t.path for t in merged.tracks] == [t.path for t in tracks]  # shard order
+    assert merged.manifest.shard is None
+    _, exact = neighbours.top_k(neighbours.build("flat", x), x[:100], 10)
+    _, approx = neighbours.top_k(merged.index, x[:100], 10)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, approx)]) > 0.9
+    with pytest.raises(index_folder.IndexFolderError, match="no exact vectors"):
+        catalogue.merge_indexes(tmp_path / "again", [tmp_path / "merged"])
 
 
 def test_shards_merge_into_the_index_of_the_whole_list(tmp_path, tracks, tiny_package):
