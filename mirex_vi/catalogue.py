@@ -90,16 +90,16 @@ class IndexSummary:
     folder: Path
     manifest: Manifest
     added: int
-    n_cached: int = 0
+    n_cached: int | None = None  # None: nothing was embedded (a merge)
     errors: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
 
     def describe(self) -> str:
         index_bytes, table_bytes = bytes_per_track(self.folder, self.manifest)
+        how = "merged" if self.n_cached is None else f"added ({self.n_cached:,} embeddings from cache)"
         text = (f"index {self.folder}: {self.manifest.count:,} tracks, {self.manifest.kind} "
                 f"({index_bytes:.1f} bytes per track in the index, {table_bytes:.1f} in the "
-                f"track table); {self.added:,} added ({self.n_cached:,} embeddings from cache) "
-                f"in {self.seconds:.1f} s")
+                f"track table); {self.added:,} {how} in {self.seconds:.1f} s")
         if self.errors:
             text += (f"; {len(self.errors)} track(s) could not be embedded and are left out, "
                      f"see {self.folder / ERRORS_FILE}")

@@ -223,9 +223,11 @@ def train(config_path, overrides, resume, device, quiet) -> None:
               help="MAP@k and recall@k of the --labels tracks searched in this index (FAISS).")
 @click.option("--top-k", type=click.IntRange(1), default=10, show_default=True,
               help="k of MAP@k and recall@k (with --index).")
+@click.option("--nprobe", type=click.IntRange(1),
+              help="Cells an ivfpq --index scans [default: the index's].")
 @click.option("--quiet", is_flag=True)
 def evaluate(metadata, features_dir, labels, matrix, weights_spec, device, no_amp, workers,
-             json_out, plot_dir, index_dir, top_k, quiet) -> None:
+             json_out, plot_dir, index_dir, top_k, nprobe, quiet) -> None:
     """MAP, MR1, MRR, Top-1, Top-10 and P@10 of a model or of a MIREX matrix; MAP@k and
     recall@k through a catalogue index (--index)."""
     _setup_logging(quiet)
@@ -233,8 +235,8 @@ def evaluate(metadata, features_dir, labels, matrix, weights_spec, device, no_am
     if index_dir:
         if not labels or plot_dir:
             _fail("--index needs --labels, and takes no --plot (the exact path plots)")
-        evaluate_through_index(index_dir, labels, top_k, weights_spec, device, workers, json_out,
-                               quiet)
+        evaluate_through_index(index_dir, labels, top_k, nprobe, weights_spec, device, workers,
+                               json_out, quiet)
         return
     from . import evaluate as ev
 

@@ -14,13 +14,13 @@ import click
 from .cli_common import fail, setup_logging, share_cores_with_workers
 
 
-def evaluate_through_index(index_dir: Path, labels: Path, top_k: int, weights_spec: str | None,
-                           device: str, workers: int | None, json_out: Path | None,
-                           quiet: bool) -> None:
+def evaluate_through_index(index_dir: Path, labels: Path, top_k: int, nprobe: int | None,
+                           weights_spec: str | None, device: str, workers: int | None,
+                           json_out: Path | None, quiet: bool) -> None:
     """``evaluate --index``: print (and with ``json_out`` write) MAP@k and recall@k."""
     search = _search_module("search")
     try:
-        figures = search.evaluate_labels(index_dir, labels, top_k, None, weights_spec, device,
+        figures = search.evaluate_labels(index_dir, labels, top_k, nprobe, weights_spec, device,
                                          workers, progress=not quiet)
     except ValueError as err:
         fail(str(err))

@@ -33,8 +33,9 @@ KINDS = ("flat", "ivfpq")
 # `auto` picks ivfpq from this many tracks on: a flat index of a million 512-d tracks
 # already takes 2 GB of memory.
 IVFPQ_FROM = 1_000_000
-IVFPQ_MIN_TRACKS = 1_000  # fewer cannot train the coarse quantizer and the codebooks
 PQ_NBITS = 6
+# FAISS's floor for k-means (39 points per centroid) for the codebooks of 2**PQ_NBITS codes.
+IVFPQ_MIN_TRACKS = 39 * 2**PQ_NBITS
 PQ_SUBVECTOR_DIM = 8
 POINTS_PER_CELL = 64  # training points per coarse cell (FAISS warns below 39)
 DEFAULT_NPROBE = 4  # cells a query scans; the README's benchmark shows the trade-off

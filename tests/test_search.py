@@ -154,16 +154,16 @@ def test_ivfpq_finds_the_cliques_and_states_its_size(tmp_path):
     assert (tmp_path / "i.faiss").stat().st_size < len(x) * (code_bytes + 8) + 200_000
     mapped = neighbours.read(tmp_path / "i.faiss", mmap=True)
     assert np.array_equal(neighbours.top_k(mapped, x[:20], 10)[1], approx[:20])
-    with pytest.raises(ValueError, match="at least 1,000"):
-        neighbours.resolve_kind("ivfpq", 999)
+    with pytest.raises(ValueError, match="at least 2,496"):
+        neighbours.resolve_kind("ivfpq", 2495)
     assert neighbours.resolve_kind("auto", 999_999) == "flat"
     assert neighbours.resolve_kind("auto", 1_000_000) == "ivfpq"
 
 
 def test_flat_shards_merge_into_an_ivfpq_index(tmp_path):
-    x = cliques(150, 10, 64, spread=0.6)
+    x = cliques(300, 10, 64, spread=0.6)
     tracks = [index_folder.Track(f"/catalogue/{i:04d}.wav") for i in range(len(x))]
-    for number, rows in ((1, range(0, 700)), (2, range(700, 1500))):
+    for number, rows in ((1, range(0, 1400)), (2, range(1400, 3000))):
         manifest = index_folder.Manifest("flat", 0, 64, "w", "0" * 64, "", {"n_bins": 84},
                                          shard=index_folder.Shard(number, 2, "list"))
         with index_folder.writing(tmp_path / f"s{number}"):
