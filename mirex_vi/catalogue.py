@@ -128,7 +128,10 @@ def read_tracks(source: Path, audio_root: Path | None = None) -> list[Track]:
                   for youtube_id, path in items_from_metadata(source, audio_root)]
     else:
         tracks = [Track(str(path)) for path in read_list(source).paths]
-    unique = list({t.path: t for t in reversed(tracks)}.values())[::-1]
+    first: dict[str, Track] = {}
+    for track in tracks:
+        first.setdefault(track.path, track)
+    unique = list(first.values())
     if len(unique) < len(tracks):
         log.info("%s: %d repeated path(s) indexed once", source, len(tracks) - len(unique))
     return unique

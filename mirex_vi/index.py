@@ -23,6 +23,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import mmap
 import os
 from array import array
@@ -55,7 +56,7 @@ class Track:
     duration: float = float("nan")
 
     def line(self) -> str:
-        duration = "" if self.duration != self.duration else f"{self.duration:.3f}"  # NaN
+        duration = "" if math.isnan(self.duration) else f"{self.duration:.3f}"
         return f"{self.path}\t{self.track_id}\t{duration}\n"
 
     @classmethod

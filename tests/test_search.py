@@ -64,7 +64,7 @@ def cliques(n_cliques: int, versions: int, dim: int, spread: float, seed: int = 
 
 def test_build_search_exclude_self_json_add_and_info(tmp_path, tracks, tiny_package):
     index = tmp_path / "index"
-    code, out = build(write_list(tmp_path / "c.txt", tracks[:3]), index, tiny_package)
+    code, out = build(write_list(tmp_path / "c.txt", [*tracks[:3], tracks[1]]), index, tiny_package)
     assert code == 0 and "3 tracks, flat" in out and "3 added (0 embeddings from cache)" in out, out
     queries = write_list(tmp_path / "q.txt", [tracks[1], tracks[3]])  # one inside, one outside
     rows = search_tsv(index, queries, "--top-k", "2")
