@@ -4,10 +4,8 @@ results against the exact path, and evaluation through the index."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ from click.testing import CliRunner
 
 pytest.importorskip("faiss")
 
-from conftest import melody, write_audio  # noqa: E402
+from conftest import kill_midway, melody, noise_tracks, write_audio  # noqa: E402
 from mirex_vi import catalogue  # noqa: E402
 from mirex_vi import index as index_folder  # noqa: E402
 from mirex_vi import neighbours  # noqa: E402
@@ -268,21 +266,11 @@ def test_a_failed_write_leaves_the_previous_index_whole(tmp_path, tracks, tiny_p
 
 
 def test_killed_build_resumes_from_the_cache(tmp_path, tiny_package):
-    rng = np.random.default_rng(0)
-    paths = [write_audio(tmp_path / "a" / f"{i:02d}.wav",
-                         (0.1 * rng.standard_normal(22050 * 20)).astype(np.float32))
-             for i in range(12)]
-    collection = write_list(tmp_path / "c.txt", paths)
+    collection = write_list(tmp_path / "c.txt", noise_tracks(tmp_path / "a"))
     index = tmp_path / "index"
     cmd = [sys.executable, "-m", "mirex_vi", "index", "build", str(collection), str(index),
            "--weights", str(tiny_package), "--workers", "1", "--quiet"]
-    proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(index.rglob("*.npy"))) < 3:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done_before = len(list((index / "embeddings").rglob("*.npy")))
+    done_before = kill_midway(cmd, index / "embeddings")
     assert 3 <= done_before < 12, "the build finished before it could be killed"
     assert not (index / "index.json").exists() and not list(index.glob("*.faiss"))
     resumed = subprocess.run(cmd, capture_output=True, text=True)
