@@ -4,6 +4,7 @@
 #   docker run --gpus all --network none -v /data:/data mirex-vi \
 #       /data/collection.txt /data/queries.txt /data/out.txt
 #   docker run mirex-vi train --help        # any mirex-vi subcommand passes through
+#   docker run -v /data:/data mirex-vi search /data/index /data/queries.txt   # catalogue search
 #
 # Test builds swap the base and install from a local wheelhouse (no index, no network):
 #   docker build --build-arg BASE_IMAGE=mirex-vi-base:bookworm --build-arg WHEELS=wheels .
@@ -53,7 +54,9 @@ RUN if ls /tmp/pip/*.whl >/dev/null 2>&1; then echo "--no-index --find-links /tm
     && /opt/venv/bin/pip install $(cat /tmp/pip/options) -r /tmp/pip/requirements.txt
 COPY pyproject.toml README.md /src/
 COPY mirex_vi/ /src/mirex_vi/
-RUN /opt/venv/bin/pip install $(cat /tmp/pip/options) --no-deps /src
+# With the `search` extra (FAISS, for `mirex-vi index` and `search`): requirements.txt has
+# installed every other dependency, so this adds only faiss-cpu and what it needs.
+RUN /opt/venv/bin/pip install $(cat /tmp/pip/options) "/src[search]"
 COPY run.sh /app/run.sh
 COPY configs/ /app/configs/
 COPY weights/ /app/weights/

@@ -56,16 +56,20 @@ def sync_files(files: list[IO]) -> None:
         return
     for f in files:
         f.flush()
+    if _syncfs(files[0].fileno()):
+        return
+    for f in files:
+        os.fsync(f.fileno())
+
+
+def _syncfs(fd: int) -> bool:
+    """``syncfs(2)`` of the file system holding ``fd``; False where there is none."""
     try:
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.syncfs(files[0].fileno()) == 0:
-            return
-    except (OSError, AttributeError):  # not Linux/glibc: no syncfs
-        pass
-    for f in files:
-        os.fsync(f.fileno())
+        return ctypes.CDLL(None, use_errno=True).syncfs(fd) == 0
+    except (OSError, AttributeError):  # not Linux/glibc
+        return False
 
 
 def remove_stale_temporaries(folder: str | Path, older_than_s: float = 3600.0) -> None:

@@ -6,29 +6,17 @@ location, weights, config), reported before any audio is processed.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
 
 import click
 
-
-def _fail(message: str, code: int = 2) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
-
-
-def _share_cores_with_workers() -> None:
-    """Let torch's idle OpenMP threads sleep instead of spin, so that the CQT worker
-    processes get the cores (README, "Speed"). Effective only before torch is loaded; an
-    explicit OMP_WAIT_POLICY wins."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
-def _setup_logging(quiet: bool) -> None:
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+from .cli_common import fail as _fail
+from .cli_common import setup_logging as _setup_logging
+from .cli_common import share_cores_with_workers as _share_cores_with_workers
+from .cli_corpus import corpus_command
+from .cli_search import evaluate_through_index, index_group, search_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -303,12 +291,25 @@ def train(config_path, overrides, resume, device, quiet) -> None:
               help="Write the figures as a JSON object.")
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write PNG plots (rank-of-first-version histogram, AP per clique).")
+@click.option("--index", "index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="MAP@k and recall@k of the --labels tracks searched in this index (FAISS).")
+@click.option("--top-k", type=click.IntRange(1), default=10, show_default=True,
+              help="k of MAP@k and recall@k (with --index).")
+@click.option("--nprobe", type=click.IntRange(1),
+              help="Cells an ivfpq --index scans [default: the index's].")
 @click.option("--quiet", is_flag=True)
 def evaluate(metadata, features_dir, excerpt, labels, matrix, weights_spec, device, no_amp,
-             workers, json_out, plot_dir, quiet) -> None:
-    """MAP, MR1, MRR, Top-1, Top-10 and P@10 of a model or of a MIREX matrix."""
+             workers, json_out, plot_dir, index_dir, top_k, nprobe, quiet) -> None:
+    """MAP, MR1, MRR, Top-1, Top-10 and P@10 of a model or of a MIREX matrix; MAP@k and
+    recall@k through a catalogue index (--index)."""
     _setup_logging(quiet)
     _share_cores_with_workers()
+    if index_dir:
+        if not labels or plot_dir:
+            _fail("--index needs --labels, and takes no --plot (the exact path plots)")
+        evaluate_through_index(index_dir, labels, top_k, nprobe, weights_spec, device, workers,
+                               json_out, quiet)
+        return
     from . import evaluate as ev
 
     if excerpt is not None and (matrix or not metadata):
@@ -342,70 +343,6 @@ def evaluate(metadata, features_dir, excerpt, labels, matrix, weights_spec, devi
             click.echo(f"wrote {png}", err=True)
 
 
-# --- the synthetic corpus ----------------------------------------------------------------
-
-
-@main.command()
-@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--works", type=click.IntRange(1), default=360, show_default=True,
-              help="Number of works (cliques).")
-@click.option("--versions-per-work", type=click.IntRange(1), default=4, show_default=True)
-@click.option("--seconds", type=float, default=60.0, show_default=True,
-              help="Mean clip length (±15 %).")
-@click.option("--seed", type=int, default=27, show_default=True)
-@click.option("--split", default="0.8,0.1,0.1", show_default=True,
-              help="train,val,test clique fractions.")
-@click.option("--jobs", type=click.IntRange(1), default=os.cpu_count() or 1,
-              help="Processes [default: CPU count].")
-@click.option("--name", default="Synth-VI-YT", show_default=True, help="Metadata file prefix.")
-@click.option("--demo", is_flag=True,
-              help="Use the reserved demo pool, render as generator version 1 did, and write "
-                   "collection/queries/labels lists.")
-@click.option("--ood", is_flag=True,
-              help="The out-of-distribution set: the held-out collection's untrained works "
-                   "with the held-out soundfont.")
-@click.option("--p-voice", type=click.FloatRange(0, 1),
-              help="Probability of a sung melody with vibrato [default: 0.25; 0 with --demo].")
-@click.option("--p-band", type=click.FloatRange(0, 1),
-              help="Probability of a rock/pop/swing band under the melody [default: 0.3].")
-@click.option("--p-codec", type=click.FloatRange(0, 1),
-              help="Probability of an MP3/AAC pass at 32-128 kbps [default: 0.4].")
-@click.option("--p-form", type=click.FloatRange(0, 1),
-              help="Probability of a dropped/repeated section or an added intro/outro "
-                   "[default: 0.3].")
-@click.option("--collections",
-              help="Comma-separated music21 corpus folders to draw from [default: all the "
-                   "training collections].")
-@click.option("--overwrite", is_flag=True, help="Re-render existing audio files.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def corpus(out_dir, works, versions_per_work, seconds, seed, split, jobs, name, demo, ood,
-           p_voice, p_band, p_codec, p_form, collections, overwrite, quiet) -> None:
-    """Render a synthetic cover-song corpus from music21's scores into OUT_DIR (or grow it)."""
-    import dataclasses
-    import importlib.util
-    import time
-
-    try:
-        fractions = [float(x) for x in split.split(",")]
-    except ValueError:
-        fractions = []
-    if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-6:
-        _fail("--split needs three fractions that sum to 1")
-    if importlib.util.find_spec("music21") is None:
-        _fail("the corpus generator needs music21: pip install mirex-vi[corpus]")
-    _setup_logging(quiet)
-    from .corpus.driver import build_corpus, default_mix
-
-    given = {"p_voice": p_voice, "p_band": p_band, "p_codec": p_codec, "p_form": p_form}
-    mix = dataclasses.replace(default_mix("demo" if demo else "ood" if ood else "train"),
-                              **{k: v for k, v in given.items() if v is not None})
-    extra = {"collections": collections.split(",")} if collections else {}
-    start = time.perf_counter()
-    try:
-        cliques = build_corpus(out_dir, works, versions_per_work, seconds, seed, fractions, jobs,
-                               demo, name, overwrite, quiet, ood=ood, mix=mix, **extra)
-    except (RuntimeError, ValueError) as err:  # missing fluidsynth, a folder made otherwise
-        _fail(str(err))
-    n_versions = sum(len(v) for v in cliques.values())
-    click.echo(f"{len(cliques)} cliques, {n_versions} versions in {out_dir} "
-               f"({time.perf_counter() - start:.1f} s)", err=True)
+main.add_command(corpus_command)
+main.add_command(index_group)
+main.add_command(search_command)

@@ -4,6 +4,9 @@ the leftovers of a killed writer."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,26 @@ def leave_temporaries(folder: Path) -> tuple[Path, Path]:
     two_hours_ago = os.stat(stale).st_mtime - 7200
     os.utime(stale, (two_hours_ago, two_hours_ago))
     return stale, fresh
+
+
+def noise_tracks(folder: Path, n: int = 12) -> list[Path]:
+    """``n`` WAVs of 20 s of seeded noise: slow enough to embed for a run to be killed midway."""
+    rng = np.random.default_rng(0)
+    return [write_audio(folder / f"{i:02d}.wav",
+                        (0.1 * rng.standard_normal(22050 * 20)).astype(np.float32))
+            for i in range(n)]
+
+
+def kill_midway(cmd: list[str], cache: Path, entries: int = 3) -> int:
+    """Run ``cmd``, SIGKILL it once ``cache`` holds ``entries`` ``.npy`` files, and return
+    how many it holds then."""
+    proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(cache.rglob("*.npy"))) < entries:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return len(list(cache.rglob("*.npy")))
 
 
 @pytest.fixture(scope="session")

@@ -195,7 +195,12 @@ def test_out_of_memory_in_the_model_retries_alone_then_skips(tracks, weights, mo
 
 def test_cache_batch_write_syncs_once_and_reads_back(tracks, weights, tmp_path, monkeypatch):
     calls = {"sync": 0, "fsync": 0}
-    monkeypatch.setattr(embed.os, "sync", lambda: calls.__setitem__("sync", calls["sync"] + 1))
+
+    def syncfs(fd):
+        calls["sync"] += 1
+        return True
+
+    monkeypatch.setattr("mirex_vi.atomic._syncfs", syncfs)
     monkeypatch.setattr("mirex_vi.atomic.os.fsync",
                         lambda fd: calls.__setitem__("fsync", calls["fsync"] + 1))
     cache = EmbeddingCache(tmp_path, weights.sha256, weights.features, 16)

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import leave_temporaries
+from conftest import kill_midway, leave_temporaries, noise_tracks
 from mirex_vi.cli import main
 from mirex_vi.mirex_io import format_row, read_distance_matrix
 from mirex_vi.runtime import tolerance
@@ -169,20 +167,10 @@ def identify_command(collection: Path, out: Path, package: Path, work: Path) -> 
 
 
 def test_kill_and_resume_gives_identical_matrix(tmp_path, tiny_package):
-    rng = np.random.default_rng(0)
-    paths = [write_audio(tmp_path / "a" / f"{i:02d}.wav",
-                         (0.1 * rng.standard_normal(22050 * 20)).astype(np.float32))
-             for i in range(12)]
-    collection = write_list(tmp_path / "c.txt", [str(p) for p in paths])
+    collection = write_list(tmp_path / "c.txt", [str(p) for p in noise_tracks(tmp_path / "a")])
     work, out = tmp_path / "work", tmp_path / "out.txt"
     cmd = identify_command(collection, out, tiny_package, work)
-    proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(work.rglob("*.npy"))) < 3:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done_before = len(list(work.rglob("*.npy")))
+    done_before = kill_midway(cmd, work)
     assert 3 <= done_before < 12, "the run finished before it could be killed"
     assert not out.exists() and not list(tmp_path.glob(".out.txt*"))
     # SIGKILL cannot be caught, so a hidden temporary file may be left mid-write; what must

@@ -5,12 +5,13 @@
 #
 # 1. installs docker.io + debootstrap if missing and starts dockerd if none answers;
 # 2. builds a Debian bookworm base with debootstrap (cached as mirex-vi-base:bookworm);
-# 3. fills wheels/ (git-ignored) with CPython 3.11 wheels of requirements.txt, with the CPU
-#    build of torch from TORCH_WHEEL_DIR (pip cannot reach an index inside the build);
+# 3. fills wheels/ (git-ignored) with CPython 3.11 wheels of requirements.txt and of the
+#    `search` extra (faiss-cpu), with the CPU build of torch from TORCH_WHEEL_DIR (pip cannot
+#    reach an index inside the build);
 # 4. builds the image from the repository with that base and wheelhouse;
 # 5. runs the MIREX call (three- and four-argument forms, the image's user and an arbitrary
 #    one) with --network none on synthetic 22.05 kHz 16-bit mono WAVs mounted read-only, and
-#    checks the matrix independently;
+#    checks the matrix independently; builds a catalogue index of the same WAVs and searches it;
 # 6. checks that numba's cache from the build is used (no compilation in a new container),
 #    that `train --help` and the other subcommands answer, and reports timings and size.
 #
@@ -93,10 +94,13 @@ ensure_containers_run() {
 }
 
 fill_wheelhouse() {
-    local torch_version torch_wheel platforms=() i t0
+    local torch_version torch_wheel search_extra platforms=() i t0
     t0=$(now)
     torch_version=$(sed -n 's/^torch==\([^ ;#]*\).*/\1/p' "$REPO/requirements.txt")
     [[ -n "$torch_version" ]] || fail "no torch==VERSION pin in requirements.txt"
+    # pyproject.toml: search = ["faiss-cpu==X"] -> faiss-cpu==X (the image installs the extra)
+    search_extra=$(sed -n 's/^search = \[\(.*\)\]/\1/p' "$REPO/pyproject.toml" | tr -d '",')
+    [[ -n "$search_extra" ]] || fail "no search extra in pyproject.toml"
     torch_wheel=$(ls "$TORCH_WHEEL_DIR"/torch-"$torch_version"+cpu-cp311-cp311-manylinux*_x86_64.whl 2>/dev/null | head -n 1)
     [[ -n "$torch_wheel" ]] || fail "no CPU wheel of torch $torch_version for cp311 in $TORCH_WHEEL_DIR"
     mkdir -p "$REPO/wheels"
@@ -108,7 +112,7 @@ fill_wheelhouse() {
     # The local +cpu torch outranks PyPI's 2.13.0 (CUDA) and is found in wheels/ itself.
     "$PY" -m pip download --quiet --disable-pip-version-check --only-binary=:all: \
         "${platforms[@]}" --python-version 3.11 --implementation cp \
-        --find-links "$REPO/wheels" -r "$REPO/requirements.txt" -d "$REPO/wheels" \
+        --find-links "$REPO/wheels" -r "$REPO/requirements.txt" $search_extra -d "$REPO/wheels" \
         2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2) \
         || fail "pip download into wheels/"
     [[ $(ls "$REPO"/wheels/torch-*.whl | wc -l) == 1 ]] || fail "more than one torch wheel in wheels/"
@@ -189,6 +193,18 @@ mirex_calls() {
     [[ -d "$out/work" ]] || fail "the working dir was not used"
 }
 
+# The `search` extra in the image: index the six WAVs, search three of them.
+check_search() {
+    local data="$WORK/data" out="$WORK/out" lines
+    local run=(docker run --rm --network none -v "$data:/data:ro" -v "$out:/out" "$IMAGE")
+    "${run[@]}" index build /data/collection.txt /out/index --quiet || fail "index build in the container"
+    "${run[@]}" search /out/index /data/queries.txt --top-k 2 --exclude-self --quiet \
+        >"$out/search.tsv" || fail "search in the container"
+    lines=$(wc -l <"$out/search.tsv")
+    [[ "$lines" == 6 ]] || fail "search printed $lines lines, expected 3 queries x 2 results"
+    log "index build and search in the container: OK"
+}
+
 check_numba_cache() {
     local report
     report=$(docker run --rm --network none -e NUMBA_DEBUG_CACHE=1 --entrypoint python "$IMAGE" -c '
@@ -210,7 +226,7 @@ print(f"first CQT (30 s of audio) in a new container: {time.perf_counter() - t:.
 check_subcommands() {
     local cmd
     docker run --rm --network none "$IMAGE" train --help | grep -q -i 'usage' || fail "train --help"
-    for cmd in extract evaluate identify warmup weights; do
+    for cmd in extract evaluate identify warmup weights index search; do
         docker run --rm --network none "$IMAGE" "$cmd" --help >/dev/null || fail "$cmd --help"
     done
     docker run --rm --network none "$IMAGE" --help >/dev/null || fail "--help"
@@ -231,6 +247,7 @@ main() {
     WORK=$(mktemp -d)
     chmod 755 "$WORK"
     mirex_calls
+    check_search
     check_numba_cache
     check_subcommands
     log "PASSED in $(took "$t0") s"
