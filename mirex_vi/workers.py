@@ -3,13 +3,17 @@
 Workers decode and, unless asked only to decode, compute the CQT; the caller (identification,
 evaluation on audio, dataset extraction) receives each file's array or the reason it failed
 as soon as it is done, in completion order.
-Workers are started with ``forkserver`` so they never inherit the parent's torch threads.
+Workers are started with ``forkserver`` so they never inherit the parent's torch threads,
+and die with the main process (:mod:`~mirex_vi.lifeline`).
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -17,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import lifeline
 from .audio import AudioError, load_audio
 from .config import FeatureConfig
 from .features import compute_cqt
@@ -67,25 +72,69 @@ def iter_files(paths: Sequence[str | Path], cfg: FeatureConfig, workers: int,
     """CQTs (or, with ``decode_only``, decoded audio) of ``paths`` in completion order, by
     ``workers`` processes.
 
-    At most ``2 * workers`` files are in flight, so memory stays bounded on long lists.
+    At most ``2 * workers`` files are in flight, so memory stays bounded on long lists. If
+    the caller stops early (an exception, Ctrl-C, SIGTERM, or closing the generator), the
+    files in flight are abandoned and the workers stopped at once. The workers ignore Ctrl-C
+    (the main process handles it) and die with the main process, however it ends.
     """
     if workers <= 1 or len(paths) <= 1:
         for i, path in enumerate(paths):
             yield _job(i, str(path), cfg, decode_only)
         return
     ctx = mp.get_context("forkserver")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        pending: set[Future] = set()
-        todo = iter(enumerate(paths))
-        try:
-            for i, path in todo:
-                pending.add(pool.submit(_job, i, str(path), cfg, decode_only))
-                if len(pending) >= 2 * workers:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    yield from (f.result() for f in done)
-            while pending:
+    ctx.set_forkserver_preload([lifeline.__name__])
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_start_worker,
+                               initargs=(os.getpid(),))
+    pending: set[Future] = set()
+    finished = False
+    try:
+        for i, path in enumerate(paths):
+            pending.add(pool.submit(_job, i, str(path), cfg, decode_only))
+            if len(pending) >= 2 * workers:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 yield from (f.result() for f in done)
-        finally:
-            for f in pending:
-                f.cancel()
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            yield from (f.result() for f in done)
+        finished = True
+    finally:
+        if not finished:
+            _stop_workers(pool)
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _start_worker(main_pid: int) -> None:
+    """Pool initializer: leave Ctrl-C to the main process, and die with it.
+
+    The kernel's parent-death signal covers the forkserver, this process's parent; a thread
+    that checks every second that ``main_pid`` still exists covers systems without it and a
+    forkserver started without :mod:`~mirex_vi.lifeline`.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    lifeline.die_with_parent()
+    threading.Thread(target=_exit_without, args=(main_pid,), daemon=True,
+                     name="exit-without-main").start()
+
+
+def _exit_without(main_pid: int, interval_s: float = 1.0) -> None:
+    """Exit this process once ``main_pid`` no longer exists."""
+    while True:
+        time.sleep(interval_s)
+        try:
+            os.kill(main_pid, 0)
+        except (ProcessLookupError, PermissionError):  # gone, or its pid reused by another user
+            os._exit(1)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Terminate ``pool``'s worker processes, abandoning the files they are working on.
+
+    ``ProcessPoolExecutor`` has no public way to do this before Python 3.14
+    (``terminate_workers``), hence its ``_processes`` (pid -> process).
+    """
+    terminate = getattr(pool, "terminate_workers", None)
+    if terminate is not None:
+        terminate()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()
