@@ -1,22 +1,67 @@
 """The ``mirex-vi`` command line. Heavy imports live inside commands so ``--help`` is instant.
 
-Exit codes: 0 success; 1 a track failed under ``--strict``; 2 bad input (lists, output
-location, weights, config), reported before any audio is processed.
+Exit codes (``EXIT_CODES``): 0 success; 1 a track failed under ``--strict``; 2 bad input
+(lists, output location, weights, config), reported before any audio is processed; 3 the
+result could not be written once the work was done (disk full...; the embedding cache is
+kept); 130 interrupted by Ctrl-C; 143 stopped by SIGTERM. Every failure is one
+``error: ...`` line on stderr, never a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
+EXIT_STRICT, EXIT_INPUT, EXIT_OUTPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 3, 130, 143
+EXIT_CODES = f"""\b
+Exit codes:
+  0    success
+  {EXIT_STRICT}    a track could not be embedded under --strict
+  {EXIT_INPUT}    bad input (lists, output location, weights, config, device),
+       found before any audio is read
+  {EXIT_OUTPUT}    the result could not be written (disk full, ...); the embedding
+       cache is kept, so a rerun only writes it
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
+  {EXIT_TERMINATED}  stopped by SIGTERM"""
 
-def _fail(message: str, code: int = 2) -> None:
+
+def _fail(message: str, code: int = EXIT_INPUT) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that everything unwinds as for Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _interruptible(kept: str = "") -> Iterator[None]:
+    """Turn Ctrl-C and SIGTERM into one ``error:`` line and exit 130 / 143.
+
+    Unwinding stops the worker processes and removes half-written temporaries; ``kept``
+    says what survives (e.g. the embedding cache).
+    """
+    def terminate(signum, frame) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    suffix = f"; {kept}" if kept else ""
+    try:
+        yield
+    except KeyboardInterrupt:
+        _fail(f"interrupted (Ctrl-C){suffix}", EXIT_INTERRUPTED)
+    except _Terminated:
+        _fail(f"stopped by SIGTERM{suffix}", EXIT_TERMINATED)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _share_cores_with_workers() -> None:
@@ -27,8 +72,13 @@ def _share_cores_with_workers() -> None:
 
 
 def _setup_logging(quiet: bool) -> None:
+    """Info messages unless ``quiet``; with ``quiet``, also no library warnings (librosa's
+    on very short clips), in the worker processes too (they inherit the environment)."""
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if quiet:
+        warnings.simplefilter("ignore")
+        os.environ["PYTHONWARNINGS"] = "ignore"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -37,10 +87,10 @@ def main() -> None:
     """Discogs-VINet-MIREX cover song identification: MIREX matrices, training, evaluation."""
 
 
-@main.command()
+@main.command(epilog=EXIT_CODES)
 @click.argument("collection", type=click.Path(path_type=Path))
 @click.argument("queries", type=click.Path(path_type=Path))
-@click.argument("output", type=click.Path(path_type=Path))
+@click.argument("output", type=click.Path())  # a str: a trailing '/' must reach the check
 @click.option("--workdir", type=click.Path(path_type=Path),
               help="Cache and error log folder [default: OUTPUT.work beside the output].")
 @click.option("--weights", "weights_spec", help="Weight package folder or name, or an authors' .pth.")
@@ -62,17 +112,24 @@ def identify(collection, queries, output, workdir, weights_spec, device, no_amp,
     _setup_logging(quiet)
     _share_cores_with_workers()
     from .identify import identify as run_identify, prepare
+    from .mirex_io import OutputError
 
-    try:
-        job = prepare(collection, queries, output, workdir, weights_spec, device)
-    except ValueError as err:  # InputError, WeightsError and bad devices are all ValueErrors
-        _fail(str(err))
-    summary = run_identify(job, amp=not no_amp, batch_size=batch_size, workers=workers,
-                           strict=strict, progress=not quiet, name=name, cqt_backend=cqt_backend)
+    with _interruptible():
+        try:
+            job = prepare(collection, queries, output, workdir, weights_spec, device)
+        except ValueError as err:  # InputError, WeightsError and bad devices are all ValueErrors
+            _fail(str(err))
+    with _interruptible(f"no output written; finished embeddings are kept in {job.workdir}"):
+        try:
+            summary = run_identify(job, amp=not no_amp, batch_size=batch_size, workers=workers,
+                                   strict=strict, progress=not quiet, name=name,
+                                   cqt_backend=cqt_backend)
+        except OutputError as err:
+            _fail(str(err), EXIT_OUTPUT)
     for path, reason in summary.errors:
         click.echo(f"skipped {path}: {reason}", err=True)
     if summary.strict_error:
-        _fail(f"{summary.strict_error} (--strict: no output written)", code=1)
+        _fail(f"{summary.strict_error} (--strict: no output written)", EXIT_STRICT)
     click.echo(summary.describe(), err=True)
 
 
@@ -123,18 +180,19 @@ def weights_list() -> None:
 @weights.command("verify")
 @click.argument("names", nargs=-1)
 def weights_verify(names) -> None:
-    """Check the sha256 of NAMES (folders or names; default: every package)."""
-    from .weights import list_packages, resolve_weights, verify_package
+    """Check the sha256 of NAMES (folders or names; default: every package), and that each
+    loads: config fields in range, tensors readable, the model built."""
+    from .weights import list_packages, load_package, resolve_weights
 
-    folders = [resolve_weights(n) for n in names] if names else list_packages()
-    if not folders:
+    specs = names or list_packages()
+    if not specs:
         _fail("no weight packages to verify")
     failed = 0
-    for folder in folders:
+    for spec in specs:
         try:
-            click.echo(f"OK\t{folder.name}\t{verify_package(folder)}")
+            click.echo(f"OK\t{Path(spec).name}\t{load_package(resolve_weights(spec)).sha256}")
         except ValueError as err:
-            click.echo(f"FAILED\t{folder.name}\t{err}", err=True)
+            click.echo(f"FAILED\t{Path(spec).name}\t{err}", err=True)
             failed += 1
     if failed:
         _fail(f"{failed} package(s) failed verification")
@@ -156,6 +214,8 @@ def _package_command(verb: str, help_text: str):
             sha = import_checkpoint(checkpoint, folder, card.read_text("utf-8") if card else None)
         except ValueError as err:
             _fail(str(err))
+        except OSError as err:
+            _fail(f"{folder}: cannot write the package ({err.strerror or err})", EXIT_OUTPUT)
         click.echo(f"wrote {folder} (model.safetensors sha256 {sha})")
 
     return command
@@ -234,7 +294,7 @@ def train(config_path, overrides, resume, device, quiet) -> None:
         click.echo(f"run folder: {run_dir}", err=True)
 
 
-@main.command()
+@main.command(epilog=EXIT_CODES)
 @click.option("--metadata", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Labelled set as Discogs-VI light JSON (with --features-dir).")
 @click.option("--features-dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -248,7 +308,7 @@ def train(config_path, overrides, resume, device, quiet) -> None:
 @click.option("--device", default="auto", show_default=True)
 @click.option("--no-amp", is_flag=True)
 @click.option("--workers", type=click.IntRange(1))
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--json", "json_out", type=click.Path(dir_okay=False),
               help="Write the figures as a JSON object.")
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write PNG plots (rank-of-first-version histogram, AP per clique).")
@@ -260,32 +320,47 @@ def evaluate(metadata, features_dir, excerpt, labels, matrix, weights_spec, devi
     _share_cores_with_workers()
     from . import evaluate as ev
 
+    from .mirex_io import check_output_location
+
     if excerpt is not None and (matrix or not metadata):
         _fail("--excerpt needs --metadata with --features-dir")
-    try:
-        if matrix:
-            if not labels:
-                _fail("--matrix needs --labels")
-            result, clique_of = ev.evaluate_matrix(matrix, labels)
-        elif metadata:
-            if not features_dir:
-                _fail("--metadata needs --features-dir")
-            result, clique_of = ev.evaluate_features(metadata, features_dir, weights_spec,
-                                                     device, not no_amp, excerpt,
-                                                     progress=not quiet)
-        elif labels:
-            result, clique_of = ev.evaluate_audio(labels, weights_spec, device, not no_amp,
-                                                  workers, progress=not quiet)
-        else:
-            _fail("give --matrix with --labels, --metadata with --features-dir, or --labels")
-    except ValueError as err:
-        _fail(str(err))
+    with _interruptible():
+        try:
+            if json_out:  # checked first: the figures must not be lost for a bad name
+                inputs = [p for p in (matrix, labels, metadata) if p]
+                json_out = check_output_location(json_out, inputs)
+            if plot_dir and plot_dir.exists() and not plot_dir.is_dir():
+                _fail(f"{plot_dir}: --plot needs a folder")
+            result, clique_of = _evaluation(ev, metadata, features_dir, excerpt, labels, matrix,
+                                            weights_spec, device, not no_amp, workers, quiet)
+        except ValueError as err:
+            _fail(str(err))
     figures = result.summary()
     click.echo(ev.format_figures(figures))
-    if json_out:
-        ev.write_json(json_out, figures)
-    if plot_dir:
-        from .plots import write_plots
+    try:
+        if json_out:
+            ev.write_json(json_out, figures)
+        if plot_dir:
+            from .plots import write_plots
 
-        for png in write_plots(result, clique_of, plot_dir):
-            click.echo(f"wrote {png}", err=True)
+            for png in write_plots(result, clique_of, plot_dir):
+                click.echo(f"wrote {png}", err=True)
+    except OSError as err:
+        _fail(f"cannot write the results ({err}); the figures are above", EXIT_OUTPUT)
+
+
+def _evaluation(ev, metadata, features_dir, excerpt, labels, matrix, weights_spec, device, amp,
+                workers, quiet):
+    """The result and clique ids of the evaluation that ``evaluate``'s options ask for."""
+    if matrix:
+        if not labels:
+            _fail("--matrix needs --labels")
+        return ev.evaluate_matrix(matrix, labels)
+    if metadata:
+        if not features_dir:
+            _fail("--metadata needs --features-dir")
+        return ev.evaluate_features(metadata, features_dir, weights_spec, device, amp, excerpt,
+                                    progress=not quiet)
+    if labels:
+        return ev.evaluate_audio(labels, weights_spec, device, amp, workers, progress=not quiet)
+    _fail("give --matrix with --labels, --metadata with --features-dir, or --labels")

@@ -96,7 +96,7 @@ def test_bad_audio_is_skipped_with_max_distance(tmp_path, tracks, tiny_package, 
     d = read_distance_matrix(tmp_path / "out.txt").distances
     assert d[1, 1] == 0 and np.all(d[1, [0, 2]] == 2.0) and np.all(d[[0, 2], 1] == 2.0)
     assert 0 < d[0, 2] < 2
-    errors = (tmp_path / "work" / "errors.tsv").read_text().splitlines()
+    errors = (tmp_path / "work" / "out.txt.errors.tsv").read_text().splitlines()
     assert errors[0] == "path\treason" and errors[1].startswith(f"{bad}\t")
 
 
