@@ -1,5 +1,5 @@
-"""Shared fixtures: synthetic tracks (from ``mirex_vi.synth``), a tiny weight package, and
-the leftovers of a killed writer."""
+"""Shared fixtures: synthetic tracks (from ``mirex_vi.synth``), a tiny weight package, the
+leftovers of a killed writer, and running the command line in-process."""
 
 from __future__ import annotations
 
@@ -9,11 +9,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
+from mirex_vi.cli import main
 from mirex_vi.config import MODEL_SIZES, FeatureConfig
 from mirex_vi.model import CQTNet
 from mirex_vi.synth import melody, write_audio
 from mirex_vi.weights import write_package
+
+
+def write_list(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def run_cli(*args: str | Path) -> tuple[int, str]:
+    """``mirex-vi ARGS`` in this process: exit code and stdout + stderr (each line once:
+    click >= 8.2 already interleaves stderr into ``output``)."""
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    stderr = result.stderr if result.stderr_bytes else ""
+    return result.exit_code, result.output + ("" if stderr in result.output else stderr)
 
 
 def leave_temporaries(folder: Path) -> tuple[Path, Path]:

@@ -12,22 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from conftest import leave_temporaries
-from mirex_vi.cli import main
+from conftest import leave_temporaries, run_cli, write_list
 from mirex_vi.mirex_io import format_row, read_distance_matrix
 from mirex_vi.synth import write_audio
-
-
-def write_list(path: Path, lines: list[str]) -> Path:
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def run_cli(*args: str | Path):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    return result.exit_code, result.output + (result.stderr if result.stderr_bytes else "")
 
 
 def identify(tmp_path, collection, queries, package, *extra):
