@@ -3,6 +3,7 @@ leftovers of a killed writer, and running the command line in-process."""
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -29,6 +30,19 @@ def run_cli(*args: str | Path) -> tuple[int, str]:
     result = CliRunner().invoke(main, [str(a) for a in args])
     stderr = result.stderr if result.stderr_bytes else ""
     return result.exit_code, result.output + ("" if stderr in result.output else stderr)
+
+
+class DiskFull:
+    """An ``atomic_open`` stand-in on a full disk: it fails on entry, as the first write would."""
+
+    def __init__(self, path, *args, **kwargs):
+        self.path = path
+
+    def __enter__(self):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+
+    def __exit__(self, *exc) -> bool:
+        return False
 
 
 def leave_temporaries(folder: Path) -> tuple[Path, Path]:

@@ -16,7 +16,7 @@ import pytest
 
 import mirex_vi.embed
 import mirex_vi.mirex_io
-from conftest import run_cli, write_list
+from conftest import DiskFull, run_cli, write_list
 from mirex_vi.audio import FileIdentity
 from mirex_vi.config import FeatureConfig
 from mirex_vi.embed import EmbeddingCache, inference_settings
@@ -156,19 +156,6 @@ def test_torch_and_librosa_runs_never_share_cache_entries(tmp_path, tracks, tiny
 
 
 # --- the output and the cache on a full or refusing disk ----------------------------------
-
-
-class DiskFull:
-    """An ``atomic_open`` stand-in on a full disk: it fails on entry, as the first write would."""
-
-    def __init__(self, path, *args, **kwargs):
-        self.path = path
-
-    def __enter__(self):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
-
-    def __exit__(self, *exc) -> bool:
-        return False
 
 
 def assert_output_failed_and_cache_kept(code, out, output: Path, work: Path, n: int):
