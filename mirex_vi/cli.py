@@ -294,7 +294,7 @@ def train(config_path, overrides, resume, device, quiet) -> None:
         click.echo(f"run folder: {run_dir}", err=True)
 
 
-@main.command(epilog=EXIT_CODES)
+@main.command()
 @click.option("--metadata", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Labelled set as Discogs-VI light JSON (with --features-dir).")
 @click.option("--features-dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -329,8 +329,6 @@ def evaluate(metadata, features_dir, excerpt, labels, matrix, weights_spec, devi
             if json_out:  # checked first: the figures must not be lost for a bad name
                 inputs = [p for p in (matrix, labels, metadata) if p]
                 json_out = check_output_location(json_out, inputs)
-            if plot_dir and plot_dir.exists() and not plot_dir.is_dir():
-                _fail(f"{plot_dir}: --plot needs a folder")
             result, clique_of = _evaluation(ev, metadata, features_dir, excerpt, labels, matrix,
                                             weights_spec, device, not no_amp, workers, quiet)
         except ValueError as err:

@@ -7,6 +7,7 @@ leaves a partial matrix; rows are formatted one at a time, so memory stays O(N).
 from __future__ import annotations
 
 import codecs
+import errno
 import os
 import string
 import tempfile
@@ -144,19 +145,19 @@ def check_output_location(output: str | Path, inputs: Iterable[Path] = ()) -> Pa
     if text.endswith("/"):
         raise InputError(f"{text}: output path ends in '/'; give a file name")
     path = Path(os.path.abspath(text))
-    if path.is_dir():
+    if os.path.isdir(path):
         raise InputError(f"{path}: output path is a folder")
-    if os.path.exists(path) and not path.is_file():
+    if os.path.exists(path) and not os.path.isfile(path):
         raise InputError(f"{path}: output exists and is not a regular file (a device, pipe or "
                          "socket); the result must go to a file")
-    if path.is_symlink():
+    if os.path.islink(path):
         path = Path(os.path.realpath(path))
     folder = path.parent
-    if not folder.is_dir():
+    if not os.path.isdir(folder):
         raise InputError(f"{path}: output folder {folder} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise InputError(f"{path}: output folder {folder} is not writable")
-    check_accepts_files(folder, f"{path}: output folder")
+    check_accepts_files(folder, f"{path}: output folder", path.name)
     source = find_same_file(path, inputs)
     if source is not None:
         raise InputError(f"{path}: output is also an input ({source}); writing it would "
@@ -164,18 +165,22 @@ def check_output_location(output: str | Path, inputs: Iterable[Path] = ()) -> Pa
     return path
 
 
-def check_accepts_files(folder: Path, what: str) -> None:
-    """Create and remove a file in ``folder``: the one test that a folder which passes
-    ``os.access`` (NFS with root_squash, sysfs) really takes new files.
+def check_accepts_files(folder: Path, what: str, name: str = "mirex-vi-probe") -> None:
+    """Create and remove in ``folder`` the temporary that ``atomic_open`` would make for
+    ``folder/name``: the one test that a folder which passes ``os.access`` (NFS with
+    root_squash, sysfs) really takes new files, and that the name is not too long for it.
 
     Raises:
         InputError: ``what``, the folder and the system's reason.
     """
     try:
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".mirex-vi-probe.", suffix=TMP_SUFFIX)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=TMP_SUFFIX)
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
+        if err.errno == errno.ENAMETOOLONG:
+            raise InputError(f"{folder / name}: name too long for its file system (with the "
+                             f"temporary written first, .{name}.XXXXXXXX{TMP_SUFFIX})") from err
         raise InputError(f"{what} {folder} does not accept new files ({err.strerror})") from err
 
 

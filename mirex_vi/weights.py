@@ -106,12 +106,12 @@ def resolve_weights(spec: str | Path | None) -> Path:
     """A package folder, a package name under :func:`weights_root`, or a ``.pth`` file."""
     spec = str(spec or DEFAULT_WEIGHTS)
     path = Path(spec)
-    if path.is_file() and path.suffix in (".pth", ".pt"):
+    if os.path.isfile(path) and path.suffix in (".pth", ".pt"):  # os.path: a bad name is False
         return path
-    if path.is_dir():
+    if os.path.isdir(path):
         return path
     named = weights_root() / spec
-    if named.is_dir():
+    if os.path.isdir(named):
         return named
     known = ", ".join(p.name for p in list_packages()) or "none"
     raise WeightsError(f"weights {spec!r} not found: not a folder, a .pth file, or a package "
