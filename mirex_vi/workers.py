@@ -14,8 +14,10 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,35 +69,57 @@ def _job(index: int, path: str, cfg: FeatureConfig, decode_only: bool) -> FileRe
         return FileResult(index, error=f"{type(err).__name__}: {err}")
 
 
+# The reason given to the files in flight when a worker process dies (the kernel's OOM
+# killer, a signal, a crash in a decoder): which of them killed it cannot be told.
+WORKER_DIED = "the worker process decoding it died (out of memory, killed, or crashed)"
+
+
 def iter_files(paths: Sequence[str | Path], cfg: FeatureConfig, workers: int,
                decode_only: bool = False) -> Iterator[FileResult]:
     """CQTs (or, with ``decode_only``, decoded audio) of ``paths`` in completion order, by
-    ``workers`` processes.
+    ``workers`` processes; one result per path.
 
-    At most ``2 * workers`` files are in flight, so memory stays bounded on long lists. If
-    the caller stops early (an exception, Ctrl-C, SIGTERM, or closing the generator), the
-    files in flight are abandoned and the workers stopped at once. The workers ignore Ctrl-C
-    (the main process handles it) and die with the main process, however it ends.
+    At most ``2 * workers`` files are in flight, so memory stays bounded on long lists. If a
+    worker process dies, the files in flight fail with ``WORKER_DIED`` and a fresh pool
+    takes the rest. If the caller stops early (an exception, Ctrl-C, SIGTERM, or closing the
+    generator), the files in flight are abandoned and the workers stopped at once. The
+    workers ignore Ctrl-C (the main process handles it) and die with the main process,
+    however it ends.
     """
     if workers <= 1 or len(paths) <= 1:
         for i, path in enumerate(paths):
             yield _job(i, str(path), cfg, decode_only)
         return
+    queue = deque((i, str(path)) for i, path in enumerate(paths))
+    while queue:
+        yield from _run_pool(queue, cfg, workers, decode_only)
+
+
+def _run_pool(queue: deque[tuple[int, str]], cfg: FeatureConfig, workers: int,
+              decode_only: bool) -> Iterator[FileResult]:
+    """Work through ``queue`` (``(index, path)``, taken as submitted) in one pool of
+    ``workers`` processes, until it is empty or a worker dies."""
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload([lifeline.__name__])
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_start_worker,
                                initargs=(os.getpid(),))
-    pending: set[Future] = set()
-    finished = False
+    pending: dict[Future, int] = {}  # -> index
+    finished = broken = False
     try:
-        for i, path in enumerate(paths):
-            pending.add(pool.submit(_job, i, str(path), cfg, decode_only))
-            if len(pending) >= 2 * workers:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                yield from (f.result() for f in done)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            yield from (f.result() for f in done)
+        while not broken and (queue or pending):
+            while queue and len(pending) < 2 * workers and not broken:
+                try:
+                    pending[pool.submit(_job, *queue[0], cfg, decode_only)] = queue[0][0]
+                    queue.popleft()
+                except BrokenProcessPool:
+                    broken = True
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for f in done:
+                index, died = pending.pop(f), isinstance(f.exception(), BrokenProcessPool)
+                broken |= died
+                yield FileResult(index, error=WORKER_DIED) if died else f.result()
+        for index in pending.values():  # a broken pool: every file in flight shares the fate
+            yield FileResult(index, error=WORKER_DIED)
         finished = True
     finally:
         if not finished:

@@ -123,3 +123,24 @@ def test_quiet_silences_library_warnings_in_the_workers_too(tmp_path, tiny_packa
         assert result.returncode == 0, result.stderr
         assert "Warning" not in result.stderr, result.stderr
         assert result.stderr.splitlines()[-1].startswith("wrote ")
+
+
+def test_a_worker_killed_mid_run_fails_only_its_files(collection):
+    """The OOM killer's case: the files in flight fail with a reason, the rest are done."""
+    from mirex_vi.config import FeatureConfig
+    from mirex_vi.workers import WORKER_DIED, iter_files
+
+    paths = collection.read_text().split()
+    results = []
+    for result in iter_files(paths, FeatureConfig(), workers=2):
+        if not results:
+            workers = [p for p in descendants(os.getpid())
+                       if "forkserver" in Path(f"/proc/{p}/cmdline").read_text()
+                       and int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                       != os.getpid()]
+            os.kill(workers[0], signal.SIGKILL)
+        results.append(result)
+    assert sorted(r.index for r in results) == list(range(len(paths)))
+    failed = [r for r in results if r.error is not None]
+    assert failed and all(r.error == WORKER_DIED for r in failed)
+    assert len(failed) <= 4 and all(r.cqt is not None for r in results if r.error is None)
