@@ -3,13 +3,14 @@
 :func:`die_with_parent` asks the Linux kernel to SIGKILL the calling process as soon as its
 parent ends (``prctl(PR_SET_PDEATHSIG)``); elsewhere it does nothing and says so.
 
-Importing this module calls it. That is how the worker pool's forkserver gets it: the
-forkserver is a fresh interpreter that ``multiprocessing`` can only ask to import modules
-(``set_forkserver_preload``), and its parent is the main process. Pool workers are the
-forkserver's children and call :func:`die_with_parent` themselves, so a killed main process
-takes the forkserver and the workers with it; the resource tracker then sees its pipe
-close and exits on its own. The kernel signals on the exit of the parent *thread* that
-started a process, so pools are started from the main thread.
+The worker pool's forkserver is a fresh interpreter that ``multiprocessing`` can only ask to
+import modules (``set_forkserver_preload``); it imports :mod:`mirex_vi.forkserver_preload`,
+which calls :func:`die_with_parent`, and its parent is the main process. Pool workers are
+the forkserver's children and call it themselves, so a killed main process takes the
+forkserver and the workers with it; the resource tracker then sees its pipe close and
+exits on its own. The kernel signals on the exit of the parent *thread* that started a
+process, so pools are started from the main thread. The main process never calls it: it
+must outlive a parent shell that exits (``nohup``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,3 @@ def die_with_parent() -> bool:
         return libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
     except (OSError, AttributeError):  # no libc or no prctl in it
         return False
-
-
-die_with_parent()

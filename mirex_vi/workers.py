@@ -100,7 +100,7 @@ def _run_pool(queue: deque[tuple[int, str]], cfg: FeatureConfig, workers: int,
     """Work through ``queue`` (``(index, path)``, taken as submitted) in one pool of
     ``workers`` processes, until it is empty or a worker dies."""
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload([lifeline.__name__])
+    ctx.set_forkserver_preload(["mirex_vi.forkserver_preload"])  # by name: never import it here
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_start_worker,
                                initargs=(os.getpid(),))
     pending: dict[Future, int] = {}  # -> index
@@ -132,7 +132,7 @@ def _start_worker(main_pid: int) -> None:
 
     The kernel's parent-death signal covers the forkserver, this process's parent; a thread
     that checks every second that ``main_pid`` still exists covers systems without it and a
-    forkserver started without :mod:`~mirex_vi.lifeline`.
+    forkserver started without :mod:`~mirex_vi.forkserver_preload`.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     lifeline.die_with_parent()
