@@ -319,7 +319,6 @@ def evaluate(metadata, features_dir, excerpt, labels, matrix, weights_spec, devi
     _setup_logging(quiet)
     _share_cores_with_workers()
     from . import evaluate as ev
-
     from .mirex_io import check_output_location
 
     if excerpt is not None and (matrix or not metadata):

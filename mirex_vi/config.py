@@ -45,7 +45,8 @@ class Bounds:
 
 # Every field of FeatureConfig and ModelConfig, checked on construction (so on every load
 # of a package, checkpoint or YAML config). The CQT's own limit, its band below the
-# Nyquist frequency, is checked in FeatureConfig.__post_init__.
+# Nyquist frequency, is checked in FeatureConfig.__post_init__; what training and the
+# model need of the crop and pad lengths, where they are used (data.py, weights.py).
 FEATURE_BOUNDS = {
     "sample_rate": Bounds(1000, 384000),
     "hop_length": Bounds(1),
@@ -106,9 +107,6 @@ class FeatureConfig:
 
     def __post_init__(self) -> None:
         _check_bounds(self, FEATURE_BOUNDS)
-        if self.min_crop_frames > self.crop_frames:
-            raise ValueError(f"FeatureConfig.min_crop_frames ({self.min_crop_frames}) must not "
-                             f"exceed crop_frames ({self.crop_frames})")
         # The band up to one bin above the top bin must stay below Nyquist (a margin wider
         # than librosa's filter bandwidth); compared in octaves, which cannot overflow.
         octaves_above_fmin = self.n_bins / self.bins_per_octave

@@ -44,8 +44,6 @@ def test_every_feature_and_model_field_is_range_checked(cls, bounds):
             value = type(getattr(cls(), name))(value)
             with pytest.raises(ValueError, match=rf"{cls.__name__}\.{name} must be"):
                 from_dict(cls, {name: value})
-    with pytest.raises(ValueError, match="min_crop_frames"):
-        FeatureConfig(min_crop_frames=8000)
     with pytest.raises(ValueError, match="Nyquist"):
         FeatureConfig(n_bins=120)
 
