@@ -145,6 +145,10 @@ def check_output_location(output: str | Path, inputs: Iterable[Path] = ()) -> Pa
     if text.endswith("/"):
         raise InputError(f"{text}: output path ends in '/'; give a file name")
     path = Path(os.path.abspath(text))
+    if _names_a_descriptor(path):
+        raise InputError(f"{text}: output is a file descriptor (standard output, /dev/fd/N); "
+                         "the result is written to a temporary file renamed into place, so "
+                         "give a file name")
     if os.path.isdir(path):
         raise InputError(f"{path}: output path is a folder")
     if os.path.exists(path) and not os.path.isfile(path):
@@ -163,6 +167,19 @@ def check_output_location(output: str | Path, inputs: Iterable[Path] = ()) -> Pa
         raise InputError(f"{path}: output is also an input ({source}); writing it would "
                          "destroy that input")
     return path
+
+
+def _names_a_descriptor(path: Path) -> bool:
+    """Whether ``path`` is, or links through, an open file descriptor of some process
+    (``/dev/stdout``, ``/dev/fd/N``, ``/proc/self/fd/N``): replacing what it points to would
+    destroy a file the shell opened (``>> log``) or a link of the system."""
+    for _ in range(40):  # the kernel's own limit on links followed
+        if str(path).startswith(("/dev/fd/", "/dev/stdin", "/dev/stdout", "/dev/stderr", "/proc/")):
+            return True
+        if not os.path.islink(path):
+            return False
+        path = Path(os.path.join(path.parent, os.readlink(path)))
+    return False
 
 
 def check_accepts_files(folder: Path, what: str, name: str = "mirex-vi-probe") -> None:

@@ -51,10 +51,12 @@ def test_output_that_is_no_file_name_is_refused(tmp_path, tracks, tiny_package):
     collection = write_list(tmp_path / "c.txt", [str(tracks[0])])
     os.mkfifo(tmp_path / "fifo")
     (tmp_path / "stdout").symlink_to(tmp_path / "fifo")  # what /dev/stdout is to a pipe
+    (tmp_path / "fd1").symlink_to("/proc/self/fd/1")  # standard output, whatever it is
     cases = {f"{tmp_path}/new/": "ends in '/'", str(tmp_path): "is a folder",
              str(tmp_path / "fifo"): "not a regular file", "/dev/null": "not a regular file",
              str(tmp_path / "stdout"): "not a regular file",
-             str(tmp_path / ("y" * 250)): "name too long"}  # its temporary has 14 more bytes
+             str(tmp_path / ("y" * 250)): "name too long",  # its temporary has 14 more bytes
+             "/dev/stdout": "is a file descriptor", str(tmp_path / "fd1"): "is a file descriptor"}
     for output, message in cases.items():
         code, out = call(collection, collection, output, tiny_package)
         assert_refused_before_audio(code, out, tmp_path, message)
