@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mirex_vi.audio import load_audio
+from mirex_vi.audio import file_identity, load_audio
 from mirex_vi.config import FeatureConfig
-from mirex_vi.embed import EmbeddingCache
+from mirex_vi.embed import EmbeddingCache, inference_settings
 from mirex_vi.features import compute_cqt, preprocess
 from mirex_vi.mirex_io import write_distance_matrix
 from mirex_vi.runtime import resolve_device
@@ -133,8 +133,8 @@ def main() -> None:
         print(f"speed-up of identify over the serial reference: {serial_s / ident_s:.2f}x")
         loaded = load_weights(args.weights)
         cache = EmbeddingCache(work / "cache" / "embeddings", loaded.sha256, loaded.features,
-                               loaded.model.cfg.embedding_dim)
-        ours = np.stack([cache.get(p) for p in paths])
+                               loaded.model.cfg.embedding_dim, inference_settings(device, True))
+        ours = np.stack([cache.get(p, file_identity(p)) for p in paths])
         cosine = np.sum(ours * emb, axis=1)
         verdict = "OK" if cosine.min() >= 0.9999 else "MISMATCH"
         print(f"embedding agreement: min cosine {cosine.min():.6f} over {n} tracks: {verdict}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 import tempfile
@@ -72,21 +73,27 @@ def _syncfs(fd: int) -> bool:
         return False
 
 
-def remove_stale_temporaries(folder: str | Path, older_than_s: float = 3600.0) -> None:
+def remove_stale_temporaries(folder: str | Path, older_than_s: float = 3600.0,
+                             of: str | None = None) -> None:
     """Delete (and log) the hidden temporaries that a killed writer (SIGKILL, power loss)
-    left anywhere under ``folder``.
+    left anywhere under ``folder``, or, with ``of`` (a file name), only those of
+    ``folder/of`` (``atomic_open``'s ``.of.*.tmp``) directly in ``folder``.
 
     ``atomic_open`` cleans up after any exception, but nothing runs after a SIGKILL. Only
     files untouched for ``older_than_s`` go, so a concurrent writer's file is never taken.
     """
     cutoff = time.time() - older_than_s
+    folder = Path(folder)
+    found = folder.glob(f".{glob.escape(of)}.*{TMP_SUFFIX}") if of else folder.rglob(f".*{TMP_SUFFIX}")
     removed = 0
-    for tmp in Path(folder).rglob(f".*{TMP_SUFFIX}"):
+    for tmp in found:
         try:
             if tmp.is_file() and tmp.stat().st_mtime < cutoff:
                 tmp.unlink()
                 removed += 1
         except FileNotFoundError:  # another process swept it first
             pass
+        except OSError as err:  # a read-only folder: leftovers stay, nothing else is harmed
+            log.warning("cannot remove the leftover %s (%s)", tmp, err.strerror)
     if removed:
         log.info("removed %d temporary files left by an interrupted run in %s", removed, folder)

@@ -7,9 +7,12 @@ when the file is already at the target rate.
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import soundfile as sf
@@ -20,6 +23,50 @@ class AudioError(Exception):
     """A file that cannot be turned into usable audio; the message says why."""
 
 
+class FileIdentity(NamedTuple):
+    """What identifies a file's content without reading it; part of every cache key."""
+
+    size: int
+    mtime_ns: int
+
+
+def file_identity(path: str | Path) -> FileIdentity:
+    """The identity of a readable, non-empty regular file, taken before it is read.
+
+    Raises:
+        AudioError: missing, not a regular file, empty, or refused by the system (the
+            system's reason: permission denied, file name too long...).
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError as err:
+        raise AudioError("file not found") from err
+    except OSError as err:
+        raise AudioError(f"cannot access it ({err.strerror})") from err
+    if not stat.S_ISREG(st.st_mode):
+        raise AudioError("not a regular file")
+    if st.st_size == 0:
+        raise AudioError("empty file (0 bytes)")
+    try:
+        os.close(os.open(path, os.O_RDONLY))
+    except OSError as err:
+        raise AudioError(f"cannot read it ({err.strerror})") from err
+    return FileIdentity(st.st_size, st.st_mtime_ns)
+
+
+def changed_since(path: str | Path, identity: FileIdentity) -> str | None:
+    """Why ``path`` no longer holds what had ``identity`` (removed, changed), or None."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "removed while it was being processed"
+    except OSError as err:
+        return f"could no longer be accessed after it was read ({err.strerror})"
+    if FileIdentity(st.st_size, st.st_mtime_ns) != identity:
+        return "changed while it was being processed (rerun to use the new content)"
+    return None
+
+
 def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     """Decode ``path`` to mono float32 at ``sample_rate``.
 
@@ -27,13 +74,10 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
         ``(N,)`` float32 samples.
 
     Raises:
-        AudioError: missing, empty, undecodable, or digital silence.
+        AudioError: missing, unreadable, empty, undecodable, or digital silence.
     """
     path = Path(path)
-    if not path.is_file():
-        raise AudioError("file not found" if not path.exists() else "not a regular file")
-    if path.stat().st_size == 0:
-        raise AudioError("empty file (0 bytes)")
+    file_identity(path)
     samples, rate = _decode(path)  # (N, C)
     if samples.shape[0] == 0:
         raise AudioError("no audio samples")

@@ -27,13 +27,13 @@ import torch
 
 from . import neighbours
 from .atomic import atomic_open
-from .embed import EmbeddingCache, EmbeddingRun, embed_tracks
-from .workers import default_workers
+from .embed import EmbeddingCache, EmbeddingRun, embed_tracks, inference_settings
 from .index import (MANIFEST, IndexFolderError, Manifest, OpenIndex, Shard, Track,
                     bytes_per_track, check_weights, manifest_for, open_index, save, writing)
 from .mirex_io import InputError, read_list
 from .runtime import amp_enabled, resolve_device
 from .weights import LoadedWeights, load_weights, resolve_weights
+from .workers import default_workers
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,12 @@ def make_embedder(weights: str | Path | None, device: str, workers: int | None,
         ValueError: unknown or corrupt weights, an unavailable device.
     """
     loaded = load_weights(weights)
+    dev = resolve_device(device)
     cache = None
     if cache_dir is not None:
         cache = EmbeddingCache(cache_dir, loaded.sha256, loaded.features,
-                               loaded.model.cfg.embedding_dim)
-    return Embedder(loaded, str(resolve_weights(weights).resolve()), resolve_device(device),
+                               loaded.model.cfg.embedding_dim, inference_settings(dev, True))
+    return Embedder(loaded, str(resolve_weights(weights).resolve()), dev,
                     workers or default_workers(), cache, progress)
 
 

@@ -1,7 +1,10 @@
 """The ``mirex-vi`` command line. Heavy imports live inside commands so ``--help`` is instant.
 
-Exit codes: 0 success; 1 a track failed under ``--strict``; 2 bad input (lists, output
-location, weights, config), reported before any audio is processed.
+Exit codes (``EXIT_CODES``): 0 success; 1 a track failed under ``--strict``; 2 bad input
+(lists, output location, weights, config), reported before any audio is processed; 3 the
+result could not be written once the work was done (disk full...; the embedding cache is
+kept); 130 interrupted by Ctrl-C; 143 stopped by SIGTERM. Every failure is one
+``error: ...`` line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -12,9 +15,9 @@ from pathlib import Path
 
 import click
 
+from .cli_common import (EXIT_CODES, EXIT_OUTPUT, EXIT_STRICT, interruptible,
+                         share_cores_with_workers, setup_logging)
 from .cli_common import fail as _fail
-from .cli_common import setup_logging as _setup_logging
-from .cli_common import share_cores_with_workers as _share_cores_with_workers
 from .cli_corpus import corpus_command
 from .cli_search import evaluate_through_index, index_group, search_command
 
@@ -25,10 +28,10 @@ def main() -> None:
     """Discogs-VINet-MIREX cover song identification: MIREX matrices, training, evaluation."""
 
 
-@main.command()
+@main.command(epilog=EXIT_CODES)
 @click.argument("collection", type=click.Path(path_type=Path))
 @click.argument("queries", type=click.Path(path_type=Path))
-@click.argument("output", type=click.Path(path_type=Path))
+@click.argument("output", type=click.Path())  # a str: a trailing '/' must reach the check
 @click.option("--workdir", type=click.Path(path_type=Path),
               help="Cache and error log folder [default: OUTPUT.work beside the output].")
 @click.option("--weights", "weights_spec", help="Weight package folder or name, or an authors' .pth.")
@@ -50,20 +53,27 @@ def main() -> None:
 def identify(collection, queries, output, workdir, weights_spec, device, no_amp, batch_size,
              workers, cqt_backend, strict, quiet, name) -> None:
     """Write the MIREX distance matrix of QUERIES against COLLECTION to OUTPUT."""
-    _setup_logging(quiet)
-    _share_cores_with_workers()
+    setup_logging(quiet)
+    share_cores_with_workers()
     from .identify import identify as run_identify, prepare
+    from .mirex_io import OutputError
 
-    try:
-        job = prepare(collection, queries, output, workdir, weights_spec, device)
-    except ValueError as err:  # InputError, WeightsError and bad devices are all ValueErrors
-        _fail(str(err))
-    summary = run_identify(job, amp=not no_amp, batch_size=batch_size, workers=workers,
-                           strict=strict, progress=not quiet, name=name, cqt_backend=cqt_backend)
+    with interruptible():
+        try:
+            job = prepare(collection, queries, output, workdir, weights_spec, device)
+        except ValueError as err:  # InputError, WeightsError and bad devices are all ValueErrors
+            _fail(str(err))
+    with interruptible(f"no output written; finished embeddings are kept in {job.workdir}"):
+        try:
+            summary = run_identify(job, amp=not no_amp, batch_size=batch_size, workers=workers,
+                                   strict=strict, progress=not quiet, name=name,
+                                   cqt_backend=cqt_backend)
+        except OutputError as err:
+            _fail(str(err), EXIT_OUTPUT)
     for path, reason in summary.errors:
         click.echo(f"skipped {path}: {reason}", err=True)
     if summary.strict_error:
-        _fail(f"{summary.strict_error} (--strict: no output written)", code=1)
+        _fail(f"{summary.strict_error} (--strict: no output written)", EXIT_STRICT)
     click.echo(summary.describe(), err=True)
 
 
@@ -114,18 +124,19 @@ def weights_list() -> None:
 @weights.command("verify")
 @click.argument("names", nargs=-1)
 def weights_verify(names) -> None:
-    """Check the sha256 of NAMES (folders or names; default: every package)."""
-    from .weights import list_packages, resolve_weights, verify_package
+    """Check the sha256 of NAMES (folders or names; default: every package), and that each
+    loads: config fields in range, tensors readable, the model built."""
+    from .weights import list_packages, load_package, resolve_weights
 
-    folders = [resolve_weights(n) for n in names] if names else list_packages()
-    if not folders:
+    specs = names or list_packages()
+    if not specs:
         _fail("no weight packages to verify")
     failed = 0
-    for folder in folders:
+    for spec in specs:
         try:
-            click.echo(f"OK\t{folder.name}\t{verify_package(folder)}")
+            click.echo(f"OK\t{Path(spec).name}\t{load_package(resolve_weights(spec)).sha256}")
         except ValueError as err:
-            click.echo(f"FAILED\t{folder.name}\t{err}", err=True)
+            click.echo(f"FAILED\t{Path(spec).name}\t{err}", err=True)
             failed += 1
     if failed:
         _fail(f"{failed} package(s) failed verification")
@@ -147,6 +158,8 @@ def _package_command(verb: str, help_text: str):
             sha = import_checkpoint(checkpoint, folder, card.read_text("utf-8") if card else None)
         except ValueError as err:
             _fail(str(err))
+        except OSError as err:
+            _fail(f"{folder}: cannot write the package ({err.strerror or err})", EXIT_OUTPUT)
         click.echo(f"wrote {folder} (model.safetensors sha256 {sha})")
 
     return command
@@ -181,7 +194,7 @@ def extract(out_dir, metadata, audio_root, list_file, encoding, from_features, w
             quiet) -> None:
     """CQT features of a dataset: the authors' layout (OUT_DIR/<id[:2]>/<id>.mm + .npy), or
     with --pooled one pooled store (OUT_DIR/pooled.<enc>.npy + pooled.index.tsv)."""
-    _setup_logging(quiet)
+    setup_logging(quiet)
     if from_features:
         _convert_features(from_features, out_dir, metadata, encoding)
         return
@@ -251,7 +264,7 @@ def train(config_path, overrides, resume, device, quiet) -> None:
 
     A config with `init_weights` and `init_sha256` starts only from weights of that sha256.
     """
-    _setup_logging(quiet)
+    setup_logging(quiet)
     from .config import TrainConfig, load_yaml, with_overrides
     from .train import run_training
     from .weights import WeightsError
@@ -287,7 +300,7 @@ def train(config_path, overrides, resume, device, quiet) -> None:
 @click.option("--device", default="auto", show_default=True)
 @click.option("--no-amp", is_flag=True)
 @click.option("--workers", type=click.IntRange(1))
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--json", "json_out", type=click.Path(dir_okay=False),
               help="Write the figures as a JSON object.")
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write PNG plots (rank-of-first-version histogram, AP per clique).")
@@ -302,8 +315,8 @@ def evaluate(metadata, features_dir, excerpt, labels, matrix, weights_spec, devi
              workers, json_out, plot_dir, index_dir, top_k, nprobe, quiet) -> None:
     """MAP, MR1, MRR, Top-1, Top-10 and P@10 of a model or of a MIREX matrix; MAP@k and
     recall@k through a catalogue index (--index)."""
-    _setup_logging(quiet)
-    _share_cores_with_workers()
+    setup_logging(quiet)
+    share_cores_with_workers()
     if index_dir:
         if not labels or plot_dir:
             _fail("--index needs --labels, and takes no --plot (the exact path plots)")
@@ -311,36 +324,48 @@ def evaluate(metadata, features_dir, excerpt, labels, matrix, weights_spec, devi
                                json_out, quiet)
         return
     from . import evaluate as ev
+    from .mirex_io import check_output_location
 
     if excerpt is not None and (matrix or not metadata):
         _fail("--excerpt needs --metadata with --features-dir")
-    try:
-        if matrix:
-            if not labels:
-                _fail("--matrix needs --labels")
-            result, clique_of = ev.evaluate_matrix(matrix, labels)
-        elif metadata:
-            if not features_dir:
-                _fail("--metadata needs --features-dir")
-            result, clique_of = ev.evaluate_features(metadata, features_dir, weights_spec,
-                                                     device, not no_amp, excerpt,
-                                                     progress=not quiet)
-        elif labels:
-            result, clique_of = ev.evaluate_audio(labels, weights_spec, device, not no_amp,
-                                                  workers, progress=not quiet)
-        else:
-            _fail("give --matrix with --labels, --metadata with --features-dir, or --labels")
-    except ValueError as err:
-        _fail(str(err))
+    with interruptible():
+        try:
+            if json_out:  # checked first: the figures must not be lost for a bad name
+                inputs = [p for p in (matrix, labels, metadata) if p]
+                json_out = check_output_location(json_out, inputs)
+            result, clique_of = _evaluation(ev, metadata, features_dir, excerpt, labels, matrix,
+                                            weights_spec, device, not no_amp, workers, quiet)
+        except ValueError as err:
+            _fail(str(err))
     figures = result.summary()
     click.echo(ev.format_figures(figures))
-    if json_out:
-        ev.write_json(json_out, figures)
-    if plot_dir:
-        from .plots import write_plots
+    try:
+        if json_out:
+            ev.write_json(json_out, figures)
+        if plot_dir:
+            from .plots import write_plots
 
-        for png in write_plots(result, clique_of, plot_dir):
-            click.echo(f"wrote {png}", err=True)
+            for png in write_plots(result, clique_of, plot_dir):
+                click.echo(f"wrote {png}", err=True)
+    except OSError as err:
+        _fail(f"cannot write the results ({err}); the figures are above", EXIT_OUTPUT)
+
+
+def _evaluation(ev, metadata, features_dir, excerpt, labels, matrix, weights_spec, device, amp,
+                workers, quiet):
+    """The result and clique ids of the evaluation that ``evaluate``'s options ask for."""
+    if matrix:
+        if not labels:
+            _fail("--matrix needs --labels")
+        return ev.evaluate_matrix(matrix, labels)
+    if metadata:
+        if not features_dir:
+            _fail("--metadata needs --features-dir")
+        return ev.evaluate_features(metadata, features_dir, weights_spec, device, amp, excerpt,
+                                    progress=not quiet)
+    if labels:
+        return ev.evaluate_audio(labels, weights_spec, device, amp, workers, progress=not quiet)
+    _fail("give --matrix with --labels, --metadata with --features-dir, or --labels")
 
 
 main.add_command(corpus_command)

@@ -2,7 +2,9 @@
 
 A ``FeatureConfig`` and a ``ModelConfig`` are saved beside every set of weights, so that
 training and inference cannot disagree. Unknown keys are an error at load time, not a
-silent ``None`` later (the fault that broke the authors' MIREX script).
+silent ``None`` later (the fault that broke the authors' MIREX script), and so is a value
+of the wrong type or, for every feature and model field, out of range (``FEATURE_BOUNDS``,
+``MODEL_BOUNDS``): the message names the field.
 
 A YAML config may start from another: ``base: other.yaml`` (a path relative to the
 including file) loads that file first, and this file's keys override its values; nested
@@ -12,6 +14,7 @@ sections such as ``features:`` merge key by key, and a base may have a base of i
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,6 +22,72 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The allowed range of a numeric config field: ``low <= value <= high``, or
+    ``low < value`` when ``low_open``."""
+
+    low: float
+    high: float = math.inf
+    low_open: bool = False
+
+    def describe(self) -> str:
+        if self.high < math.inf:
+            return f"in [{self.low:g}, {self.high:g}]"
+        return f"> {self.low:g}" if self.low_open else f">= {self.low:g}"
+
+    def admits(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        return above and value <= self.high
+
+
+# Every field of FeatureConfig and ModelConfig, checked on construction (so on every load
+# of a package, checkpoint or YAML config). The CQT's own limit, its band below the
+# Nyquist frequency, is checked in FeatureConfig.__post_init__; what training and the
+# model need of the crop and pad lengths, where they are used (data.py, weights.py).
+FEATURE_BOUNDS = {
+    "sample_rate": Bounds(1000, 384000),
+    "hop_length": Bounds(1),
+    "n_bins": Bounds(1),
+    "bins_per_octave": Bounds(1),
+    "fmin": Bounds(0, low_open=True),
+    "downsample_factor": Bounds(1),
+    "min_frames": Bounds(0),
+    "crop_frames": Bounds(1),
+    "min_crop_frames": Bounds(0),
+    "eps": Bounds(0, low_open=True),
+}
+MODEL_BOUNDS = {"channels": Bounds(1), "embedding_dim": Bounds(1)}
+
+
+def _check_bounds(obj: Any, bounds: dict[str, Bounds]) -> None:
+    """Check the types of ``obj``'s fields, then each bounded field's range.
+
+    Raises:
+        ValueError: naming the first field out of range, e.g. ``FeatureConfig.eps``.
+    """
+    _check_types(obj)
+    for name, allowed in bounds.items():
+        value = getattr(obj, name)
+        if not (math.isfinite(value) and allowed.admits(value)):
+            raise ValueError(f"{type(obj).__name__}.{name} must be {allowed.describe()}, "
+                             f"got {value!r}")
+
+
+def _check_types(obj: Any) -> None:
+    """Reject values of the wrong type (YAML ``"3"`` for an int), allowing int for float."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        expected = type(default)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            object.__setattr__(obj, f.name, float(value))
+        elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ValueError(
+                f"{type(obj).__name__}.{f.name}: expected {expected.__name__}, got {value!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -36,6 +105,17 @@ class FeatureConfig:
     min_crop_frames: int = 0  # > 0: crop lengths uniform in [this, crop_frames] (not the report)
     eps: float = 1e-6  # added to the max before max-normalisation
 
+    def __post_init__(self) -> None:
+        _check_bounds(self, FEATURE_BOUNDS)
+        # The band up to one bin above the top bin must stay below Nyquist (a margin wider
+        # than librosa's filter bandwidth); compared in octaves, which cannot overflow.
+        octaves_above_fmin = self.n_bins / self.bins_per_octave
+        if octaves_above_fmin > math.log2(self.sample_rate / 2 / self.fmin):
+            raise ValueError(
+                f"FeatureConfig.n_bins: {self.n_bins} bins from fmin {self.fmin:g} Hz at "
+                f"{self.bins_per_octave} per octave pass the Nyquist frequency of sample_rate "
+                f"{self.sample_rate} ({self.sample_rate / 2:g} Hz)")
+
     @property
     def frame_rate(self) -> float:
         """CQT frames per second (43.07 for the defaults)."""
@@ -48,6 +128,9 @@ class ModelConfig:
 
     channels: int = 40
     embedding_dim: int = 512
+
+    def __post_init__(self) -> None:
+        _check_bounds(self, MODEL_BOUNDS)
 
 
 @dataclass(frozen=True)
@@ -217,17 +300,3 @@ def with_overrides(cfg: T, assignments: list[str]) -> T:
 def _dataclass_type(f: dataclasses.Field) -> type | None:
     t = f.type if isinstance(f.type, type) else globals().get(str(f.type))
     return t if t is not None and dataclasses.is_dataclass(t) else None
-
-
-def _check_types(obj: Any) -> None:
-    """Reject values of the wrong type (YAML ``"3"`` for an int), allowing int for float."""
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        expected = type(default)
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            object.__setattr__(obj, f.name, float(value))
-        elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise ValueError(
-                f"{type(obj).__name__}.{f.name}: expected {expected.__name__}, got {value!r}"
-            )

@@ -16,17 +16,17 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from .atomic import atomic_open, remove_stale_temporaries, sync_files
-from .audio import AudioError
+from .audio import AudioError, FileIdentity, changed_since, file_identity
 from .config import FeatureConfig, to_dict
 from .features import TorchFrontEnd, checked_cqt, preprocess
 from .model import CQTNet
-from .runtime import autocast, unless_out_of_memory
+from .runtime import amp_enabled, autocast, unless_out_of_memory
 from .weights import LoadedWeights
 from .workers import FileResult, iter_files
 
@@ -121,31 +121,45 @@ def embed_stream(
     return torch.cat(parts) if parts else torch.empty(0, model.cfg.embedding_dim)
 
 
-class EmbeddingCache:
-    """One ``.npy`` per track under ``folder``, keyed by file identity, weights and features.
+def inference_settings(device: torch.device, amp: bool, cqt_backend: str = "auto") -> dict[str, Any]:
+    """What changes an embedding besides the weights and the features: where the CQT is
+    computed (``torch`` or ``librosa``, ``auto`` resolved), AMP in effect, device type."""
+    return {"cqt": "torch" if uses_torch_cqt(cqt_backend, device) else "librosa",
+            "amp": amp_enabled(device, amp), "device": device.type}
 
-    The key covers the resolved path, size and mtime of the audio, the weights' sha256 and
-    the feature config, so a changed file or model never reuses a stale entry. Entries are
-    written atomically; one that does not load as a finite unit vector is recomputed, and
-    temporaries that a killed run left behind are swept when the cache is opened.
+
+class EmbeddingCache:
+    """One ``.npy`` per track under ``folder``, keyed by file identity, weights, features
+    and inference settings.
+
+    The key covers the resolved path of the audio and its size and mtime as taken *before*
+    it was read (:func:`~mirex_vi.audio.file_identity`), the weights' sha256, the feature
+    config and the :func:`inference_settings`, so a changed file, model, CQT backend, AMP
+    or device type never reuses a stale entry. Entries are written atomically; one that does
+    not load as a finite unit vector is recomputed, and temporaries that a killed run left
+    behind are swept when the cache is opened. The cache is an optimisation: when an entry
+    cannot be written (disk full...) it warns once and stops writing.
     """
 
-    def __init__(self, folder: Path, weights_sha256: str, features: FeatureConfig, dim: int):
+    def __init__(self, folder: Path, weights_sha256: str, features: FeatureConfig, dim: int,
+                 settings: dict[str, Any]):
         self.folder = folder
         remove_stale_temporaries(folder)
         self.dim = dim
-        self._salt = json.dumps({"weights": weights_sha256, "features": to_dict(features)},
-                                sort_keys=True)
+        self.settings = settings
+        self._salt = json.dumps({"weights": weights_sha256, "features": to_dict(features),
+                                 "inference": settings}, sort_keys=True)
+        self._writable = True
 
-    def path_for(self, audio: Path) -> Path:
-        stat = audio.stat()
-        ident = json.dumps([str(audio.resolve()), stat.st_size, stat.st_mtime_ns, self._salt])
+    def path_for(self, audio: Path, identity: FileIdentity) -> Path:
+        ident = json.dumps([str(audio.resolve()), identity.size, identity.mtime_ns, self._salt])
         key = hashlib.sha256(ident.encode()).hexdigest()
         return self.folder / key[:2] / f"{key}.npy"
 
-    def get(self, audio: Path) -> np.ndarray | None:
+    def get(self, audio: Path, identity: FileIdentity) -> np.ndarray | None:
+        """The ``(dim,)`` float32 entry of ``audio`` as it was when ``identity`` was taken."""
         try:
-            entry = self.path_for(audio)
+            entry = self.path_for(audio, identity)
             emb = np.load(entry, allow_pickle=False)
         except (OSError, ValueError, EOFError):
             return None
@@ -155,26 +169,31 @@ class EmbeddingCache:
             return None
         return emb
 
-    def put(self, audio: Path, emb: np.ndarray) -> None:
-        entry = self.path_for(audio)
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_open(entry) as f:
-            np.save(f, emb.astype(np.float32))
+    def put(self, audio: Path, identity: FileIdentity, emb: np.ndarray) -> None:
+        """Store the ``(dim,)`` embedding of ``audio`` read with ``identity``."""
+        self.put_many([(audio, identity, emb)])
 
-    def put_many(self, items: Sequence[tuple[Path, np.ndarray]]) -> None:
-        """:meth:`put` for a batch of ``(audio, (D,) embedding)`` pairs with one file-system
-        sync instead of one ``fsync`` per entry: every entry is written to its temporary
-        file, all are made durable together (``atomic.sync_files``), and only then renamed
-        into place."""
-        with contextlib.ExitStack() as renames:
-            files = []
-            for audio, emb in items:
-                entry = self.path_for(audio)
-                entry.parent.mkdir(parents=True, exist_ok=True)
-                f = renames.enter_context(atomic_open(entry, fsync=False))
-                np.save(f, emb.astype(np.float32))
-                files.append(f)
-            sync_files(files)
+    def put_many(self, items: Sequence[tuple[Path, FileIdentity, np.ndarray]]) -> None:
+        """Store a batch of ``(audio, identity, (dim,) embedding)`` with one file-system sync
+        instead of one ``fsync`` per entry: every entry is written to its temporary file,
+        all are made durable together (``atomic.sync_files``), then renamed into place."""
+        if not items or not self._writable:
+            return
+        try:
+            with contextlib.ExitStack() as renames:
+                files = []
+                for audio, identity, emb in items:
+                    entry = self.path_for(audio, identity)
+                    entry.parent.mkdir(parents=True, exist_ok=True)
+                    f = renames.enter_context(atomic_open(entry, fsync=False))
+                    np.save(f, emb.astype(np.float32))
+                    files.append(f)
+                sync_files(files)
+        except OSError as err:
+            self._writable = False
+            log.warning("cannot write to the embedding cache %s (%s); carrying on without it, "
+                        "so a rerun computes these embeddings again", self.folder,
+                        err.strerror or err)
 
 
 @dataclass
@@ -213,27 +232,27 @@ def embed_tracks(
     them are ready, then go through the model and into the cache, so a killed run loses at
     most one batch. ``on_track`` is called once per finished track.
 
+    A track that cannot be accessed, or that is removed or changed between the identity
+    taken before reading and the end of its embedding, is an error, never cached.
+
     Raises:
         TrackError: in ``strict`` mode, at the first track that cannot be embedded.
+        ValueError: ``cache`` is keyed for other inference settings.
     """
+    settings = inference_settings(device, amp, cqt_backend)
+    if cache is not None and cache.settings != settings:
+        raise ValueError(f"cache keyed for {cache.settings}, embedding with {settings}")
     model = weights.model.to(device).eval()
     run = EmbeddingRun(np.zeros((len(paths), model.cfg.embedding_dim), dtype=np.float32), {}, 0)
-    todo: list[int] = []
-    for i, path in enumerate(paths):
-        cached = cache.get(path) if cache and path.is_file() else None
-        if cached is None:
-            todo.append(i)
-        else:
-            run.embeddings[i] = cached
-            on_track()
-    run.n_cached = len(paths) - len(todo)
-    on_gpu = uses_torch_cqt(cqt_backend, device)
+    on_gpu = settings["cqt"] == "torch"
     embedder = _Embedder(model, weights.features, device, amp, batch_size, paths, run,
                          TorchFrontEnd(weights.features, device) if on_gpu else None,
                          cache, strict, on_track)
-    results = iter_files([paths[i] for i in todo], weights.features, workers, decode_only=on_gpu)
-    _consume_in_thread(((todo[r.index], r) for r in results), embedder.add,
-                       depth=max(2, batch_size))
+    tracks = embedder.look_up()  # the tracks still to embed, in list order
+    files = iter_files([paths[i] for i in tracks], weights.features, workers, decode_only=on_gpu)
+    with contextlib.closing(files):  # an exception here stops the workers at once
+        _consume_in_thread(((tracks[r.index], r) for r in files), embedder.add,
+                           depth=max(2, batch_size))
     embedder.flush()
     return run
 
@@ -245,7 +264,8 @@ class _Embedder:
     Inputs wait in ``pending`` (by length) until ``batch_size`` are ready. A track whose
     torch CQT is not finite or does not fit in device memory gets librosa's CQT here; a
     non-finite embedding under AMP is recomputed in fp32; a track that still fails is an
-    error. No non-finite vector is ever stored or cached.
+    error. No non-finite vector is ever stored or cached, nor one of a file removed or
+    changed since its identity was taken (``identities``, before it was read).
     """
 
     model: CQTNet
@@ -260,6 +280,25 @@ class _Embedder:
     strict: bool
     on_track: Callable[[], None]
     pending: dict[int, list[tuple[int, Input]]] = field(default_factory=dict)
+    identities: dict[int, FileIdentity] = field(default_factory=dict)
+
+    def look_up(self) -> list[int]:
+        """Take each track's identity before it is read and fill in the cached ones;
+        return the tracks still to embed, in list order."""
+        for i, path in enumerate(self.paths):
+            try:
+                identity = file_identity(path)
+            except AudioError as err:
+                self._fail(i, str(err))
+                continue
+            cached = self.cache.get(path, identity) if self.cache else None
+            if cached is None:
+                self.identities[i] = identity
+            else:
+                self.run.embeddings[i] = cached
+                self.run.n_cached += 1
+                self.on_track()
+        return list(self.identities)
 
     def add(self, item: tuple[int, FileResult]) -> None:
         track, result = item
@@ -277,9 +316,16 @@ class _Embedder:
         """Embed every pending input, store the vectors and cache them (one sync)."""
         done = [pair for group in self.pending.values() for pair in self._embed_group(group)]
         self.pending.clear()
-        if self.cache:
-            self.cache.put_many([(self.paths[i], vector) for i, vector in done])
+        kept = []
         for i, vector in done:
+            changed = changed_since(self.paths[i], self.identities[i])
+            if changed:
+                self._fail(i, changed)
+            else:
+                kept.append((i, vector))
+        if self.cache:
+            self.cache.put_many([(self.paths[i], self.identities[i], v) for i, v in kept])
+        for i, vector in kept:
             self.run.embeddings[i] = vector
             self.on_track()
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from .atomic import atomic_open
 from .metrics import RetrievalResult, metrics_from_distances, metrics_from_embeddings
-from .mirex_io import InputError, iter_distance_matrix
+from .mirex_io import InputError, bad_lines, base_folder, iter_distance_matrix, read_lines
 from .runtime import amp_enabled, resolve_device
 
 if TYPE_CHECKING:
@@ -25,32 +25,43 @@ FIGURE_NAMES = {"map": "MAP", "mr1": "MR1", "mrr": "MRR", "top1_rate": "Top-1 ra
 
 def read_labels(path: Path) -> dict[Path, str]:
     """``audio_path<TAB>clique_id`` lines -> {absolute path: clique}; relative paths are
-    resolved against the TSV's folder; blank lines and a ``path<TAB>clique`` header skipped."""
+    resolved against the TSV's folder; blank lines and a ``path<TAB>clique`` header skipped.
+    Lines are read as by :func:`~mirex_vi.mirex_io.read_lines` (BOM, ``\n`` only, no NUL).
+
+    Raises:
+        InputError: naming the bad lines, or both lines of a path given two cliques.
+    """
     labels: dict[Path, str] = {}
+    line_of: dict[Path, int] = {}
+    base = base_folder(path)
     bad = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    for number, line in read_lines(path, "labels file"):
         fields = [f.strip() for f in line.split("\t")]
         if len(fields) != 2 or not all(fields):
             bad.append(f"  line {number}: expected 'audio_path<TAB>clique_id', got {line!r}")
             continue
         if number == 1 and fields[1].lower() in ("clique", "clique_id", "label"):
             continue
-        labels[Path(os.path.abspath(path.parent / fields[0]))] = fields[1]
+        track = Path(os.path.abspath(base / fields[0]))
+        if labels.get(track, fields[1]) != fields[1]:
+            bad.append(f"  line {number}: {fields[0]} is in clique {fields[1]!r}, but line "
+                       f"{line_of[track]} puts it in {labels[track]!r}")
+            continue
+        labels[track], line_of[track] = fields[1], number
     if bad:
-        raise InputError(f"{path}: bad line(s):\n" + "\n".join(bad[:20]))
+        raise bad_lines(path, bad)
     if not labels:
         raise InputError(f"{path}: no labelled tracks")
     return labels
 
 
 def evaluate_matrix(matrix: Path, labels_tsv: Path) -> tuple[RetrievalResult, list[str]]:
-    """Figures of a MIREX distance matrix; every listed track must have a label."""
+    """Figures of a MIREX distance matrix; every listed track must have a label. Relative
+    paths in the matrix are resolved against the matrix file's folder."""
     labels = read_labels(labels_tsv)
     parts = iter_distance_matrix(matrix)
     next(parts)  # the system name
-    paths = [Path(os.path.abspath(p)) for p in next(parts)]
+    paths = [Path(os.path.abspath(base_folder(matrix) / p)) for p in next(parts)]
     missing = [str(p) for p in paths if p not in labels]
     if missing:
         raise InputError(f"{labels_tsv}: no label for {len(missing)} track(s) of {matrix}, e.g. "

@@ -90,7 +90,10 @@ def verify_package(folder: Path) -> str:
         path = folder / name
         if not path.is_file():
             raise WeightsError(f"{folder}: {name} is missing")
-        actual = sha256_file(path)
+        try:
+            actual = sha256_file(path)
+        except OSError as err:
+            raise WeightsError(f"{path}: cannot read it ({err.strerror})") from err
         if actual != digest:
             raise WeightsError(
                 f"{path}: sha256 mismatch (expected {digest}, got {actual}); "
@@ -103,32 +106,89 @@ def resolve_weights(spec: str | Path | None) -> Path:
     """A package folder, a package name under :func:`weights_root`, or a ``.pth`` file."""
     spec = str(spec or DEFAULT_WEIGHTS)
     path = Path(spec)
-    if path.is_file() and path.suffix in (".pth", ".pt"):
+    if os.path.isfile(path) and path.suffix in (".pth", ".pt"):  # os.path: a bad name is False
         return path
-    if path.is_dir():
+    if os.path.isdir(path):
         return path
     named = weights_root() / spec
-    if named.is_dir():
+    if os.path.isdir(named):
         return named
     known = ", ".join(p.name for p in list_packages()) or "none"
     raise WeightsError(f"weights {spec!r} not found: not a folder, a .pth file, or a package "
                        f"under {weights_root()} (known: {known})")
 
 
+def weight_files(spec: str | Path | None) -> list[Path]:
+    """The files that loading ``spec`` reads: the ``.pth`` file, or the package's files.
+
+    Raises:
+        WeightsError: ``spec`` names no weights (see :func:`resolve_weights`).
+    """
+    path = resolve_weights(spec)
+    return [path] if path.is_file() else [path / n for n in (*CHECKED_FILES, CARD_FILE, SUMS_FILE)]
+
+
 def load_weights(spec: str | Path | None = None) -> LoadedWeights:
-    """Verify and load a package (or an authors'-format checkpoint) into an eval-mode model."""
+    """Verify and load a package (or an authors'-format checkpoint) into an eval-mode model.
+
+    Raises:
+        WeightsError: the weights are missing, corrupt, unsafe, or their configs are out of
+            range or do not fit each other (naming the file and the field).
+    """
     path = resolve_weights(spec)
     if path.is_file():
         state, model_cfg, features, _ = read_checkpoint(path)
-        return LoadedWeights(_build(state, model_cfg, path), features, path.stem, sha256_file(path))
-    sha = verify_package(path)
+        model = _build(state, model_cfg, path)
+        _check_fit(model, features, path)
+        return LoadedWeights(model, features, path.stem, sha256_file(path))
+    return load_package(path)
+
+
+def load_package(folder: Path) -> LoadedWeights:
+    """Verify and load the package ``folder``: checksums, config ranges, tensors, model.
+
+    Raises:
+        WeightsError: as :func:`load_weights`.
+    """
+    sha = verify_package(folder)
     from safetensors.torch import load_file
 
-    cfg = _read_config(path)
-    state = load_file(path / MODEL_FILE)
-    model_cfg = from_dict(ModelConfig, cfg["model"])
-    features = from_dict(FeatureConfig, cfg["features"])
-    return LoadedWeights(_build(state, model_cfg, path), features, cfg.get("name", path.name), sha)
+    cfg = _read_config(folder)
+    try:
+        model_cfg = from_dict(ModelConfig, cfg["model"])
+        features = from_dict(FeatureConfig, cfg["features"])
+    except ValueError as err:
+        raise WeightsError(f"{folder / CONFIG_FILE}: {err}") from err
+    try:
+        state = load_file(folder / MODEL_FILE)
+    except Exception as err:  # noqa: BLE001 - safetensors' own error type: not a valid file
+        raise WeightsError(f"{folder / MODEL_FILE}: not a readable safetensors file ({err}); "
+                           f"its {SUMS_FILE} entry matches, so the package was made from a "
+                           "damaged file") from err
+    model = _build(state, model_cfg, folder)
+    _check_fit(model, features, folder)
+    return LoadedWeights(model, features, cfg.get("name", folder.name), sha)
+
+
+def _check_fit(model: CQTNet, features: FeatureConfig, where: Path) -> None:
+    """Refuse features whose inputs the model cannot take: too few frames after padding and
+    pooling, or too few CQT bins for its convolutions (found by one forward pass of zeros).
+
+    Raises:
+        WeightsError: naming the field.
+    """
+    pooled = features.min_frames // features.downsample_factor
+    if pooled < CQTNet.min_pooled_frames:
+        raise WeightsError(
+            f"{where}: features.min_frames {features.min_frames} pools (by downsample_factor "
+            f"{features.downsample_factor}) to {pooled} frames; CQT-Net needs at least "
+            f"{CQTNet.min_pooled_frames}")
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(1, 1, features.n_bins, CQTNet.min_pooled_frames))
+    except RuntimeError as err:
+        raise WeightsError(f"{where}: features.n_bins {features.n_bins} does not fit CQT-Net "
+                           f"({err})") from err
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig, FeatureConfig, dict]:
@@ -141,7 +201,7 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig, F
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is the same user error
-        raise WeightsError(f"{path}: not a loadable checkpoint ({err})") from err
+        raise WeightsError(_refusal(path)) from err
     if not isinstance(ckpt, dict):
         raise WeightsError(f"{path}: expected a dict, got {type(ckpt).__name__}")
     state = ckpt.get("model_state_dict", ckpt)
@@ -153,7 +213,10 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig, F
     features = FeatureConfig()
     config = ckpt.get("config")
     if isinstance(config, dict) and isinstance(config.get("features"), dict):
-        features = from_dict(FeatureConfig, config["features"])
+        try:
+            features = from_dict(FeatureConfig, config["features"])
+        except ValueError as err:
+            raise WeightsError(f"{path}: its training config: {err}") from err
     provenance = {
         "source_file": path.name,
         "source_sha256": sha256_file(path),
@@ -162,6 +225,20 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig, F
                                              "init_sha256") if k in ckpt},
     }
     return state, model_cfg, features, provenance
+
+
+def _refusal(path: Path) -> str:
+    """Why ``torch.load(weights_only=True)`` refused ``path``, without torch's advice to
+    load it unsafely: the file holds code (pickled objects beyond tensors), or is no
+    checkpoint at all."""
+    try:
+        code = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - not a zip checkpoint: unreadable, whatever the cause
+        code = []
+    if code:
+        return (f"{path}: holds code besides tensors ({', '.join(code[:3])}), which loading "
+                "would run; it will not be loaded")
+    return f"{path}: not a loadable checkpoint (not a PyTorch file, or a damaged one)"
 
 
 def write_package(
@@ -229,17 +306,22 @@ def _build(state: dict[str, torch.Tensor], model_cfg: ModelConfig, where: Path) 
 
 def _read_config(folder: Path) -> dict[str, Any]:
     try:
-        cfg = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-        if not isinstance(cfg.get("model"), dict) or not isinstance(cfg.get("features"), dict):
+        cfg = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8-sig"))
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict) \
+                or not isinstance(cfg.get("features"), dict):
             raise ValueError("needs 'model' and 'features' objects")
         return cfg
-    except ValueError as err:
+    except (OSError, ValueError) as err:
         raise WeightsError(f"{folder / CONFIG_FILE}: invalid ({err})") from err
 
 
 def _parse_sums(path: Path) -> dict[str, str]:
     sums = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, ValueError) as err:
+        raise WeightsError(f"{path}: cannot read it ({err})") from err
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         digest, sep, name = line.partition("  ")

@@ -4,20 +4,27 @@ Workers decode and, unless asked only to decode, compute the CQT; the caller (id
 evaluation on audio, dataset extraction) receives each file's array (decoded audio as int16
 ``PackedAudio``, half the bytes of float32) or the reason it failed as soon as it is done,
 in completion order.
-Workers are started with ``forkserver`` so they never inherit the parent's torch threads.
+Workers are started with ``forkserver`` so they never inherit the parent's torch threads,
+and die with the main process (:mod:`~mirex_vi.lifeline`).
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
+import threading
+import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from . import lifeline
 from .audio import AudioError, load_audio
 from .config import FeatureConfig
 from .features import PackedAudio, checked_cqt
@@ -59,30 +66,96 @@ def _job(index: int, path: str, cfg: FeatureConfig, decode_only: bool) -> FileRe
         return FileResult(index, error=f"{type(err).__name__}: {err}")
 
 
+# The reason given to the files in flight when a worker process dies (the kernel's OOM
+# killer, a signal, a crash in a decoder): which of them killed it cannot be told.
+WORKER_DIED = "the worker process decoding it died (out of memory, killed, or crashed)"
+
+
 def iter_files(paths: Sequence[str | Path], cfg: FeatureConfig, workers: int,
                decode_only: bool = False) -> Iterator[FileResult]:
     """CQTs (or, with ``decode_only``, decoded audio) of ``paths`` in completion order, by
-    ``workers`` processes.
+    ``workers`` processes; one result per path.
 
-    At most ``2 * workers`` files are in flight, so memory stays bounded on long lists.
+    At most ``2 * workers`` files are in flight, so memory stays bounded on long lists. If a
+    worker process dies, the files in flight fail with ``WORKER_DIED`` and a fresh pool
+    takes the rest. If the caller stops early (an exception, Ctrl-C, SIGTERM, or closing the
+    generator), the files in flight are abandoned and the workers stopped at once. The
+    workers ignore Ctrl-C (the main process handles it) and die with the main process,
+    however it ends.
     """
     if workers <= 1 or len(paths) <= 1:
         for i, path in enumerate(paths):
             yield _job(i, str(path), cfg, decode_only)
         return
+    queue = deque((i, str(path)) for i, path in enumerate(paths))
+    while queue:
+        yield from _run_pool(queue, cfg, workers, decode_only)
+
+
+def _run_pool(queue: deque[tuple[int, str]], cfg: FeatureConfig, workers: int,
+              decode_only: bool) -> Iterator[FileResult]:
+    """Work through ``queue`` (``(index, path)``, taken as submitted) in one pool of
+    ``workers`` processes, until it is empty or a worker dies."""
     ctx = mp.get_context("forkserver")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        pending: set[Future] = set()
-        todo = iter(enumerate(paths))
+    ctx.set_forkserver_preload(["mirex_vi.forkserver_preload"])  # by name: never import it here
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_start_worker,
+                               initargs=(os.getpid(),))
+    pending: dict[Future, int] = {}  # -> index
+    finished = broken = False
+    try:
+        while not broken and (queue or pending):
+            while queue and len(pending) < 2 * workers and not broken:
+                try:
+                    pending[pool.submit(_job, *queue[0], cfg, decode_only)] = queue[0][0]
+                    queue.popleft()
+                except BrokenProcessPool:
+                    broken = True
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for f in done:
+                index, died = pending.pop(f), isinstance(f.exception(), BrokenProcessPool)
+                broken |= died
+                yield FileResult(index, error=WORKER_DIED) if died else f.result()
+        for index in pending.values():  # a broken pool: every file in flight shares the fate
+            yield FileResult(index, error=WORKER_DIED)
+        finished = True
+    finally:
+        if not finished:
+            _stop_workers(pool)
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _start_worker(main_pid: int) -> None:
+    """Pool initializer: leave Ctrl-C to the main process, and die with it.
+
+    The kernel's parent-death signal covers the forkserver, this process's parent; a thread
+    that checks every second that ``main_pid`` still exists covers systems without it and a
+    forkserver started without :mod:`~mirex_vi.forkserver_preload`.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    lifeline.die_with_parent()
+    threading.Thread(target=_exit_without, args=(main_pid,), daemon=True,
+                     name="exit-without-main").start()
+
+
+def _exit_without(main_pid: int, interval_s: float = 1.0) -> None:
+    """Exit this process once ``main_pid`` no longer exists."""
+    while True:
+        time.sleep(interval_s)
         try:
-            for i, path in todo:
-                pending.add(pool.submit(_job, i, str(path), cfg, decode_only))
-                if len(pending) >= 2 * workers:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    yield from (f.result() for f in done)
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                yield from (f.result() for f in done)
-        finally:
-            for f in pending:
-                f.cancel()
+            os.kill(main_pid, 0)
+        except (ProcessLookupError, PermissionError):  # gone, or its pid reused by another user
+            os._exit(1)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Terminate ``pool``'s worker processes, abandoning the files they are working on.
+
+    ``ProcessPoolExecutor`` has no public way to do this before Python 3.14
+    (``terminate_workers``), hence its ``_processes`` (pid -> process).
+    """
+    terminate = getattr(pool, "terminate_workers", None)
+    if terminate is not None:
+        terminate()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()

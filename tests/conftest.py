@@ -1,8 +1,9 @@
-"""Shared fixtures: synthetic tracks (from ``mirex_vi.synth``), a tiny weight package, and
-the leftovers of a killed writer."""
+"""Shared fixtures: synthetic tracks (from ``mirex_vi.synth``), a tiny weight package, the
+leftovers of a killed writer, and running the command line in-process."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -12,11 +13,39 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
+from mirex_vi.cli import main
 from mirex_vi.config import MODEL_SIZES, FeatureConfig
 from mirex_vi.model import CQTNet
 from mirex_vi.synth import melody, write_audio
 from mirex_vi.weights import write_package
+
+
+def write_list(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def run_cli(*args: str | Path) -> tuple[int, str]:
+    """``mirex-vi ARGS`` in this process: exit code and stdout + stderr (each line once:
+    click >= 8.2 already interleaves stderr into ``output``)."""
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    stderr = result.stderr if result.stderr_bytes else ""
+    return result.exit_code, result.output + ("" if stderr in result.output else stderr)
+
+
+class DiskFull:
+    """An ``atomic_open`` stand-in on a full disk: it fails on entry, as the first write would."""
+
+    def __init__(self, path, *args, **kwargs):
+        self.path = path
+
+    def __enter__(self):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+
+    def __exit__(self, *exc) -> bool:
+        return False
 
 
 def leave_temporaries(folder: Path) -> tuple[Path, Path]:

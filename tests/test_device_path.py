@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from mirex_vi import embed, runtime
-from mirex_vi.audio import AudioError
+from mirex_vi.audio import AudioError, file_identity
 from mirex_vi.config import FeatureConfig
 from mirex_vi.cqt_torch import TorchCQT
-from mirex_vi.embed import EmbeddingCache, embed_inputs, embed_tracks
+from mirex_vi.embed import EmbeddingCache, embed_inputs, embed_tracks, inference_settings
 from mirex_vi.features import PackedAudio, TorchFrontEnd, _HostStaging
 from mirex_vi.runtime import disable_tf32_without_amp, is_out_of_memory, tolerance
 from mirex_vi.selfcheck import PathAgreement, torch_cqt_agrees
@@ -169,7 +169,8 @@ def test_out_of_memory_in_the_torch_cqt_falls_back_to_librosa(tracks, weights, m
 def test_a_nan_embedding_is_an_error_and_never_cached(tracks, weights, monkeypatch, tmp_path):
     monkeypatch.setattr(_FailingFrontEnd, "mode", "nan")
     monkeypatch.setattr(embed, "TorchFrontEnd", _FailingFrontEnd)
-    cache = EmbeddingCache(tmp_path, weights.sha256, weights.features, 16)
+    cache = EmbeddingCache(tmp_path, weights.sha256, weights.features, 16,
+                           inference_settings(torch.device("cpu"), False, "torch"))
     run = _embed(tracks, weights, "torch", cache)
     assert sorted(run.errors) == list(range(len(tracks)))
     assert set(run.errors.values()) == {"the embedding is not finite"}
@@ -203,12 +204,14 @@ def test_cache_batch_write_syncs_once_and_reads_back(tracks, weights, tmp_path, 
     monkeypatch.setattr("mirex_vi.atomic._syncfs", syncfs)
     monkeypatch.setattr("mirex_vi.atomic.os.fsync",
                         lambda fd: calls.__setitem__("fsync", calls["fsync"] + 1))
-    cache = EmbeddingCache(tmp_path, weights.sha256, weights.features, 16)
+    cache = EmbeddingCache(tmp_path, weights.sha256, weights.features, 16,
+                           inference_settings(torch.device("cpu"), False))
     vectors = np.eye(16, dtype=np.float32)[: len(tracks)]
-    cache.put_many(list(zip(tracks, vectors)))
+    identities = [file_identity(p) for p in tracks]
+    cache.put_many(list(zip(tracks, identities, vectors)))
     assert calls == {"sync": 1, "fsync": 0}
-    for path, vector in zip(tracks, vectors):
-        np.testing.assert_array_equal(cache.get(path), vector)
+    for path, identity, vector in zip(tracks, identities, vectors):
+        np.testing.assert_array_equal(cache.get(path, identity), vector)
     assert not list(tmp_path.rglob("*.tmp"))
     cache.put_many([])
     assert calls["sync"] == 1

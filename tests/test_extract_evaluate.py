@@ -220,3 +220,58 @@ def test_extract_train_resume_export_identify_chain(tmp_path, dataset):
                         tmp_path / "mine", "--workers", "1", "--quiet")
     assert code == 0, text
     assert "weights mine" in (tmp_path / "out.txt").read_text().splitlines()[0]
+
+
+def write_matrix(folder: Path, newline: str = "\n", bom: str = "") -> tuple[Path, Path]:
+    """A hand-made matrix of four tracks named relative to its folder, two cliques, and
+    their labels beside it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"t{i}.wav" for i in range(4)]
+    d = np.array([[0, .2, .9, .8], [.2, 0, .7, .9], [.9, .7, 0, .1], [.8, .9, .1, 0]])
+    lines = ["system", *(f"{i}\t{n}" for i, n in enumerate(names, 1)), "Q/R\t1\t2\t3\t4"]
+    lines += [f"{i}\t" + "\t".join(f"{v:.6f}" for v in row) for i, row in enumerate(d, 1)]
+    matrix = folder / "m.txt"
+    matrix.write_bytes((bom + newline.join(lines) + newline).encode())
+    labels = folder / "labels.tsv"
+    labels.write_text("".join(f"{n}\t{'AABB'[i]}\n" for i, n in enumerate(names)))
+    return matrix, labels
+
+
+def test_evaluate_matrix_paths_are_relative_to_the_matrix_and_crlf_bom_are_read(tmp_path):
+    figures = {}
+    for label, newline, bom in (("lf", "\n", ""), ("crlf", "\r\n", "\ufeff")):
+        matrix, labels = write_matrix(tmp_path / label / "elsewhere", newline, bom)
+        code, text = invoke("evaluate", "--matrix", matrix, "--labels", labels,
+                            "--json", tmp_path / f"{label}.json")
+        assert code == 0, text
+        figures[label] = json.loads((tmp_path / f"{label}.json").read_text())
+    assert figures["crlf"] == figures["lf"] and figures["lf"]["map"] == 1.0
+
+
+def test_evaluate_checks_the_json_path_before_the_work(tmp_path):
+    matrix, labels = write_matrix(tmp_path)
+    for json_path, message in ((tmp_path / "missing" / "f.json", "does not exist"),
+                               (matrix, "output is also an input"),
+                               (labels, "output is also an input")):
+        code, text = invoke("evaluate", "--matrix", matrix, "--labels", labels, "--json", json_path)
+        assert code == 2 and message in text and "MAP" not in text, text
+    assert matrix.read_text().startswith("system\n") and labels.read_text().startswith("t0.wav")
+
+
+def test_evaluate_that_cannot_write_its_json_exits_3_after_the_figures(tmp_path, monkeypatch):
+    import mirex_vi.evaluate
+
+    from conftest import DiskFull
+
+    matrix, labels = write_matrix(tmp_path)
+    monkeypatch.setattr(mirex_vi.evaluate, "atomic_open", DiskFull)
+    code, text = invoke("evaluate", "--matrix", matrix, "--labels", labels, "--json", tmp_path / "f.json")
+    assert code == 3 and "MAP" in text and "No space left on device" in text, text
+    assert "Traceback" not in text
+
+
+def test_evaluate_refuses_a_path_with_two_cliques_naming_both_lines(tmp_path):
+    matrix, labels = write_matrix(tmp_path)
+    labels.write_text(labels.read_text() + "t1.wav\tA\n./t0.wav\tB\n")  # a repeat is fine
+    code, text = invoke("evaluate", "--matrix", matrix, "--labels", labels)
+    assert code == 2 and "line 6: ./t0.wav is in clique 'B', but line 1 puts it in 'A'" in text, text

@@ -10,23 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from conftest import kill_midway, leave_temporaries, noise_tracks
-from mirex_vi.cli import main
+from conftest import kill_midway, leave_temporaries, noise_tracks, run_cli, write_list
 from mirex_vi.mirex_io import format_row, read_distance_matrix
 from mirex_vi.runtime import tolerance
 from mirex_vi.synth import sines, write_audio
-
-
-def write_list(path: Path, lines: list[str]) -> Path:
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def run_cli(*args: str | Path):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    return result.exit_code, result.output + (result.stderr if result.stderr_bytes else "")
 
 
 def identify(tmp_path, collection, queries, package, *extra):
@@ -99,7 +87,7 @@ def test_bad_audio_is_skipped_with_max_distance(tmp_path, tracks, tiny_package, 
     d = read_distance_matrix(tmp_path / "out.txt").distances
     assert d[1, 1] == 0 and np.all(d[1, [0, 2]] == 2.0) and np.all(d[[0, 2], 1] == 2.0)
     assert 0 < d[0, 2] < 2
-    errors = (tmp_path / "work" / "errors.tsv").read_text().splitlines()
+    errors = (tmp_path / "work" / "out.txt.errors.tsv").read_text().splitlines()
     assert errors[0] == "path\treason" and errors[1].startswith(f"{bad}\t")
 
 

@@ -1,0 +1,108 @@
+"""Weights and configs that cannot work are refused with a message and exit 2, never a
+traceback or a matrix of 2.0s (issue #18, items 2 and 6)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import pytest
+import torch
+
+from conftest import run_cli, write_list
+from mirex_vi.config import FEATURE_BOUNDS, MODEL_BOUNDS, FeatureConfig, ModelConfig, from_dict
+from mirex_vi.weights import CHECKED_FILES, SUMS_FILE, WeightsError, load_weights, sha256_file
+
+
+def package_with(tmp_path, tiny_package, **features):
+    """A copy of the tiny package whose config.json holds ``features``, checksums updated."""
+    folder = tmp_path / "pkg"
+    shutil.copytree(tiny_package, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["features"].update(features)
+    (folder / "config.json").write_text(json.dumps(config))
+    reseal(folder)
+    return folder
+
+
+def reseal(folder):
+    (folder / SUMS_FILE).write_text("".join(f"{sha256_file(folder / n)}  {n}\n" for n in CHECKED_FILES))
+
+
+def outside(bounds) -> list:
+    """Values just outside ``bounds``."""
+    values = [bounds.low if bounds.low_open else bounds.low - 1]
+    return values + ([bounds.high + 1] if bounds.high < float("inf") else [])
+
+
+@pytest.mark.parametrize("cls, bounds", [(FeatureConfig, FEATURE_BOUNDS), (ModelConfig, MODEL_BOUNDS)])
+def test_every_feature_and_model_field_is_range_checked(cls, bounds):
+    assert set(bounds) == {f.name for f in dataclasses.fields(cls)}
+    for name, allowed in bounds.items():
+        for value in outside(allowed):
+            value = type(getattr(cls(), name))(value)
+            with pytest.raises(ValueError, match=rf"{cls.__name__}\.{name} must be"):
+                from_dict(cls, {name: value})
+    with pytest.raises(ValueError, match="Nyquist"):
+        FeatureConfig(n_bins=120)
+
+
+@pytest.mark.parametrize("field, value", [("sample_rate", -1), ("downsample_factor", 0),
+                                          ("eps", 0.0), ("fmin", -32.7)])
+def test_a_package_config_out_of_range_exits_2_naming_the_field(tmp_path, tracks, tiny_package,
+                                                                field, value):
+    package = package_with(tmp_path, tiny_package, **{field: value})
+    collection = write_list(tmp_path / "c.txt", [str(tracks[0])])
+    code, out = run_cli("identify", collection, collection, tmp_path / "o.txt", "--weights", package)
+    assert code == 2 and f"config.json: FeatureConfig.{field} must be" in out, out
+    assert "Traceback" not in out and not (tmp_path / "o.txt").exists()
+    code, out = run_cli("weights", "verify", package)
+    assert code == 2 and f"FeatureConfig.{field}" in out
+
+
+@pytest.mark.parametrize("features, field", [({"min_frames": 1000}, "min_frames"),
+                                             ({"n_bins": 12}, "n_bins")])
+def test_features_the_model_cannot_take_are_refused(tmp_path, tiny_package, features, field):
+    with pytest.raises(WeightsError, match=f"features.{field}"):
+        load_weights(package_with(tmp_path, tiny_package, **features))
+
+
+def test_verify_an_unknown_name_exits_2(tmp_path):
+    code, out = run_cli("weights", "verify", "no-such-package")
+    assert code == 2 and "FAILED\tno-such-package\tweights 'no-such-package' not found" in out
+    code, out = run_cli("weights", "verify", "x" * 300)  # a name no file system takes
+    assert code == 2 and "not found" in out and "Traceback" not in out
+
+
+def test_a_truncated_model_whose_checksum_matches_is_refused(tmp_path, tracks, tiny_package):
+    package = package_with(tmp_path, tiny_package)
+    model = package / "model.safetensors"
+    model.write_bytes(model.read_bytes()[:-100])
+    reseal(package)
+    code, out = run_cli("weights", "verify", package)
+    assert code == 2 and "not a readable safetensors file" in out and "Traceback" not in out, out
+    collection = write_list(tmp_path / "c.txt", [str(tracks[0])])
+    code, out = run_cli("identify", collection, collection, tmp_path / "o.txt", "--weights", package)
+    assert code == 2 and "not a readable safetensors file" in out and "Traceback" not in out, out
+
+
+class Payload:
+    """Pickles as a call of ``open(marker, "w")``: code that a careless load would run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_a_checkpoint_holding_code_is_refused_without_advice_to_load_it(tmp_path):
+    marker = tmp_path / "ran"
+    torch.save({"model_state_dict": {}, "payload": Payload(marker)}, tmp_path / "evil.pth")
+    code, out = run_cli("weights", "import", tmp_path / "evil.pth", "--name", "x", "--root", tmp_path)
+    assert code == 2 and "holds code besides tensors (io.open)" in out and "will not be loaded" in out
+    assert "weights_only" not in out and not marker.exists()
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    code, out = run_cli("weights", "import", tmp_path / "junk.pth", "--name", "y", "--root", tmp_path)
+    assert code == 2 and "not a loadable checkpoint" in out and "weights_only" not in out
