@@ -28,7 +28,7 @@ import torch
 
 from mirex_vi.audio import file_identity, load_audio
 from mirex_vi.config import FeatureConfig
-from mirex_vi.embed import EmbeddingCache, inference_settings
+from mirex_vi.cache import EmbeddingCache, inference_settings
 from mirex_vi.features import compute_cqt, preprocess
 from mirex_vi.mirex_io import write_distance_matrix
 from mirex_vi.runtime import resolve_device

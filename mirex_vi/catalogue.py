@@ -1,7 +1,7 @@
 """Catalogue indexes: a track list or Discogs-VI-YT metadata in, an index folder out.
 
 Tracks are embedded by :func:`~mirex_vi.embed.embed_tracks` (parallel decoding, the same
-error handling, and an :class:`~mirex_vi.embed.EmbeddingCache`, by default
+error handling, and an :class:`~mirex_vi.cache.EmbeddingCache`, by default
 ``INDEX_DIR/embeddings``), so a killed build, run again, embeds only what the cache lacks.
 A track that cannot be embedded is left out of the index and listed in
 ``INDEX_DIR/errors.tsv``. The folder format is :mod:`mirex_vi.index`.
@@ -27,7 +27,8 @@ import torch
 
 from . import neighbours
 from .atomic import atomic_open
-from .embed import EmbeddingCache, EmbeddingRun, embed_tracks, inference_settings
+from .cache import EmbeddingCache, inference_settings
+from .embed import EmbeddingRun, embed_tracks
 from .index import (MANIFEST, IndexFolderError, Manifest, OpenIndex, Shard, Track,
                     bytes_per_track, check_weights, manifest_for, open_index, save, writing)
 from .mirex_io import InputError, read_list

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from .atomic import atomic_open, remove_stale_temporaries
-from .embed import EmbeddingCache, TrackError, embed_tracks, inference_settings, uses_torch_cqt
+from .cache import EmbeddingCache, inference_settings, uses_torch_cqt
+from .embed import TrackError, embed_tracks
 from .mirex_io import (InputError, OutputError, TrackList, check_accepts_files,
                        check_output_location, find_same_file, query_positions, read_list,
                        write_distance_matrix)

@@ -14,7 +14,8 @@ from mirex_vi import embed, runtime
 from mirex_vi.audio import AudioError, file_identity
 from mirex_vi.config import FeatureConfig
 from mirex_vi.cqt_torch import TorchCQT
-from mirex_vi.embed import EmbeddingCache, embed_inputs, embed_tracks, inference_settings
+from mirex_vi.cache import EmbeddingCache, inference_settings
+from mirex_vi.embed import embed_inputs, embed_tracks
 from mirex_vi.features import PackedAudio, TorchFrontEnd, _HostStaging
 from mirex_vi.runtime import disable_tf32_without_amp, is_out_of_memory, tolerance
 from mirex_vi.selfcheck import PathAgreement, torch_cqt_agrees

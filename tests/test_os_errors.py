@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import mirex_vi.cache
 import mirex_vi.embed
 import mirex_vi.mirex_io
 from conftest import DiskFull, run_cli, write_list
 from mirex_vi.audio import FileIdentity
 from mirex_vi.config import FeatureConfig
-from mirex_vi.embed import EmbeddingCache, inference_settings
+from mirex_vi.cache import EmbeddingCache, inference_settings
 from mirex_vi.mirex_io import read_distance_matrix
 from mirex_vi.synth import melody, write_audio
 
@@ -186,7 +187,7 @@ def test_a_full_disk_under_the_workdir_warns_and_carries_on(tmp_path, tracks, ti
                                                            monkeypatch, caplog):
     collection = write_list(tmp_path / "c.txt", [str(p) for p in tracks[:3]])
     assert call(collection, tmp_path / "clean.txt", tiny_package, "--workdir", tmp_path / "w")[0] == 0
-    monkeypatch.setattr(mirex_vi.embed, "atomic_open", DiskFull)
+    monkeypatch.setattr(mirex_vi.cache, "atomic_open", DiskFull)
     code, out = call(collection, tmp_path / "o.txt", tiny_package, "--quiet")
     assert code == 0, out
     warnings = cache_warnings(caplog)
