@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from mirex_vi.config import FeatureConfig
-from mirex_vi.data import TrainDataset, Version, model_input
+from mirex_vi.data import TrainDataset, Version
 from mirex_vi.extract import extract_features, items_from_list
-from mirex_vi.features import preprocess
+from mirex_vi.features import model_input, preprocess
 from mirex_vi.featstore import load_feature, random_crop, save_feature
 from mirex_vi.pooled import PooledStore, convert_layout, layout_ids
 from mirex_vi.weights import load_weights

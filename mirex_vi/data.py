@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .augment import augment, check_config
 from .config import AugmentConfig, FeatureConfig
+from .features import model_input
 from .featstore import random_crop
 from .pooled import FeatureSource, open_features
 
@@ -143,24 +144,6 @@ def filter_available(cliques: Cliques, features: str | Path | FeatureSource) -> 
 
 
 # --- datasets ----------------------------------------------------------------------------
-
-
-def model_input(pooled: np.ndarray, min_frames: int, eps: float) -> np.ndarray:
-    """Pooled frames -> model input: zero-pad, clip at 0, max-normalise, transpose.
-
-    Args:
-        pooled: ``(T', n_bins)`` magnitude.
-        min_frames: zero-pad at the end to at least this many pooled frames.
-
-    Returns:
-        ``(n_bins, max(T', min_frames))`` float32.
-    """
-    x = np.asarray(pooled, dtype=np.float32)
-    if x.shape[0] < min_frames:
-        x = np.pad(x, ((0, min_frames - x.shape[0]), (0, 0)))
-    x = np.clip(x, 0.0, None)
-    x /= x.max() + eps
-    return np.ascontiguousarray(x.T)
 
 
 class TrainDataset(Dataset):

@@ -91,13 +91,32 @@ def preprocess(cqt: np.ndarray, cfg: FeatureConfig, min_frames: int | None = Non
         ``(n_bins, T')`` float32 with ``T' = max(T, min_frames) // downsample_factor``.
     """
     min_frames = cfg.min_frames if min_frames is None else min_frames
-    x = np.asarray(cqt, dtype=np.float32)
+    x = _pad_frames(np.asarray(cqt, dtype=np.float32), min_frames)
+    return model_input(pool_cqt(x, cfg.downsample_factor), 0, cfg.eps)  # (n_bins, T')
+
+
+def model_input(pooled: np.ndarray, min_frames: int, eps: float) -> np.ndarray:
+    """Pooled frames -> model input: zero-pad, clip at 0, max-normalise, transpose (the
+    steps of :func:`preprocess` after pooling).
+
+    Args:
+        pooled: ``(T', n_bins)`` magnitude.
+        min_frames: zero-pad at the end to at least this many pooled frames.
+
+    Returns:
+        ``(n_bins, max(T', min_frames))`` float32.
+    """
+    x = _pad_frames(np.asarray(pooled, dtype=np.float32), min_frames)
+    x = np.clip(x, 0.0, None)
+    x /= x.max() + eps
+    return np.ascontiguousarray(x.T)
+
+
+def _pad_frames(x: np.ndarray, min_frames: int) -> np.ndarray:
+    """``(T, n_bins)`` zero-padded at the end to at least ``min_frames`` rows."""
     if x.shape[0] < min_frames:
         x = np.pad(x, ((0, min_frames - x.shape[0]), (0, 0)))
-    x = pool_cqt(x, cfg.downsample_factor)  # (T', n_bins)
-    x = np.clip(x, 0.0, None)
-    x /= x.max() + cfg.eps
-    return np.ascontiguousarray(x.T)
+    return x
 
 
 def pool_cqt(cqt: np.ndarray, factor: int) -> np.ndarray:
