@@ -89,13 +89,23 @@ def evaluate_features(metadata: Path, features_dir: Path, weights: str | None, d
 def evaluate_cliques(model: CQTNet, cfg: FeatureConfig, cliques: Cliques, features_dir: Path,
                      device: torch.device, amp: bool, excerpt: float | None = None,
                      progress: bool = True) -> tuple[RetrievalResult, list[str]]:
-    """Figures of ``model`` on the stored features (a pooled store or the authors' layout)
-    of ``cliques``; every version must have them.
+    """Figures of ``model`` on the stored features of ``cliques`` (see :func:`embed_cliques`):
+    every version a query against all others. Returns the result and the ``(N,)`` clique ids
+    in embedding order."""
+    emb, labels = embed_cliques(model, cfg, cliques, features_dir, device, amp, excerpt, progress)
+    return metrics_from_embeddings(emb, labels, device=device, progress=progress), labels
+
+
+def embed_cliques(model: CQTNet, cfg: FeatureConfig, cliques: Cliques, features_dir: Path,
+                  device: torch.device, amp: bool, excerpt: float | None = None,
+                  progress: bool = True) -> tuple[torch.Tensor, list[str]]:
+    """``(N, D)`` embeddings of every version of ``cliques`` from its stored features (a
+    pooled store or the authors' layout; every version must have them), and their ``(N,)``
+    clique ids.
 
     Each whole track, or with ``excerpt`` its first ``round(excerpt * cfg.frame_rate)`` CQT
     frames (on the pooling grid), becomes a model input as in validation
-    (``data.FullTrackDataset``) and is embedded on ``device``; every version is a query
-    against all others. Returns the result and the ``(N,)`` clique ids in embedding order.
+    (``data.FullTrackDataset``) and is embedded on ``device``.
     """
     from tqdm import tqdm
 
@@ -111,8 +121,7 @@ def evaluate_cliques(model: CQTNet, cfg: FeatureConfig, cliques: Cliques, featur
     with tqdm(total=len(dataset), desc="embed", unit="track", disable=not progress) as bar:
         emb = embed_stream(model.to(device), inputs, device, amp_enabled(device, amp),
                            on_chunk=bar.update)
-    labels = [v.clique_id for v in dataset.versions]
-    return metrics_from_embeddings(emb, labels, device=device, progress=progress), labels
+    return emb, [v.clique_id for v in dataset.versions]
 
 
 def evaluate_audio(labels_tsv: Path, weights: str | None, device: str, amp: bool,

@@ -1,0 +1,98 @@
+"""Weight packages on a grown corpus's split and on the subsets that its earlier sizes held.
+
+    python benchmarks/test_subsets.py --metadata CORPUS/Synth-VI-YT-light.json.test \
+        --features-dir FEATURES --weights A [--weights B ...] [--excerpt 20] \
+        [--bounds 360,1000,2000] [--json OUT.json]
+
+`mirex-vi corpus` numbers its works in the order it makes them (clique ``C-0000031`` is work
+31), and a corpus grown in place keeps every earlier work's split. So the test cliques
+below a bound ``b`` are exactly the test split of the corpus at ``b`` works, and those
+from ``b`` up are the ones that growing past ``b`` added. For bounds ``b1 < ... < bk`` the
+subsets are: all cliques; works ``< bi`` for each bound; ``[bi, bi+1)`` between bounds;
+works ``>= bk``. Each package embeds every version once (on the CPU, fp32, as ``mirex-vi
+evaluate --device cpu --no-amp``); each subset is then scored among its own versions only,
+so its figures equal those of ``mirex-vi evaluate`` on that subset's metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from mirex_vi.data import filter_available, read_metadata
+from mirex_vi.evaluate import embed_cliques
+from mirex_vi.metrics import metrics_from_embeddings
+from mirex_vi.weights import load_weights
+
+
+def work_number(clique_id: str) -> int:
+    """The work number in a corpus clique id: ``"C-0000031"`` -> 31."""
+    digits = re.sub(r"\D", "", clique_id)
+    if not digits:
+        raise ValueError(f"clique id {clique_id!r} holds no work number")
+    return int(digits)
+
+
+def subsets(bounds: list[int]) -> dict[str, tuple[int, float]]:
+    """Subset name -> half-open range of work numbers, as the module docstring lists them."""
+    ranges: dict[str, tuple[int, float]] = {"all": (0, float("inf"))}
+    ranges.update({f"< {b}": (0, b) for b in bounds})
+    ranges.update({f"{a}-{b - 1}": (a, b) for a, b in zip(bounds, bounds[1:])})
+    if bounds:
+        ranges[f">= {bounds[-1]}"] = (bounds[-1], float("inf"))
+    return ranges
+
+
+def score_subsets(emb: torch.Tensor, labels: list[str],
+                  ranges: dict[str, tuple[int, float]]) -> dict[str, dict]:
+    """Figures of the ``(N, D)`` embeddings ``emb`` within each subset of their ``(N,)``
+    clique ``labels``."""
+    works = [work_number(c) for c in labels]
+    figures = {}
+    for name, (lo, hi) in ranges.items():
+        rows = [i for i, w in enumerate(works) if lo <= w < hi]
+        if rows:
+            figures[name] = metrics_from_embeddings(emb[rows], [labels[i] for i in rows]).summary()
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--metadata", type=Path, required=True)
+    parser.add_argument("--features-dir", type=Path, required=True)
+    parser.add_argument("--weights", action="append", required=True,
+                        help="a weight package (folder or name); repeat to compare")
+    parser.add_argument("--excerpt", type=float, metavar="SECONDS",
+                        help="use only the first SECONDS of every version")
+    parser.add_argument("--bounds", default="360,1000,2000",
+                        help="corpus sizes the split was grown through (default: %(default)s)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    ranges = subsets(sorted(int(b) for b in args.bounds.split(",") if b.strip()))
+    cliques = filter_available(read_metadata(args.metadata), args.features_dir)
+    results: dict[str, dict] = {}
+    for weights in args.weights:
+        loaded = load_weights(weights)
+        emb, labels = embed_cliques(loaded.model, loaded.features, cliques, args.features_dir,
+                                    torch.device("cpu"), amp=False, excerpt=args.excerpt,
+                                    progress=False)
+        results[weights] = score_subsets(emb, labels, ranges)
+
+    print(f"{args.metadata}" + (f", first {args.excerpt:g} s" if args.excerpt else ", whole clips"))
+    print("| weights | works | queries | MAP | MR1 | MRR | Top-1 rate |\n|---|---|---|---|---|---|---|")
+    for weights, by_subset in results.items():
+        for name, f in by_subset.items():
+            print(f"| {weights} | {name} | {f['n_queries']} | {f['map']:.3f} | {f['mr1']:.1f} "
+                  f"| {f['mrr']:.3f} | {f['top1_rate']:.3f} |")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
