@@ -202,8 +202,8 @@ def test_pinned_init_weights_are_checked_and_recorded(full_run, dataset_dir, tmp
         train.initial_model(with_overrides(cfg, ["init_weights=''"]))
 
 
-def test_rerunning_stage_5_from_the_shipped_stage_8_package_is_refused(tmp_path, monkeypatch):
-    """Stage 5 starts from weights/vinet-mirex-synth, which now holds stage 8's output."""
+def test_rerunning_stage_5_from_a_later_stages_shipped_package_is_refused(tmp_path, monkeypatch):
+    """Stage 5 starts from weights/vinet-mirex-synth, which now holds stage 9's output."""
     monkeypatch.chdir(REPO)  # init_weights is a path relative to the repository
     result = CliRunner().invoke(main, [
         "train", "--config", "configs/vinet-mirex-synth-cpu-stage5.yaml", "--device", "cpu",
