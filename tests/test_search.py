@@ -121,11 +121,12 @@ def test_top_k_equals_the_exact_rows_on_a_synthetic_collection():
 
 
 def test_ties_are_broken_by_collection_order_as_in_the_exact_rows():
-    # Sparse vectors whose inner products are exact in any summation order: rows 0 and 3
-    # are e0 (distance 0 to e0), rows 1, 2 and 5 tie at sqrt(2 - sqrt 2), row 4 is orthogonal.
+    # Unit vectors with dyadic components, so that norms and inner products are exact in any
+    # summation order: rows 0 and 3 are e0 (distance 0 to e0), rows 1, 2 and 5 (inner
+    # product 1/2 with e0) tie at distance 1, row 4 is orthogonal.
     e = np.eye(8, dtype=np.float32)
-    h = np.float32(np.sqrt(0.5))
-    x = np.stack([e[0], h * (e[0] + e[1]), h * (e[0] + e[2]), e[0], e[3], h * (e[0] + e[3])])
+    x = np.stack([e[0], 0.5 * (e[0] + e[1] + e[2] + e[3]), 0.5 * (e[0] + e[4] + e[5] + e[6]),
+                  e[0], e[3], 0.5 * (e[0] + e[1] + e[4] + e[7])])
     exact = next(distance_rows(x, [0], np.ones(len(x), dtype=bool)))
     expected = [0, 3, 1, 2, 5, 4]
     assert list(np.argsort(exact, kind="stable")) == expected
