@@ -6,13 +6,22 @@ evaluation on audio, dataset extraction) receives each file's array (decoded aud
 in completion order.
 Workers are started with ``forkserver`` so they never inherit the parent's torch threads,
 and die with the main process (:mod:`~mirex_vi.lifeline`).
+
+A worker hands its array over through a file in a private temporary folder and sends only a
+short reply (:class:`_Reply`) through the pool's result pipe. A reply that short is written
+to the pipe in one piece, so a worker killed at any moment (the OOM killer) never leaves half
+a message there: half a message blocks ``ProcessPoolExecutor``'s reader thread for good, and
+with it the whole run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import multiprocessing as mp
 import os
 import signal
+import tempfile
 import threading
 import time
 from collections import deque
@@ -28,6 +37,8 @@ from . import lifeline
 from .audio import AudioError, load_audio
 from .config import FeatureConfig
 from .features import PackedAudio, checked_cqt
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -61,9 +72,59 @@ def _job(index: int, path: str, cfg: FeatureConfig, decode_only: bool) -> FileRe
             return FileResult(index, audio=PackedAudio.pack(load_audio(path, cfg.sample_rate)))
         return FileResult(index, cqt=file_to_cqt(path, cfg))
     except AudioError as err:
-        return FileResult(index, error=str(err))
+        return FileResult(index, error=_short(str(err)))
     except Exception as err:  # noqa: BLE001 - a decoder/transform crash on one file is that file's error
-        return FileResult(index, error=f"{type(err).__name__}: {err}")
+        return FileResult(index, error=_short(f"{type(err).__name__}: {err}"))
+
+
+def _short(reason: str, limit: int = 1000) -> str:
+    """``reason`` cut to ``limit`` characters, so that a reply stays far below PIPE_BUF."""
+    return reason if len(reason) <= limit else reason[: limit - 3] + "..."
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """A pool worker's answer for file ``index``: its error, or that its array is in
+    ``<results folder>/<index>.npy`` (with the audio's ``shift`` when it is decoded audio).
+    A few hundred bytes pickled, whatever the file."""
+
+    index: int
+    error: str | None = None
+    shift: int | None = None
+
+
+def _pool_job(index: int, path: str, cfg: FeatureConfig, decode_only: bool,
+              results_dir: str) -> _Reply:
+    """``_job`` in a pool worker: the array goes to ``results_dir``, the reply to the pipe."""
+    result = _job(index, path, cfg, decode_only)
+    if result.error is not None:
+        return _Reply(index, error=result.error)
+    array = result.cqt if result.audio is None else result.audio.samples
+    file = os.path.join(results_dir, f"{index}.npy")
+    try:
+        np.save(file, array)
+    except OSError as err:  # the temporary folder is full or gone
+        with contextlib.suppress(OSError):
+            os.unlink(file)
+        return _Reply(index, error=_short(f"its result could not be handed over: {err}"))
+    return _Reply(index, shift=None if result.audio is None else result.audio.shift)
+
+
+def _collect(reply: _Reply, results_dir: str) -> FileResult:
+    """The ``FileResult`` of a worker's reply, its array read from (and removed from) disk."""
+    if reply.error is not None:
+        return FileResult(reply.index, error=reply.error)
+    file = os.path.join(results_dir, f"{reply.index}.npy")
+    try:
+        array = np.load(file)
+    except (OSError, ValueError) as err:  # the temporary folder was emptied behind our back
+        return FileResult(reply.index, error=_short(f"its result could not be read back: {err}"))
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(file)
+    if reply.shift is None:
+        return FileResult(reply.index, cqt=array)
+    return FileResult(reply.index, audio=PackedAudio(array, reply.shift))
 
 
 # The reason given to the files in flight when a worker process dies (the kernel's OOM
@@ -83,19 +144,33 @@ def iter_files(paths: Sequence[str | Path], cfg: FeatureConfig, workers: int,
     workers ignore Ctrl-C (the main process handles it) and die with the main process,
     however it ends.
     """
-    if workers <= 1 or len(paths) <= 1:
+    results = _results_folder() if workers > 1 and len(paths) > 1 else None
+    if results is None:
         for i, path in enumerate(paths):
             yield _job(i, str(path), cfg, decode_only)
         return
     queue = deque((i, str(path)) for i, path in enumerate(paths))
-    while queue:
-        yield from _run_pool(queue, cfg, workers, decode_only)
+    with results as results_dir:
+        while queue:
+            yield from _run_pool(queue, cfg, workers, decode_only, results_dir)
+
+
+def _results_folder() -> tempfile.TemporaryDirectory | None:
+    """A private temporary folder for the workers' arrays, or None (with a warning: the
+    files are then done in this process) when no temporary folder can be made."""
+    try:
+        return tempfile.TemporaryDirectory(prefix="mirex-vi-results-", ignore_cleanup_errors=True)
+    except OSError as err:
+        log.warning("no temporary folder for worker processes (%s; set TMPDIR to a writable "
+                    "folder): decoding in this process", err)
+        return None
 
 
 def _run_pool(queue: deque[tuple[int, str]], cfg: FeatureConfig, workers: int,
-              decode_only: bool) -> Iterator[FileResult]:
+              decode_only: bool, results_dir: str) -> Iterator[FileResult]:
     """Work through ``queue`` (``(index, path)``, taken as submitted) in one pool of
-    ``workers`` processes, until it is empty or a worker dies."""
+    ``workers`` processes, until it is empty or a worker dies; arrays travel through
+    ``results_dir``."""
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["mirex_vi.forkserver_preload"])  # by name: never import it here
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_start_worker,
@@ -106,7 +181,8 @@ def _run_pool(queue: deque[tuple[int, str]], cfg: FeatureConfig, workers: int,
         while not broken and (queue or pending):
             while queue and len(pending) < 2 * workers and not broken:
                 try:
-                    pending[pool.submit(_job, *queue[0], cfg, decode_only)] = queue[0][0]
+                    pending[pool.submit(_pool_job, *queue[0], cfg, decode_only,
+                                        results_dir)] = queue[0][0]
                     queue.popleft()
                 except BrokenProcessPool:
                     broken = True
@@ -114,7 +190,7 @@ def _run_pool(queue: deque[tuple[int, str]], cfg: FeatureConfig, workers: int,
             for f in done:
                 index, died = pending.pop(f), isinstance(f.exception(), BrokenProcessPool)
                 broken |= died
-                yield FileResult(index, error=WORKER_DIED) if died else f.result()
+                yield FileResult(index, error=WORKER_DIED) if died else _collect(f.result(), results_dir)
         for index in pending.values():  # a broken pool: every file in flight shares the fate
             yield FileResult(index, error=WORKER_DIED)
         finished = True

@@ -1,9 +1,12 @@
 """Interruption (issue #18, item 3): SIGKILL of the main process takes every helper process
-with it; SIGTERM and Ctrl-C end with one line and exit 143 / 130; and ``--quiet`` is quiet."""
+with it; SIGTERM and Ctrl-C end with one line and exit 143 / 130; ``--quiet`` is quiet; and a
+worker killed at any moment fails only its files."""
 
 from __future__ import annotations
 
 import os
+import pickle
+import select
 import signal
 import subprocess
 import sys
@@ -144,3 +147,57 @@ def test_a_worker_killed_mid_run_fails_only_its_files(collection):
     failed = [r for r in results if r.error is not None]
     assert failed and all(r.error == WORKER_DIED for r in failed)
     assert len(failed) <= 4 and all(r.cqt is not None for r in results if r.error is None)
+
+
+@pytest.mark.parametrize("decode_only", [False, True])
+def test_a_worker_reply_fits_in_one_atomic_pipe_write(tmp_path, decode_only):
+    """A worker killed while writing half a reply to the result pipe hangs the pool's reader
+    for good. The reply for a 10-minute file is far below PIPE_BUF (written in one piece);
+    the array goes through the results folder and comes back equal to the in-process one."""
+    from mirex_vi.config import FeatureConfig
+    from mirex_vi.workers import _collect, _job, _pool_job
+
+    cfg = FeatureConfig()
+    tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(22050 * 600) / 22050)
+    path = str(write_audio(tmp_path / "long.wav", tone.astype(np.float32)))
+    reply = _pool_job(0, path, cfg, decode_only, str(tmp_path))
+    assert len(pickle.dumps(reply)) < select.PIPE_BUF
+    result, expected = _collect(reply, str(tmp_path)), _job(0, path, cfg, decode_only)
+    if decode_only:
+        assert result.audio.shift == expected.audio.shift
+        np.testing.assert_array_equal(result.audio.samples, expected.audio.samples)
+    else:
+        np.testing.assert_array_equal(result.cqt, expected.cqt)
+    assert sorted(os.listdir(tmp_path)) == ["long.wav"], "the handed-over array is left behind"
+
+
+def test_a_long_error_reply_is_short_too(tmp_path):
+    from mirex_vi.config import FeatureConfig
+    from mirex_vi.workers import _pool_job
+
+    reply = _pool_job(0, str(tmp_path / ("x" * 200) / ("y" * 5000)), FeatureConfig(), False,
+                      str(tmp_path))
+    assert reply.error and len(pickle.dumps(reply)) < select.PIPE_BUF
+
+
+def test_an_unwritable_results_folder_fails_the_file_with_a_reason(tmp_path):
+    from mirex_vi.config import FeatureConfig
+    from mirex_vi.workers import _pool_job
+
+    path = write_audio(tmp_path / "a.wav", np.full(22050 * 5, 0.1, np.float32))
+    reply = _pool_job(3, str(path), FeatureConfig(), False, str(tmp_path / "gone"))
+    assert reply.index == 3 and "could not be handed over" in reply.error
+
+
+def test_without_a_temporary_folder_files_are_done_in_process(tmp_path, monkeypatch, caplog):
+    import tempfile
+
+    from mirex_vi.config import FeatureConfig
+    from mirex_vi.workers import iter_files
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+    paths = [write_audio(tmp_path / f"{i}.wav", np.full(22050 * 5, 0.1 * (i + 1), np.float32))
+             for i in range(3)]
+    results = list(iter_files(paths, FeatureConfig(), workers=2))
+    assert [r.index for r in results] == [0, 1, 2] and all(r.cqt is not None for r in results)
+    assert "no temporary folder for worker processes" in caplog.text
