@@ -93,6 +93,11 @@ class _Reply:
     shift: int | None = None
 
 
+def _array_file(results_dir: str, index: int) -> str:
+    """Where a worker leaves the array of file ``index`` for the main process."""
+    return os.path.join(results_dir, f"{index}.npy")
+
+
 def _pool_job(index: int, path: str, cfg: FeatureConfig, decode_only: bool,
               results_dir: str) -> _Reply:
     """``_job`` in a pool worker: the array goes to ``results_dir``, the reply to the pipe."""
@@ -100,7 +105,7 @@ def _pool_job(index: int, path: str, cfg: FeatureConfig, decode_only: bool,
     if result.error is not None:
         return _Reply(index, error=result.error)
     array = result.cqt if result.audio is None else result.audio.samples
-    file = os.path.join(results_dir, f"{index}.npy")
+    file = _array_file(results_dir, index)
     try:
         np.save(file, array)
     except OSError as err:  # the temporary folder is full or gone
@@ -114,7 +119,7 @@ def _collect(reply: _Reply, results_dir: str) -> FileResult:
     """The ``FileResult`` of a worker's reply, its array read from (and removed from) disk."""
     if reply.error is not None:
         return FileResult(reply.index, error=reply.error)
-    file = os.path.join(results_dir, f"{reply.index}.npy")
+    file = _array_file(results_dir, reply.index)
     try:
         array = np.load(file)
     except (OSError, ValueError) as err:  # the temporary folder was emptied behind our back
