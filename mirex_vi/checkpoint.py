@@ -9,7 +9,8 @@ A checkpoint holds the authors' keys (``model_state_dict``, ``optimizer_state_di
 ``scheduler_state_dict``, ``scaler_state_dict``, ``epoch``, ``train_loss``, ``mAP``,
 ``date_time``), so that their tools and ``mirex-vi weights import`` read it, plus
 ``config``, ``git_commit``, ``val_metrics``, ``best_mAP``, ``init_sha256`` and, when the
-run trains a classification head, ``head_state_dict`` (which no weight package receives).
+run trains a classification head, ``head_state_dict`` (which no weight package receives),
+and, when it keeps a cross-batch memory of negatives, ``memory_state_dict``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from torch import nn
 
 from .atomic import atomic_open
 from .config import TrainConfig, to_dict
+from .losses import NegativeMemory
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ class TrainingState:
         model: CQT-Net on ``device``, wrapped in DistributedDataParallel when distributed.
         head: the classification head over the training cliques (``heads``), wrapped the
             same way; None when ``cls_weight`` is 0. Never exported.
+        memory: the cross-batch memory of negatives; None when ``memory_size`` is 0.
         init_sha256: sha256 of the weights the run started from (package model or ``.pth``
             file); None for a random initialisation, or when resumed from a checkpoint
             written before this key existed.
@@ -56,6 +59,7 @@ class TrainingState:
     scaler: torch.amp.GradScaler
     device: torch.device
     head: nn.Module | None = None
+    memory: NegativeMemory | None = None
     init_sha256: str | None = None
     epoch: int = 0
     best_map: float = -math.inf
@@ -109,6 +113,8 @@ def checkpoint_payload(state: TrainingState, cfg: TrainConfig, train: dict[str, 
     )
     if state.head is not None:
         payload["head_state_dict"] = state.bare_head.state_dict()
+    if state.memory is not None:
+        payload["memory_state_dict"] = state.memory.state_dict()
     return payload
 
 
@@ -132,6 +138,8 @@ def restore_checkpoint(path: Path, state: TrainingState, cfg: TrainConfig) -> No
     state.bare_model.load_state_dict(ckpt["model_state_dict"])
     if state.head is not None:
         state.bare_head.load_state_dict(ckpt["head_state_dict"])
+    if state.memory is not None and "memory_state_dict" in ckpt:
+        state.memory.load_state_dict(ckpt["memory_state_dict"])
     state.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
     state.scheduler.load_state_dict(ckpt["scheduler_state_dict"])
     if ckpt["scaler_state_dict"]:

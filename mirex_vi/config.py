@@ -60,6 +60,7 @@ FEATURE_BOUNDS = {
     "eps": Bounds(0, low_open=True),
 }
 MODEL_BOUNDS = {"channels": Bounds(1), "embedding_dim": Bounds(1)}
+TRAIN_BOUNDS = {"memory_size": Bounds(0)}  # the other training fields are checked where used
 
 
 def _check_bounds(obj: Any, bounds: dict[str, Bounds]) -> None:
@@ -200,8 +201,12 @@ class TrainConfig:
     max_val_frames: int = 0  # 0: full tracks in validation, as in the report
     cls_weight: float = 0.0  # > 0: add this x a BNNeck classification loss (not the report)
     label_smoothing: float = 0.1  # of the classification loss
+    memory_size: int = 0  # > 0: hardest negatives also from the last N embeddings (not the report)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # all off: the report
+
+    def __post_init__(self) -> None:
+        _check_bounds(self, TRAIN_BOUNDS)
 
     @property
     def model_config(self) -> ModelConfig:

@@ -5,6 +5,12 @@ float32 (docs/REFERENCE.md §3). Positives: another sample of the anchor's cliqu
 uniformly among the samples of a *different version*; a repeat of the anchor's own version
 (the sampler repeats versions of cliques smaller than K) is used only when the batch holds
 no other version of the clique. An anchor with no positive or no negative adds nothing.
+
+A ``NegativeMemory`` (not in the report) widens the search for the hardest negative from
+the batch to the last N training embeddings: a cross-batch memory (Wang et al., 2020,
+"Cross-Batch Memory for Embedding Learning"). Small batches hold few cliques, so their
+hardest negative is an easy one; the memory lends a small batch the negatives of a large
+one, at the cost of one ``(B, N)`` product and no extra forward pass.
 """
 
 from __future__ import annotations
@@ -77,26 +83,80 @@ def mine_triplets(dist: torch.Tensor, labels: torch.Tensor, versions: torch.Tens
     return Triplets(positive, negative, valid)
 
 
+class NegativeMemory:
+    """The last ``size`` training embeddings (detached, float32) and their cliques, oldest
+    overwritten first: extra negatives for :func:`triplet_loss`.
+
+    Attributes:
+        emb: ``(size, D)`` unit vectors; rows never written are 0.
+        labels: ``(size,)`` int64 clique indices, -1 for rows never written.
+        next_row: the row the next push starts at.
+    """
+
+    def __init__(self, size: int, dim: int, device: torch.device | str = "cpu"):
+        if size < 1:
+            raise ValueError(f"memory size must be >= 1, got {size}")
+        self.emb = torch.zeros(size, dim, device=device)
+        self.labels = torch.full((size,), -1, dtype=torch.int64, device=device)
+        self.next_row = 0
+
+    def push(self, emb: torch.Tensor, labels: torch.Tensor) -> None:
+        """Store ``emb`` ``(B, D)`` and ``labels`` ``(B,)``, keeping the last ``size`` rows."""
+        size = self.labels.shape[0]
+        emb, labels = emb[-size:], labels[-size:]
+        rows = (self.next_row + torch.arange(labels.shape[0], device=self.labels.device)) % size
+        self.emb[rows] = emb.detach().float()
+        self.labels[rows] = labels
+        self.next_row = (self.next_row + labels.shape[0]) % size
+
+    def hardest_negative(self, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` distance from each of ``emb`` ``(B, D)`` (unit vectors) to its nearest
+        stored embedding of another clique (``inf`` where there is none); the gradient
+        flows into ``emb`` only."""
+        d2 = (2.0 - 2.0 * (emb.float() @ self.emb.T)).clamp_min(0.0)  # (B, size), unit vectors
+        other = (self.labels[None, :] >= 0) & (self.labels[None, :] != labels[:, None])
+        nearest = d2.masked_fill(~other, float("inf")).min(dim=1).values  # (B,)
+        # sqrt has an infinite derivative at 0: a zero distance is taken from 1, then zeroed.
+        zero = nearest <= 1e-12
+        return torch.sqrt(nearest.masked_fill(zero, 1.0)).masked_fill(zero, 0.0)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(emb=self.emb, labels=self.labels, next_row=torch.tensor(self.next_row))
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if state["emb"].shape != self.emb.shape:
+            raise ValueError(f"memory of shape {tuple(state['emb'].shape)} does not fit "
+                             f"one of {tuple(self.emb.shape)}")
+        self.emb.copy_(state["emb"])
+        self.labels.copy_(state["labels"])
+        self.next_row = int(state["next_row"])
+
+
 def triplet_loss(
     emb: torch.Tensor, labels: torch.Tensor, margin: float, versions: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, memory: NegativeMemory | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Mean ``relu(d(a, p) - d(a, n) + margin)`` over valid anchors.
 
     Args:
         emb: ``(B, D)`` embeddings (re-normalised and cast to float32 here).
         labels: ``(B,)`` clique indices; versions: ``(B,)`` version indices or None.
+        memory: the hardest negative is the nearer of the batch's and the memory's (the
+            memory is read, not written: the caller pushes the batch after the step).
 
     Returns:
         The scalar loss (0 with a zero gradient if no anchor is valid) and a detached 0-dim
         tensor (no device sync): ``active``, the share of valid anchors with a positive loss.
     """
-    dist = pairwise_distances(F.normalize(emb.float(), dim=1))
+    unit = F.normalize(emb.float(), dim=1)
+    dist = pairwise_distances(unit)
     t = mine_triplets(dist, labels, versions, generator)
     rows = torch.arange(dist.shape[0], device=dist.device)[t.valid]
     if rows.numel() == 0:
         return emb.sum() * 0.0, dict(active=emb.new_zeros((), dtype=torch.float32))
     d_pos = dist[rows, t.positive[t.valid]]  # (V,) over the V valid anchors
     d_neg = dist[rows, t.negative[t.valid]]
+    if memory is not None:
+        d_neg = torch.minimum(d_neg, memory.hardest_negative(unit[rows], labels[rows]))
     per_anchor = F.relu(d_pos - d_neg + margin)
     return per_anchor.mean(), dict(active=(per_anchor.detach() > 0).float().mean())

@@ -39,7 +39,7 @@ from .config import TrainConfig
 from .data import (CliqueBatchSampler, FullTrackDataset, TrainDataset, filter_available,
                    make_train_loader, read_metadata)
 from .heads import ClassificationHead, classification_loss
-from .losses import triplet_loss
+from .losses import NegativeMemory, triplet_loss
 from .model import CQTNet, build_model
 from .runtime import amp_enabled, autocast, disable_tf32_without_amp, resolve_device
 from .weights import (WeightsError, load_weights, resolve_weights, sha256_file,
@@ -172,11 +172,13 @@ def build_training_state(cfg: TrainConfig, device: torch.device, ranks: Ranks,
         head = ClassificationHead(cfg.model_config.embedding_dim, n_classes)
         head = _distribute(head.to(device), device, ranks)
         params += [p for p in head.parameters() if p.requires_grad]
+    memory = (NegativeMemory(cfg.memory_size, cfg.model_config.embedding_dim, device)
+              if cfg.memory_size else None)
     # Base LR = lr_peak; the lambda scales it to lr_at(epoch).
     optimizer = torch.optim.Adam(params, lr=cfg.lr_peak, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_at(e, cfg) / cfg.lr_peak)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_enabled(device, cfg.amp))
-    return TrainingState(model, optimizer, scheduler, scaler, device, head, init_sha256)
+    return TrainingState(model, optimizer, scheduler, scaler, device, head, memory, init_sha256)
 
 
 def _distribute(module: nn.Module, device: torch.device, ranks: Ranks) -> nn.Module:
@@ -254,7 +256,8 @@ def training_step(state: TrainingState, batch: tuple[torch.Tensor, ...], cfg: Tr
     with autocast(device, amp_enabled(device, cfg.amp)):
         emb = state.model(x)  # (B, D)
         logits = state.head(emb) if state.head is not None else None  # (B, n_classes)
-    loss, stats = triplet_loss(emb, labels, cfg.margin, versions.to(device), generator)
+    loss, stats = triplet_loss(emb, labels, cfg.margin, versions.to(device), generator,
+                               state.memory)
     extra = {}
     if logits is not None:
         cls_loss = classification_loss(logits, labels, cfg.label_smoothing)
@@ -264,6 +267,8 @@ def training_step(state: TrainingState, batch: tuple[torch.Tensor, ...], cfg: Tr
     state.scaler.scale(loss).backward()
     state.scaler.step(state.optimizer)
     state.scaler.update()
+    if state.memory is not None:
+        state.memory.push(emb.detach(), labels)
     return dict(loss=loss.detach(), active=stats["active"], **extra)
 
 

@@ -1,4 +1,4 @@
-"""Triplet mining and loss on hand-built embeddings."""
+"""Triplet mining and loss on hand-built embeddings, and the cross-batch memory."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from mirex_vi.losses import mine_triplets, pairwise_distances, triplet_loss
+from mirex_vi.losses import NegativeMemory, mine_triplets, pairwise_distances, triplet_loss
 
 
 def _unit(*angles_deg):
@@ -88,3 +88,57 @@ def test_loss_is_float32_for_half_inputs():
     emb = F.normalize(torch.randn(8, 16), dim=1).half()
     loss, _ = triplet_loss(emb, torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]), margin=0.3)
     assert loss.dtype == torch.float32
+
+
+def _chord(deg):
+    """Distance between two unit vectors ``deg`` degrees apart."""
+    return 2 * math.sin(math.radians(deg / 2))
+
+
+def test_memory_lends_a_nearer_negative_of_another_clique_only():
+    # Batch: clique 0 at 0 and 20 degrees, clique 1 at 90 and 110 (inactive at margin 0.3).
+    emb = _unit(0, 20, 90, 110).requires_grad_(True)
+    labels = torch.tensor([0, 0, 1, 1])
+    memory = NegativeMemory(4, 2)
+    assert triplet_loss(emb, labels, 0.3, memory=memory)[0].item() == 0.0  # empty: batch only
+    memory.push(_unit(5, 100), torch.tensor([0, 1]))  # same cliques as the anchors near them
+    assert triplet_loss(emb, labels, 0.3, memory=memory)[0].item() == 0.0
+    memory.push(_unit(30), torch.tensor([7]))  # clique 7, 10 degrees past sample 1
+    loss, stats = triplet_loss(emb, labels, 0.3, memory=memory)
+    # Samples 0 and 1 now meet clique 7 at 30 and 10 degrees; 2 and 3 keep their batch negatives.
+    expected = (max(0.0, _chord(20) - _chord(30) + 0.3) + (_chord(20) - _chord(10) + 0.3)) / 4
+    assert abs(loss.item() - expected) < 1e-5
+    assert stats["active"].item() == 0.5
+    loss.backward()
+    assert torch.isfinite(emb.grad).all() and emb.grad[:2].abs().sum() > 0
+    assert not memory.emb.requires_grad and memory.emb.grad is None
+
+
+def test_memory_keeps_the_last_rows_and_round_trips():
+    memory = NegativeMemory(3, 2)
+    memory.push(torch.ones(2, 2), torch.tensor([0, 1]))
+    assert memory.labels.tolist() == [0, 1, -1] and memory.next_row == 2
+    memory.push(torch.full((2, 2), 2.0), torch.tensor([2, 3]))  # wraps: row 0 is overwritten
+    assert memory.labels.tolist() == [3, 1, 2] and memory.next_row == 1
+    memory.push(torch.arange(10.0).reshape(5, 2), torch.arange(10, 15))  # more rows than it holds
+    assert sorted(memory.labels.tolist()) == [12, 13, 14]
+    assert memory.emb[memory.labels == 14].tolist() == [[8.0, 9.0]]
+    copy = NegativeMemory(3, 2)
+    copy.load_state_dict(memory.state_dict())
+    assert torch.equal(copy.emb, memory.emb) and copy.next_row == memory.next_row
+    try:
+        NegativeMemory(4, 2).load_state_dict(memory.state_dict())
+    except ValueError as err:
+        assert "does not fit" in str(err)
+    else:
+        raise AssertionError("a memory of another size was loaded")
+
+
+def test_memory_negative_at_distance_zero_has_a_finite_gradient():
+    emb = _unit(0, 20).requires_grad_(True)
+    memory = NegativeMemory(2, 2)
+    memory.push(_unit(0), torch.tensor([5]))
+    d = memory.hardest_negative(emb, torch.tensor([0, 0]))
+    assert d[0].item() == 0.0 and abs(d[1].item() - _chord(20)) < 1e-5
+    d.sum().backward()
+    assert torch.isfinite(emb.grad).all()

@@ -134,19 +134,22 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(full_run, dataset_dir,
         assert torch.equal(a[name], b[name]), name
 
 
-def test_classification_head_and_augmentation_train_resume_and_stay_out_of_the_package(
+def test_head_memory_and_augmentation_train_resume_and_stay_out_of_the_package(
         dataset_dir, tmp_path, monkeypatch):
     cfg = _cfg(dataset_dir, tmp_path / "cls", "epochs=2", "val_metadata=''", "cls_weight=0.5",
+               "memory_size=12",
                "augment.pitch_prob=0.5", "augment.stretch_prob=0.5", "augment.envelope_prob=0.5")
     run_dir = _kill_before_last_epoch_and_resume(cfg, monkeypatch)
     ckpt = torch.load(run_dir / LAST, weights_only=True)
     assert ckpt["head_state_dict"]["classifier.weight"].shape == (10, 16)  # 10 training cliques
+    assert ckpt["memory_state_dict"]["emb"].shape == (12, 16)
+    assert (ckpt["memory_state_dict"]["labels"] >= 0).all()  # filled by the first epoch
     records = _metrics(run_dir)
     assert [r["epoch"] for r in records] == [1, 2] and records[0]["cls_loss"] > 0
     uninterrupted = run_training(with_overrides(cfg, [f"output_dir={tmp_path / 'cls-full'}"]),
                                  device="cpu")
     whole = torch.load(uninterrupted / LAST, weights_only=True)
-    for part in ("model_state_dict", "head_state_dict"):
+    for part in ("model_state_dict", "head_state_dict", "memory_state_dict"):
         for name, tensor in whole[part].items():
             assert torch.equal(tensor, ckpt[part][name]), (part, name)
     from safetensors.torch import load_file
