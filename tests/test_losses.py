@@ -95,7 +95,7 @@ def _chord(deg):
     return 2 * math.sin(math.radians(deg / 2))
 
 
-def test_memory_lends_a_nearer_negative_of_another_clique_only():
+def test_memory_lends_a_negative_of_another_clique_beyond_the_positive():
     # Batch: clique 0 at 0 and 20 degrees, clique 1 at 90 and 110 (inactive at margin 0.3).
     emb = _unit(0, 20, 90, 110).requires_grad_(True)
     labels = torch.tensor([0, 0, 1, 1])
@@ -105,12 +105,14 @@ def test_memory_lends_a_nearer_negative_of_another_clique_only():
     assert triplet_loss(emb, labels, 0.3, memory=memory)[0].item() == 0.0
     memory.push(_unit(30), torch.tensor([7]))  # clique 7, 10 degrees past sample 1
     loss, stats = triplet_loss(emb, labels, 0.3, memory=memory)
-    # Samples 0 and 1 now meet clique 7 at 30 and 10 degrees; 2 and 3 keep their batch negatives.
-    expected = (max(0.0, _chord(20) - _chord(30) + 0.3) + (_chord(20) - _chord(10) + 0.3)) / 4
+    # Sample 0 meets clique 7 at 30 degrees, beyond its positive (20): semi-hard, used.
+    # Sample 1 meets it at 10, nearer than its positive: left out, the batch's 70 stands.
+    expected = (_chord(20) - _chord(30) + 0.3) / 4
     assert abs(loss.item() - expected) < 1e-5
-    assert stats["active"].item() == 0.5
+    assert stats["active"].item() == 0.25
     loss.backward()
-    assert torch.isfinite(emb.grad).all() and emb.grad[:2].abs().sum() > 0
+    assert torch.isfinite(emb.grad).all() and emb.grad[0].abs().sum() > 0
+    assert torch.all(emb.grad[2:] == 0)  # clique 1 is inactive throughout
     assert not memory.emb.requires_grad and memory.emb.grad is None
 
 
@@ -134,11 +136,15 @@ def test_memory_keeps_the_last_rows_and_round_trips():
         raise AssertionError("a memory of another size was loaded")
 
 
-def test_memory_negative_at_distance_zero_has_a_finite_gradient():
+def test_memory_negative_beyond_a_bound_only():
     emb = _unit(0, 20).requires_grad_(True)
-    memory = NegativeMemory(2, 2)
-    memory.push(_unit(0), torch.tensor([5]))
-    d = memory.hardest_negative(emb, torch.tensor([0, 0]))
-    assert d[0].item() == 0.0 and abs(d[1].item() - _chord(20)) < 1e-5
+    memory = NegativeMemory(3, 2)
+    memory.push(_unit(0, 15, 40), torch.tensor([5, 6, 7]))
+    d = memory.nearest_negative(emb, torch.tensor([0, 0]), torch.tensor([0.0, _chord(10)]))
+    # Sample 0: clique 5 sits on it (distance 0, not beyond 0), clique 6 at 15 degrees.
+    # Sample 1: clique 6 is 5 degrees away (not beyond 10), clique 5 at 20.
+    assert abs(d[0].item() - _chord(15)) < 1e-5 and abs(d[1].item() - _chord(20)) < 1e-5
     d.sum().backward()
     assert torch.isfinite(emb.grad).all()
+    none = memory.nearest_negative(emb, torch.tensor([0, 0]), torch.tensor([2.0, 2.0]))
+    assert torch.all(torch.isinf(none))
