@@ -1,0 +1,118 @@
+"""tools/device-train.sh on the CPU: the corpus split into parts, each part received in a
+call of its own, the store assembled and checked, a tiny run trained, the package carried
+back as tar parts and verified."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mirex_vi.pooled import PooledStore, write_store
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_RUN = ["--set", "model=tiny", "--set", "cliques_per_batch=2", "--set", "versions_per_clique=2",
+            "--set", "epochs=1", "--set", "warmup_epochs=0", "--set", "num_workers=0",
+            "--set", "memory_size=8", "--set", "amp=false"]
+
+
+def _corpus(root: Path) -> Path:
+    """A pooled u8 store of 6 training and 3 validation cliques of 2 versions, with the light
+    metadata (records with more keys than training reads)."""
+    rng = np.random.default_rng(3)
+    items, splits = [], {"train": {}, "val": {}}
+    for c in range(9):
+        split = "train" if c < 6 else "val"
+        pattern = rng.random((180, 84)) ** 4
+        versions = []
+        for v in range(2):
+            yt = f"y{c:04d}v{v:02d}xx"
+            items.append((yt, (np.roll(pattern, 7 * v, axis=0) + 0.1).astype(np.float32)))
+            versions.append({"version_id": f"V-{c}-{v}", "youtube_id": yt, "soundfont": "x.sf2"})
+        splits[split][f"C-{c:07d}"] = versions
+    write_store(root, items, "u8")
+    for split, cliques in splits.items():
+        (root / f"Synth-VI-YT-light.json.{split}").write_text(json.dumps(cliques))
+    return root
+
+
+def _script(cwd: Path, *args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "tools/device-train.sh", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture
+def here(tmp_path):
+    """A checkout with the script and the configs (a git repository, as prepare expects)."""
+    repo = tmp_path / "repo"
+    (repo / "tools").mkdir(parents=True)
+    shutil.copy(REPO / "tools" / "device-train.sh", repo / "tools")
+    shutil.copytree(REPO / "configs", repo / "configs")
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run(["git", "add", "tools", "configs"], cwd=repo, check=True)
+    return repo
+
+
+def test_the_corpus_travels_in_parts_trains_and_comes_back_as_a_package(here, tmp_path):
+    corpus = _corpus(tmp_path / "corpus")
+    env = dict(os.environ, CORPUS=str(corpus), PART_SIZE="40K", NO_WHEELS="1", INIT="",
+               VAL_CLIQUES="2", PYTHON=sys.executable, PYTHONPATH=str(REPO),
+               OUT=str(tmp_path / "out"))
+    prepared = _script(here, "prepare", env=env)
+    assert prepared.returncode == 0, prepared.stderr
+    parts = sorted(p.name for p in (here / ".gpu").glob("part-*"))
+    n_parts = -(-(corpus / "pooled.u8.npy").stat().st_size // 40960)
+    assert len(parts) == n_parts > 1 and prepared.stdout.count("device-train.sh receive") == n_parts
+    train = json.loads((here / ".gpu" / "meta" / "train.json").read_text())
+    assert len(train) == 6 and set(train["C-0000000"][0]) == {"version_id", "youtube_id"}
+    assert len(json.loads((here / ".gpu" / "meta" / "val.json").read_text())) == 2
+
+    # The device machine: each call brings its own part; .gpu-data stays between calls.
+    there = tmp_path / "there"
+    shutil.copytree(here, there, ignore=shutil.ignore_patterns(".gpu"))
+    for name in parts:
+        k = name.split("-")[1]
+        carried = [here / ".gpu" / name] + ([here / ".gpu" / "meta", here / ".gpu" / "whl"]
+                                            if k == "00" else [])
+        shutil.rmtree(there / ".gpu", ignore_errors=True)
+        (there / ".gpu").mkdir()
+        for path in carried:
+            (shutil.copytree if path.is_dir() else shutil.copy)(path, there / ".gpu" / path.name)
+        if name == parts[-1]:
+            early = _script(there, "train", "1", *TINY_RUN, env=env)
+            assert early.returncode == 2 and f"only {n_parts - 1} of {n_parts} parts" in early.stderr
+        received = _script(there, "receive", k, env=env)
+        assert received.returncode == 0, received.stderr
+    trained = _script(there, "train", "5", *TINY_RUN, env=env)
+    assert trained.returncode == 0, trained.stderr + trained.stdout
+    store = PooledStore.open(there / ".gpu-data")
+    assert np.array_equal(store.pooled("y0003v01xx", scaled=False),
+                          PooledStore.open(corpus).pooled("y0003v01xx", scaled=False))
+    back = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert "metrics.jsonl" in back and "package.tar.0" in back
+
+    collected = _script(here, "collect", str(tmp_path / "out"), "gpu-run", env=env)
+    assert collected.returncode == 0, collected.stderr
+    assert (here / "weights" / "gpu-run" / "model.safetensors").is_file()
+    again = _script(here, "collect", str(tmp_path / "out"), "gpu-run", env=env)
+    assert again.returncode == 2 and "exists" in again.stderr
+
+
+def test_a_corrupt_part_is_refused_before_training(here, tmp_path):
+    corpus = _corpus(tmp_path / "corpus")
+    env = dict(os.environ, CORPUS=str(corpus), PART_SIZE="1M", NO_WHEELS="1", INIT="",
+               PYTHON=sys.executable, PYTHONPATH=str(REPO), OUT=str(tmp_path / "out"))
+    assert _script(here, "prepare", env=env).returncode == 0
+    part = here / ".gpu" / "part-00"
+    data = bytearray(part.read_bytes())
+    data[-1] ^= 0xFF
+    part.write_bytes(bytes(data))
+    assert _script(here, "receive", "00", env=env).returncode == 0
+    refused = _script(here, "train", "1", *TINY_RUN, env=env)
+    assert refused.returncode == 2 and "corrupt" in refused.stderr
