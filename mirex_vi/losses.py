@@ -12,9 +12,10 @@ Memory for Embedding Learning"). Small batches hold few cliques, so their hardes
 is an easy one; the memory lends a small batch the negatives of a large one, at the cost of
 one ``(B, N)`` product and no extra forward pass. From the memory the negative is
 semi-hard (Schroff et al., 2015, FaceNet): the nearest one *farther than the positive*.
-The hardest one of a large pool is too often a false negative, another work on the same
-tune (chorale harmonisations of one hymn, variants of one folk tune); on the synthetic
-corpus it made almost every anchor active and cost 0.056 validation MAP in one epoch.
+The hardest of a large pool tends to be nearer than the positive itself, and may well be a
+false negative (distinct works on one tune: chorale harmonisations of a hymn, variants of a
+folk tune); on the synthetic corpus it made almost every anchor active and cost 0.056
+validation MAP in one epoch.
 """
 
 from __future__ import annotations
