@@ -24,11 +24,13 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory) -> Path:
-    """Eight 30 s noise tracks: long enough that a run is still busy when signalled."""
+    """Twenty-four 30 s noise tracks: ~20 of them are still to embed when the first one is
+    cached, so the signal lands mid-run even when this machine is busy (with eight, a loaded
+    machine once saw the first cache file only as the run was exiting with its output)."""
     folder = tmp_path_factory.mktemp("long")
     rng = np.random.default_rng(0)
     paths = [write_audio(folder / f"{i}.wav", (0.1 * rng.standard_normal(22050 * 30)).astype(np.float32))
-             for i in range(8)]
+             for i in range(24)]
     return write_list(folder / "c.txt", [str(p) for p in paths])
 
 
