@@ -2,36 +2,40 @@
 # Train on a lent GPU (the `device` tool of this workplace) from the kept pooled corpus.
 #
 # One device call carries at most 64 MiB of working tree, and the tracked tree alone is
-# ~45 MB, so the 173-MB corpus travels in parts, one per call, into `.gpu-data/` on the
-# device machine (ignored, so it stays there between calls while the machine is warm).
-# The last call assembles it, trains with configs/vinet-mirex-synth-gpu.yaml from the
-# package in weights/ (pinned by its sha256) and brings the new package back as parts of a
-# tar (files from a call are at most 16 MiB each).
+# ~45 MB, so the corpus travels in parts, one per call, into `.gpu-data/` on the device
+# machine (ignored, so it stays there between calls while the machine is warm). Only what
+# training reads travels: the training cliques and VAL_CLIQUES validation cliques, as a
+# store of their own, xz-compressed (~110 MB for 3,300 cliques), in parts sized to fill
+# each call. The last call assembles it, times one epoch, trains as many epochs of
+# configs/vinet-mirex-synth-gpu.yaml as the minutes allow (one cosine schedule) from the
+# package in weights/ (pinned by its sha256), and brings the new package back as parts of
+# a tar (files from a call are at most 16 MiB each).
 #
 #   here:   bash tools/device-train.sh prepare          # writes .gpu/, prints the calls to make
-#   there:  bash tools/device-train.sh receive K        # call K: part K into .gpu-data/
+#   there:  bash tools/device-train.sh receive          # each call but the last: its part
 #   there:  bash tools/device-train.sh train MINUTES [--set key=value ...]   # the last call
 #   here:   bash tools/device-train.sh collect FILES_AT NAME   # the package -> weights/NAME
 #
-# Environment: CORPUS (default ../shared/corpus/synth-vi-4000); PART_SIZE (split's -b,
-# default 17M); VAL_CLIQUES (validation cliques carried, default 100: validation runs every
-# epoch); INIT (the package to start from, default weights/vinet-mirex-synth; empty: a
-# random initialisation); NO_WHEELS=1 (carry no wheels); PYTHON (default python3).
+# Environment: CORPUS (default ../shared/corpus/synth-vi-4000); VAL_CLIQUES (validation
+# cliques carried, default 100: validation runs every epoch); INIT (the package to start
+# from, default weights/vinet-mirex-synth; empty: a random initialisation); NO_WHEELS=1
+# (carry no wheels); PYTHON (default python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CORPUS=${CORPUS:-../shared/corpus/synth-vi-4000}
-PART_SIZE=${PART_SIZE:-17M}
 VAL_CLIQUES=${VAL_CLIQUES:-100}
 INIT=${INIT-weights/vinet-mirex-synth}
 PYTHON=${PYTHON:-python3}
 CALL_LIMIT=$((64 * 1024 * 1024))
+CALL_MARGIN=$((1024 * 1024))  # files added to the tree between prepare and the calls
+EXPORT_SECONDS=30             # after training: export the package and pack it
 
 die() { echo "device-train: $*" >&2; exit 2; }
 
 # Light metadata with only the keys training reads: the train split's 8.9 MB become ~1 MB.
 slim_metadata() {  # SRC DEST MAX_CLIQUES (0: all)
-    "$PYTHON" - "$@" <<'EOF'
+    "$PYTHON" - "$@" <<'PY'
 import json, sys
 src, dest, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
 with open(src, encoding="utf-8") as f:
@@ -41,64 +45,122 @@ slim = {c: [{"version_id": v["version_id"], "youtube_id": v["youtube_id"]} for v
         for c in ids}
 with open(dest, "w", encoding="utf-8") as f:
     json.dump(slim, f)
-EOF
+PY
+}
+
+# The versions of the given metadata files, copied row for row out of the corpus's store
+# into a store of their own (same format: rows renumbered, peaks kept).
+subset_store() {  # SRC_STORE DEST_STORE METADATA...
+    "$PYTHON" - "$@" <<'PY'
+import csv, json, sys
+from pathlib import Path
+import numpy as np
+src, dest, metadata = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
+wanted = set()
+for path in metadata:
+    with open(path, encoding="utf-8") as f:
+        wanted |= {v["youtube_id"] for versions in json.load(f).values() for v in versions}
+rows = np.load(src / "pooled.u8.npy", mmap_mode="r")
+with open(src / "pooled.index.tsv", encoding="utf-8") as f:
+    index = [r for r in csv.DictReader(f, delimiter="\t") if r["youtube_id"] in wanted]
+missing = len(wanted) - len(index)
+if missing:
+    sys.exit(f"device-train: {missing} carried versions are not in {src}")
+total = sum(int(r["n_rows"]) for r in index)
+dest.mkdir(parents=True, exist_ok=True)
+out = np.lib.format.open_memmap(dest / "pooled.u8.npy", "w+", np.uint8, (total, rows.shape[1]))
+with open(dest / "pooled.index.tsv", "w", encoding="utf-8") as f:
+    f.write("youtube_id\trow\tn_rows\tpeak\n")
+    at = 0
+    for r in index:
+        start, n = int(r["row"]), int(r["n_rows"])
+        out[at:at + n] = rows[start:start + n]
+        f.write(f"{r['youtube_id']}\t{at}\t{n}\t{r['peak']}\n")
+        at += n
+out.flush()
+print(f"device-train: {len(index)} versions, {total} rows of {len(rows)}")
+PY
 }
 
 prepare() {
     [[ -f $CORPUS/pooled.u8.npy ]] || die "no pooled store in $CORPUS"
-    rm -rf .gpu && mkdir -p .gpu/meta
+    rm -rf .gpu && mkdir -p .gpu/meta .gpu/whl
     slim_metadata "$CORPUS/Synth-VI-YT-light.json.train" .gpu/meta/train.json 0
     slim_metadata "$CORPUS/Synth-VI-YT-light.json.val" .gpu/meta/val.json "$VAL_CLIQUES"
-    cp "$CORPUS/pooled.index.tsv" .gpu/meta/
-    (cd "$CORPUS" && sha256sum pooled.u8.npy) > .gpu/meta/pooled.sha256
-    split -b "$PART_SIZE" -d -a 2 "$CORPUS/pooled.u8.npy" .gpu/part-
-    ls .gpu/part-* | wc -l > .gpu/meta/n_parts
+    subset_store "$CORPUS" .gpu/store .gpu/meta/train.json .gpu/meta/val.json
+    cp .gpu/store/pooled.index.tsv .gpu/meta/
+    (cd .gpu/store && sha256sum pooled.u8.npy) > .gpu/meta/pooled.sha256
     # librosa, soundfile and soxr are not in the device image (Python 3.12); the rest is.
-    mkdir -p .gpu/whl
     [[ ${NO_WHEELS:-0} == 1 ]] || "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 -d .gpu/whl librosa==0.11.0 soundfile==0.14.0 \
         soxr==1.1.0 audioread pooch platformdirs decorator cffi pycparser
-    local tree first k size
+    # Every call carries the tracked tree; the first also carries meta/ and whl/.
+    local tree first part
     tree=$(git ls-files -z | xargs -0 -r du -cb | tail -1 | cut -f1)
     first=$(du -cb .gpu/meta .gpu/whl | tail -1 | cut -f1)
-    echo "Device calls (timeout_s: 120 for each receive, MINUTES * 60 + 120 for train):"
-    for part in .gpu/part-*; do
-        k=${part##*-}
-        size=$(stat -c %s "$part")
-        if [[ $k == 00 ]]; then
-            size=$((size + first))
-            echo "  carry [\".gpu/meta\", \".gpu/whl\", \"$part\"]  command: bash tools/device-train.sh receive $k"
+    part=$((CALL_LIMIT - CALL_MARGIN - tree - first))
+    ((part > 1024 * 1024)) || die "the tree ($tree bytes) leaves no room for the corpus in a call"
+    xz -9 -T2 -c .gpu/store/pooled.u8.npy | split -b "$part" -d -a 2 - .gpu/part-
+    ls .gpu/part-* | wc -l > .gpu/meta/n_parts
+    echo "Device calls (timeout_s: 120 for each receive, MINUTES * 60 + 180 for train):"
+    # The last part, usually small, travels with the train call.
+    local parts=(.gpu/part-*) p
+    for p in "${parts[@]::${#parts[@]}-1}"; do
+        if [[ $p == .gpu/part-00 ]]; then
+            echo "  carry [\".gpu/meta\", \".gpu/whl\", \"$p\"]  command: bash tools/device-train.sh receive"
         else
-            echo "  carry [\"$part\"]  command: bash tools/device-train.sh receive $k"
+            echo "  carry [\"$p\"]  command: bash tools/device-train.sh receive"
         fi
-        ((tree + size <= CALL_LIMIT)) || die "call $k would carry $((tree + size)) bytes (limit $CALL_LIMIT); lower PART_SIZE"
     done
-    echo "  then: bash tools/device-train.sh train MINUTES [--set epochs=N ...]  (nothing to carry)"
+    echo "  carry [\"${parts[-1]}\"]  command: bash tools/device-train.sh train MINUTES [--set key=value ...]"
 }
 
+# Whatever this call carried (meta/, whl/, parts) into .gpu-data/.
 receive() {
-    local k=${1:?receive K}
     mkdir -p .gpu-data
     [[ -d .gpu/meta ]] && rm -rf .gpu-data/meta && cp -r .gpu/meta .gpu-data/meta
     [[ -d .gpu/whl ]] && rm -rf .gpu-data/whl && cp -r .gpu/whl .gpu-data/whl
-    cp ".gpu/part-$k" .gpu-data/
+    local p
+    for p in .gpu/part-*; do [[ -f $p ]] && cp "$p" .gpu-data/; done
     echo "device-train: .gpu-data holds $(ls .gpu-data/part-* | wc -l) of $(cat .gpu-data/meta/n_parts) parts"
 }
 
-train() {
-    local minutes=${1:?train MINUTES [--set key=value ...]}
-    shift
-    local out=${OUT:-runs/device-out} run=runs/vinet-mirex-synth-gpu
+# The parts, decompressed into .gpu-data/pooled.u8.npy and checked against prepare's sha256.
+assemble() {
     local have want
     have=$(ls .gpu-data/part-* 2>/dev/null | wc -l)
     want=$(cat .gpu-data/meta/n_parts)
     ((have == want)) || die "only $have of $want parts have arrived"
     if [[ ! -f .gpu-data/pooled.u8.npy ]]; then
-        cat .gpu-data/part-* > .gpu-data/pooled.u8.npy
+        cat .gpu-data/part-* | "$PYTHON" -c 'import lzma, shutil, sys
+shutil.copyfileobj(lzma.open(sys.stdin.buffer), sys.stdout.buffer, 1 << 20)' > .gpu-data/pooled.u8.npy
         cp .gpu-data/meta/pooled.index.tsv .gpu-data/
     fi
     (cd .gpu-data && sha256sum -c --quiet meta/pooled.sha256) || die "the assembled store is corrupt"
+}
+
+# mirex-vi train on the carried corpus, Ctrl-C'd after SECONDS; the rest are its options.
+train_run() {  # SECONDS [--set key=value ...]
+    local limit=$1
+    shift
+    PYTHONUNBUFFERED=1 timeout --signal=INT "$limit" "$PYTHON" -m mirex_vi train --config configs/vinet-mirex-synth-gpu.yaml \
+        --set features_dir=.gpu-data --set train_metadata=.gpu-data/meta/train.json \
+        --set val_metadata=.gpu-data/meta/val.json "$@" 2>&1 | tr '\r' '\n' | grep -v -e '^train: ' -e '^ *$'
+}
+
+# Seconds of the last epoch in RUN/metrics.jsonl (training, validation and checkpoints).
+epoch_seconds() {
+    "$PYTHON" -c 'import json, sys; print(json.loads(open(sys.argv[1]).readlines()[-1])["seconds"])' "$1/metrics.jsonl"
+}
+
+train() {
+    local minutes=${1:?train MINUTES [--set key=value ...]}
+    shift
+    local deadline=$((SECONDS + minutes * 60))
+    local out=${OUT:-runs/device-out} run=runs/vinet-mirex-synth-gpu probe=runs/vinet-mirex-synth-gpu-probe
+    receive
+    assemble
     if ! "$PYTHON" -c "import librosa, soundfile, soxr" 2>/dev/null; then
         "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu-data/whl/*.whl
         export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
@@ -106,15 +168,22 @@ train() {
     local init=()
     [[ -n $INIT ]] && init=(--set "init_weights=$INIT" --set "init_sha256=$(sha256sum "$INIT/model.safetensors" | cut -d' ' -f1)")
     mkdir -p "$out"
-    rm -rf "$run"
+    rm -rf "$run" "$probe"
+    # One timed epoch sizes the real run, so that its cosine schedule ends inside the minutes.
+    local start=$SECONDS
+    train_run "$((deadline - SECONDS))" --set output_dir="$probe" --set epochs=1 --set warmup_epochs=0 "${init[@]}" "$@" \
+        | tee "$out/probe.log"
+    [[ -f $probe/metrics.jsonl ]] || die "the timing epoch did not finish"
+    local epoch startup epochs
+    epoch=$(epoch_seconds "$probe")
+    startup=$((SECONDS - start - ${epoch%.*}))
+    epochs=$("$PYTHON" -c 'import sys; left, e = map(float, sys.argv[1:]); print(max(1, int(left / (1.1 * e))))' \
+        "$((deadline - SECONDS - startup - EXPORT_SECONDS))" "$epoch")
+    echo "device-train: an epoch takes $epoch s (startup $startup s): training $epochs epochs"
     # The run stops at the limit if it is slower than planned; best.pt is then the best epoch
     # that finished.
     set +e
-    PYTHONUNBUFFERED=1 timeout --signal=INT "$((minutes * 60))" "$PYTHON" -m mirex_vi train \
-        --config configs/vinet-mirex-synth-gpu.yaml --set output_dir="$run" \
-        --set features_dir=.gpu-data --set train_metadata=.gpu-data/meta/train.json \
-        --set val_metadata=.gpu-data/meta/val.json "${init[@]}" "$@" 2>&1 | tr '\r' '\n' \
-        | grep -v '^train: ' | tee "$out/train.log"
+    train_run "$((deadline - SECONDS - EXPORT_SECONDS))" --set output_dir="$run" --set epochs="$epochs" "${init[@]}" "$@" | tee "$out/train.log"
     set -e
     [[ -f $run/best.pt ]] || die "no epoch finished in $minutes minutes"
     cp "$run/metrics.jsonl" "$out/"
@@ -136,8 +205,8 @@ collect() {
 
 case ${1:-} in
     prepare) prepare ;;
-    receive) shift; receive "$@" ;;
+    receive) receive ;;
     train) shift; train "$@" ;;
     collect) shift; collect "$@" ;;
-    *) die "usage: device-train.sh prepare | receive K | train MINUTES [--set k=v ...] | collect FILES_AT NAME" ;;
+    *) die "usage: device-train.sh prepare | receive | train MINUTES [--set k=v ...] | collect FILES_AT NAME" ;;
 esac
