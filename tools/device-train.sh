@@ -169,14 +169,16 @@ train() {
     [[ -n $INIT ]] && init=(--set "init_weights=$INIT" --set "init_sha256=$(sha256sum "$INIT/model.safetensors" | cut -d' ' -f1)")
     mkdir -p "$out"
     rm -rf "$run" "$probe"
-    # One timed epoch sizes the real run, so that its cosine schedule ends inside the minutes.
+    # Two timed epochs size the real run, so that its cosine schedule ends inside the minutes.
+    # The first epoch pays for warm-up (workers, cuDNN's autotuning): it counts as startup.
     local start=$SECONDS
-    train_run "$((deadline - SECONDS))" --set output_dir="$probe" --set epochs=1 --set warmup_epochs=0 "${init[@]}" "$@" \
-        | tee "$out/probe.log"
-    [[ -f $probe/metrics.jsonl ]] || die "the timing epoch did not finish"
+    train_run "$((deadline - SECONDS))" --set output_dir="$probe" "${init[@]}" "$@" \
+        --set epochs=2 --set warmup_epochs=0 | tee "$out/probe.log"
+    [[ -f $probe/metrics.jsonl ]] || die "the timing epochs did not finish"
     local epoch startup epochs
     epoch=$(epoch_seconds "$probe")
-    startup=$((SECONDS - start - ${epoch%.*}))
+    startup=$("$PYTHON" -c 'import sys; print(int(float(sys.argv[1]) - 2 * float(sys.argv[2])))' \
+        "$((SECONDS - start))" "$epoch")
     epochs=$("$PYTHON" -c 'import sys; left, e = map(float, sys.argv[1:]); print(max(1, int(left / (1.1 * e))))' \
         "$((deadline - SECONDS - startup - EXPORT_SECONDS))" "$epoch")
     echo "device-train: an epoch takes $epoch s (startup $startup s): training $epochs epochs"
