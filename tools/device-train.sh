@@ -16,6 +16,9 @@
 #   there:  bash tools/device-train.sh train MINUTES [--set key=value ...]   # the last call
 #   here:   bash tools/device-train.sh collect FILES_AT NAME   # the package -> weights/NAME
 #
+# To ship it: move weights/vinet-mirex-synth aside, collect into that name, and copy the old
+# MODEL_CARD.md in (the card is not checksummed) before updating it.
+#
 # Environment: CORPUS (default ../shared/corpus/synth-vi-4000); VAL_CLIQUES (validation
 # cliques carried, default 100: validation runs every epoch); INIT (the package to start
 # from, default weights/vinet-mirex-synth; empty: a random initialisation); NO_WHEELS=1
@@ -200,6 +203,16 @@ collect() {
     [[ -e weights/$name ]] && die "weights/$name exists"
     mkdir -p "weights/$name"
     cat "$from"/package.tar.* | tar -C "weights/$name" -xf -
+    # The package was exported as "trained"; it takes its folder's name (the sums cover config.json).
+    "$PYTHON" - "weights/$name" <<'PY'
+import json, sys
+from pathlib import Path
+config = Path(sys.argv[1]) / "config.json"
+data = json.loads(config.read_text("utf-8"))
+data["name"] = config.parent.name
+config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", "utf-8")
+PY
+    (cd "weights/$name" && sha256sum model.safetensors config.json > SHA256SUMS)
     local py=$PYTHON
     [[ $py == python3 && -x .venv/bin/python ]] && py=.venv/bin/python
     MIREX_VI_WEIGHTS_DIR=$PWD/weights "$py" -m mirex_vi weights verify "$name"
