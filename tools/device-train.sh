@@ -19,7 +19,8 @@
 # To ship it: move weights/vinet-mirex-synth aside, collect into that name, and copy the old
 # MODEL_CARD.md in (the card is not checksummed) before updating it.
 #
-# Environment: CORPUS (default ../shared/corpus/synth-vi-4000); VAL_CLIQUES (validation
+# Environment: CORPUS (default ../shared/corpus/synth-vi-4000); PART_SIZE (split's -b;
+# default: what fills a call); VAL_CLIQUES (validation
 # cliques carried, default 100: validation runs every epoch); INIT (the package to start
 # from, default weights/vinet-mirex-synth; empty: a random initialisation); NO_WHEELS=1
 # (carry no wheels); PYTHON (default python3).
@@ -102,8 +103,9 @@ prepare() {
     local tree first part
     tree=$(git ls-files -z | xargs -0 -r du -cb | tail -1 | cut -f1)
     first=$(du -cb .gpu/meta .gpu/whl | tail -1 | cut -f1)
-    part=$((CALL_LIMIT - CALL_MARGIN - tree - first))
-    ((part > 1024 * 1024)) || die "the tree ($tree bytes) leaves no room for the corpus in a call"
+    part=${PART_SIZE:-$((CALL_LIMIT - CALL_MARGIN - tree - first))}
+    [[ -n ${PART_SIZE:-} ]] || ((part > 1024 * 1024)) \
+        || die "the tree ($tree bytes) leaves no room for the corpus in a call"
     xz -9 -T2 -c .gpu/store/pooled.u8.npy | split -b "$part" -d -a 2 - .gpu/part-
     ls .gpu/part-* | wc -l > .gpu/meta/n_parts
     echo "Device calls (timeout_s: 120 for each receive, MINUTES * 60 + 180 for train):"
@@ -137,7 +139,10 @@ assemble() {
     ((have == want)) || die "only $have of $want parts have arrived"
     if [[ ! -f .gpu-data/pooled.u8.npy ]]; then
         cat .gpu-data/part-* | "$PYTHON" -c 'import lzma, shutil, sys
-shutil.copyfileobj(lzma.open(sys.stdin.buffer), sys.stdout.buffer, 1 << 20)' > .gpu-data/pooled.u8.npy
+shutil.copyfileobj(lzma.open(sys.stdin.buffer), sys.stdout.buffer, 1 << 20)' \
+            > .gpu-data/pooled.u8.npy.part 2> /dev/null \
+            || { rm -f .gpu-data/pooled.u8.npy.part; die "the assembled store is corrupt (xz)"; }
+        mv .gpu-data/pooled.u8.npy.part .gpu-data/pooled.u8.npy
         cp .gpu-data/meta/pooled.index.tsv .gpu-data/
     fi
     (cd .gpu-data && sha256sum -c --quiet meta/pooled.sha256) || die "the assembled store is corrupt"
