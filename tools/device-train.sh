@@ -6,7 +6,7 @@
 # machine (ignored, so it stays there between calls while the machine is warm). Only what
 # training reads travels: the training cliques and VAL_CLIQUES validation cliques, as a
 # store of their own, xz-compressed (~110 MB for 3,300 cliques), in parts sized to fill
-# each call. The last call assembles it, times one epoch, trains as many epochs of
+# each call. The last call assembles it, times two epochs, trains as many epochs of
 # configs/vinet-mirex-synth-gpu.yaml as the minutes allow (one cosine schedule) from the
 # package in weights/ (pinned by its sha256), and brings the new package back as parts of
 # a tar (files from a call are at most 16 MiB each).
@@ -20,10 +20,10 @@
 # MODEL_CARD.md in (the card is not checksummed) before updating it.
 #
 # Environment: CORPUS (default ../shared/corpus/synth-vi-4000); PART_SIZE (split's -b;
-# default: what fills a call); VAL_CLIQUES (validation
-# cliques carried, default 100: validation runs every epoch); INIT (the package to start
-# from, default weights/vinet-mirex-synth; empty: a random initialisation); NO_WHEELS=1
-# (carry no wheels); PYTHON (default python3).
+# default: what fills a call); VAL_CLIQUES (validation cliques carried, default 100:
+# validation runs every epoch); INIT (the package to start from, default
+# weights/vinet-mirex-synth; empty: a random initialisation); NO_WHEELS=1 (carry no wheels);
+# PYTHON (default python3; prepare needs one that imports mirex_vi's dependencies).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,35 +52,35 @@ with open(dest, "w", encoding="utf-8") as f:
 PY
 }
 
-# The versions of the given metadata files, copied row for row out of the corpus's store
-# into a store of their own (same format: rows renumbered, peaks kept).
+# The versions of the given metadata files, copied row for row out of the corpus's u8 store
+# into a store of their own (same format: rows renumbered, peaks kept). The codes are copied,
+# not decoded and encoded again, so the carried store equals the corpus to the bit.
 subset_store() {  # SRC_STORE DEST_STORE METADATA...
     "$PYTHON" - "$@" <<'PY'
-import csv, json, sys
+import json, sys
 from pathlib import Path
 import numpy as np
+from mirex_vi.pooled import INDEX_HEADER, INDEX_NAME, read_index, rows_name
 src, dest, metadata = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
 wanted = set()
 for path in metadata:
     with open(path, encoding="utf-8") as f:
         wanted |= {v["youtube_id"] for versions in json.load(f).values() for v in versions}
-rows = np.load(src / "pooled.u8.npy", mmap_mode="r")
-with open(src / "pooled.index.tsv", encoding="utf-8") as f:
-    index = [r for r in csv.DictReader(f, delimiter="\t") if r["youtube_id"] in wanted]
+rows = np.load(src / rows_name("u8"), mmap_mode="r")
+index = {yt: e for yt, e in read_index(src / INDEX_NAME, len(rows)).items() if yt in wanted}
 missing = len(wanted) - len(index)
 if missing:
     sys.exit(f"device-train: {missing} carried versions are not in {src}")
-total = sum(int(r["n_rows"]) for r in index)
+total = sum(e.n_rows for e in index.values())
 dest.mkdir(parents=True, exist_ok=True)
-out = np.lib.format.open_memmap(dest / "pooled.u8.npy", "w+", np.uint8, (total, rows.shape[1]))
-with open(dest / "pooled.index.tsv", "w", encoding="utf-8") as f:
-    f.write("youtube_id\trow\tn_rows\tpeak\n")
+out = np.lib.format.open_memmap(dest / rows_name("u8"), "w+", np.uint8, (total, rows.shape[1]))
+with open(dest / INDEX_NAME, "w", encoding="utf-8") as f:
+    f.write("\t".join(INDEX_HEADER) + "\n")
     at = 0
-    for r in index:
-        start, n = int(r["row"]), int(r["n_rows"])
-        out[at:at + n] = rows[start:start + n]
-        f.write(f"{r['youtube_id']}\t{at}\t{n}\t{r['peak']}\n")
-        at += n
+    for yt, e in index.items():
+        out[at:at + e.n_rows] = rows[e.row:e.row + e.n_rows]
+        f.write(f"{yt}\t{at}\t{e.n_rows}\t{e.peak}\n")
+        at += e.n_rows
 out.flush()
 print(f"device-train: {len(index)} versions, {total} rows of {len(rows)}")
 PY
@@ -108,7 +108,7 @@ prepare() {
         || die "the tree ($tree bytes) leaves no room for the corpus in a call"
     xz -9 -T2 -c .gpu/store/pooled.u8.npy | split -b "$part" -d -a 2 - .gpu/part-
     ls .gpu/part-* | wc -l > .gpu/meta/n_parts
-    echo "Device calls (timeout_s: 120 for each receive, MINUTES * 60 + 180 for train):"
+    echo "Device calls (timeout_s: 120 for each receive, MINUTES * 60 + 60 for train):"
     # The last part, usually small, travels with the train call.
     local parts=(.gpu/part-*) p
     for p in "${parts[@]::${#parts[@]}-1}"; do
