@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Set up a development environment on a fresh Debian/Ubuntu machine (idempotent):
-# system packages (ffmpeg, libsndfile, FluidSynth and the training soundfonts of
-# `mirex-vi corpus`; the held-out MuseScore soundfont of its --ood set is left out, see
-# tools/README.md) and a virtualenv in .venv with the pinned requirements and this package.
+# system packages (ffmpeg, libsndfile, xz for tools/device-train.sh, FluidSynth and the
+# training soundfonts of `mirex-vi corpus`; the held-out MuseScore soundfont of its --ood set
+# is left out, see tools/README.md) and a virtualenv in .venv with the pinned requirements and
+# this package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_packages=(ffmpeg libsndfile1 fluidsynth fluid-soundfont-gm timgm6mb-soundfont
+apt_packages=(ffmpeg libsndfile1 xz-utils fluidsynth fluid-soundfont-gm timgm6mb-soundfont
               fluidr3mono-gm-soundfont opl3-soundfont csound-soundfont)
 missing=()
 for p in "${apt_packages[@]}"; do
