@@ -1,7 +1,7 @@
 """tools/device-train.sh on the CPU: the carried cliques' store compressed and split into
 parts, each part received in a call of its own (the last with the train call), the store
-assembled and checked, two timed epochs and a tiny run trained, the package carried back as
-tar parts and verified under its new name."""
+assembled and checked, two timed epochs and two tiny runs trained side by side, their packages
+carried back as tar parts, one verified under its new name."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def here(tmp_path):
 def test_the_corpus_travels_in_parts_trains_and_comes_back_as_a_package(here, tmp_path):
     corpus = _corpus(tmp_path / "corpus")
     env = dict(os.environ, CORPUS=str(corpus), PART_SIZE="40K", NO_WHEELS="1", INIT="",
-               VAL_CLIQUES="2", PYTHON=sys.executable, PYTHONPATH=str(REPO),
+               VAL_CLIQUES="2", VAL_INTO_TRAIN="1", PYTHON=sys.executable, PYTHONPATH=str(REPO),
                OUT=str(tmp_path / "out"))
     prepared = _script(here, "prepare", env=env)
     assert prepared.returncode == 0, prepared.stderr
@@ -71,8 +71,10 @@ def test_the_corpus_travels_in_parts_trains_and_comes_back_as_a_package(here, tm
     n_parts = len(parts)
     assert n_parts > 1 and prepared.stdout.count("device-train.sh receive") == n_parts - 1
     train = json.loads((here / ".gpu" / "meta" / "train.json").read_text())
-    assert len(train) == 6 and set(train["C-0000000"][0]) == {"version_id", "youtube_id"}
-    assert len(json.loads((here / ".gpu" / "meta" / "val.json").read_text())) == 2
+    assert set(train["C-0000000"][0]) == {"version_id", "youtube_id"}
+    val = json.loads((here / ".gpu" / "meta" / "val.json").read_text())
+    assert sorted(val) == ["C-0000006", "C-0000007"]  # the third joined the training set
+    assert sorted(train) == [f"C-{c:07d}" for c in (0, 1, 2, 3, 4, 5, 8)]
 
     # The device machine: each call brings its own part; .gpu-data stays between calls.
     there = tmp_path / "there"
@@ -93,20 +95,25 @@ def test_the_corpus_travels_in_parts_trains_and_comes_back_as_a_package(here, tm
     assert early.returncode == 2 and f"only {n_parts - 1} of {n_parts} parts" in early.stderr
     (there / ".gpu").mkdir()
     shutil.copy(here / ".gpu" / parts[-1], there / ".gpu")
-    trained = _script(there, "train", "5", *TINY_RUN, env=env)
+    # Two runs side by side, the second with its own seed.
+    trained = _script(there, "train", "5", *TINY_RUN, "--vs", *TINY_RUN, "--set", "seed=5", env=env)
     assert trained.returncode == 0, trained.stderr + trained.stdout
-    assert (tmp_path / "out" / "probe.log").read_text().count("mirex_vi.train: epoch ") == 2
+    assert "2 run(s) of" in trained.stdout
+    for run in ("1", "2"):
+        assert (tmp_path / "out" / run / "probe.log").read_text().count("mirex_vi.train: epoch ") == 2
+    metrics = [(tmp_path / "out" / run / "metrics.jsonl").read_text() for run in ("1", "2")]
+    assert metrics[0] != metrics[1]
     store = PooledStore.open(there / ".gpu-data")
     assert np.array_equal(store.pooled("y0003v01xx", scaled=False),
                           PooledStore.open(corpus).pooled("y0003v01xx", scaled=False))
-    back = sorted(p.name for p in (tmp_path / "out").iterdir())
+    back = sorted(p.name for p in (tmp_path / "out" / "2").iterdir())
     assert "metrics.jsonl" in back and "package.tar.0" in back
 
-    collected = _script(here, "collect", str(tmp_path / "out"), "gpu-run", env=env)
+    collected = _script(here, "collect", str(tmp_path / "out" / "2"), "gpu-run", env=env)
     assert collected.returncode == 0, collected.stderr
     package = json.loads((here / "weights" / "gpu-run" / "config.json").read_text())
     assert package["name"] == "gpu-run"
-    again = _script(here, "collect", str(tmp_path / "out"), "gpu-run", env=env)
+    again = _script(here, "collect", str(tmp_path / "out" / "1"), "gpu-run", env=env)
     assert again.returncode == 2 and "exists" in again.stderr
 
 

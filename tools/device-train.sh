@@ -9,19 +9,21 @@
 # each call. The last call assembles it, times two epochs, trains as many epochs of
 # configs/vinet-mirex-synth-gpu.yaml as the minutes allow (one cosine schedule) from the
 # package in weights/ (pinned by its sha256), and brings the new package back as parts of
-# a tar (files from a call are at most 16 MiB each).
+# a tar (files from a call are at most 16 MiB each). Runs separated by --vs train side by
+# side on the one GPU, each with its own options, and each brings its own package back.
 #
 #   here:   bash tools/device-train.sh prepare          # writes .gpu/, prints the calls to make
 #   there:  bash tools/device-train.sh receive          # each call but the last: its part
-#   there:  bash tools/device-train.sh train MINUTES [--set key=value ...]   # the last call
-#   here:   bash tools/device-train.sh collect FILES_AT NAME   # the package -> weights/NAME
+#   there:  bash tools/device-train.sh train MINUTES [--set key=value ...] [--vs --set ...]
+#   here:   bash tools/device-train.sh collect FILES_AT/I NAME   # run I's package -> weights/NAME
 #
 # To ship it: move weights/vinet-mirex-synth aside, collect into that name, and copy the old
 # MODEL_CARD.md in (the card is not checksummed) before updating it.
 #
 # Environment: CORPUS (default ../shared/corpus/synth-vi-4000); PART_SIZE (split's -b;
 # default: what fills a call); VAL_CLIQUES (validation cliques carried, default 100:
-# validation runs every epoch); INIT (the package to start from, default
+# validation runs every epoch); VAL_INTO_TRAIN=1 (the other validation cliques join the
+# training set); INIT (the package to start from, default
 # weights/vinet-mirex-synth; empty: a random initialisation); NO_WHEELS=1 (carry no wheels);
 # PYTHON (default python3; prepare needs one that imports mirex_vi's dependencies).
 set -euo pipefail
@@ -37,16 +39,18 @@ EXPORT_SECONDS=30             # after training: export the package and pack it
 
 die() { echo "device-train: $*" >&2; exit 2; }
 
-# Light metadata with only the keys training reads: the train split's 8.9 MB become ~1 MB.
-slim_metadata() {  # SRC DEST MAX_CLIQUES (0: all)
+# Light metadata with only the keys training reads (the train split's 8.9 MB become ~1 MB),
+# from slices of the splits' cliques in sorted order.
+slim_metadata() {  # DEST SRC:START:STOP... (STOP empty: to the end)
     "$PYTHON" - "$@" <<'PY'
 import json, sys
-src, dest, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
-with open(src, encoding="utf-8") as f:
-    cliques = json.load(f)
-ids = sorted(cliques)[:limit] if limit else sorted(cliques)
-slim = {c: [{"version_id": v["version_id"], "youtube_id": v["youtube_id"]} for v in cliques[c]]
-        for c in ids}
+dest, slim = sys.argv[1], {}
+for source in sys.argv[2:]:
+    src, start, stop = source.rsplit(":", 2)
+    with open(src, encoding="utf-8") as f:
+        cliques = json.load(f)
+    for c in sorted(cliques)[int(start):int(stop) if stop else None]:
+        slim[c] = [{"version_id": v["version_id"], "youtube_id": v["youtube_id"]} for v in cliques[c]]
 with open(dest, "w", encoding="utf-8") as f:
     json.dump(slim, f)
 PY
@@ -89,8 +93,10 @@ PY
 prepare() {
     [[ -f $CORPUS/pooled.u8.npy ]] || die "no pooled store in $CORPUS"
     rm -rf .gpu && mkdir -p .gpu/meta .gpu/whl
-    slim_metadata "$CORPUS/Synth-VI-YT-light.json.train" .gpu/meta/train.json 0
-    slim_metadata "$CORPUS/Synth-VI-YT-light.json.val" .gpu/meta/val.json "$VAL_CLIQUES"
+    local val=$CORPUS/Synth-VI-YT-light.json.val rest=()
+    [[ ${VAL_INTO_TRAIN:-0} == 1 ]] && rest=("$val:$VAL_CLIQUES:")
+    slim_metadata .gpu/meta/train.json "$CORPUS/Synth-VI-YT-light.json.train:0:" "${rest[@]}"
+    slim_metadata .gpu/meta/val.json "$val:0:$VAL_CLIQUES"
     subset_store "$CORPUS" .gpu/store .gpu/meta/train.json .gpu/meta/val.json
     cp .gpu/store/pooled.index.tsv .gpu/meta/
     (cd .gpu/store && sha256sum pooled.u8.npy) > .gpu/meta/pooled.sha256
@@ -118,7 +124,7 @@ prepare() {
             echo "  carry [\"$p\"]  command: bash tools/device-train.sh receive"
         fi
     done
-    echo "  carry [\"${parts[-1]}\"]  command: bash tools/device-train.sh train MINUTES [--set key=value ...]"
+    echo "  carry [\"${parts[-1]}\"]  command: bash tools/device-train.sh train MINUTES [--set key=value ...] [--vs ...]"
 }
 
 # Whatever this call carried (meta/, whl/, parts) into .gpu-data/.
@@ -157,54 +163,93 @@ train_run() {  # SECONDS [--set key=value ...]
         --set val_metadata=.gpu-data/meta/val.json "$@" 2>&1 | tr '\r' '\n' | grep -v -e '^train: ' -e '^ *$'
 }
 
-# Seconds of the last epoch in RUN/metrics.jsonl (training, validation and checkpoints).
-epoch_seconds() {
-    "$PYTHON" -c 'import json, sys; print(json.loads(open(sys.argv[1]).readlines()[-1])["seconds"])' "$1/metrics.jsonl"
+# Each run's own options: the arguments between "--vs" separators (values without spaces).
+split_runs() {  # ARG... -> one line per run
+    local run=""
+    for arg; do
+        if [[ $arg == --vs ]]; then echo "$run"; run=""; else run+="$arg "; fi
+    done
+    echo "$run"
 }
 
+# The runs side by side on the one GPU, each to runs/gpu-NAME-I, logged to OUT/I/NAME.log;
+# prints the epochs' lines of each log once all have stopped.
+train_runs() {  # NAME SECONDS EXTRA_OPTIONS -- (the runs' options, from split_runs)
+    local name=$1 limit=$2 extra=$3 i=0 opts pids=()
+    shift 3
+    for opts; do
+        i=$((i + 1))
+        rm -rf "runs/gpu-$name-$i"
+        # shellcheck disable=SC2086 # options are split on spaces by design
+        train_run "$limit" --set "output_dir=runs/gpu-$name-$i" "${init[@]}" $opts $extra \
+            > "$out/$i/$name.log" &
+        pids+=($!)
+    done
+    local pid
+    for pid in "${pids[@]}"; do wait "$pid" || true; done
+    for ((i = 1; i <= $#; i++)); do
+        echo "== run $i (${!i}): $name"
+        grep -e 'epoch ' -e 'Error' -e 'error' "$out/$i/$name.log" | tail -n 40
+    done
+}
+
+# Seconds of the slowest run's last epoch in runs/gpu-NAME-*/metrics.jsonl.
+slowest_epoch() {  # NAME
+    "$PYTHON" -c 'import json, sys
+print(max(json.loads(open(p).readlines()[-1])["seconds"] for p in sys.argv[1:]))' runs/gpu-"$1"-*/metrics.jsonl
+}
+
+# train MINUTES [OPTIONS] [--vs OPTIONS]...: one run, or several side by side on the GPU (each
+# its own options, e.g. --set cls_weight=1 --vs --set cls_weight=0; give each a share of the
+# data loaders with --set num_workers). Each run's package comes back in OUT/I/.
 train() {
-    local minutes=${1:?train MINUTES [--set key=value ...]}
+    local minutes=${1:?train MINUTES [--set key=value ...] [--vs --set key=value ...]}
     shift
-    local deadline=$((SECONDS + minutes * 60))
-    local out=${OUT:-runs/device-out} run=runs/vinet-mirex-synth-gpu probe=runs/vinet-mirex-synth-gpu-probe
+    local deadline=$((SECONDS + minutes * 60)) runs n
+    out=${OUT:-runs/device-out}
+    mapfile -t runs < <(split_runs "$@")
+    n=${#runs[@]}
     receive
     assemble
     if ! "$PYTHON" -c "import librosa, soundfile, soxr" 2>/dev/null; then
         "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu-data/whl/*.whl
         export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
     fi
-    local init=()
+    init=()
     [[ -n $INIT ]] && init=(--set "init_weights=$INIT" --set "init_sha256=$(sha256sum "$INIT/model.safetensors" | cut -d' ' -f1)")
-    mkdir -p "$out"
-    rm -rf "$run" "$probe"
-    # Two timed epochs size the real run, so that its cosine schedule ends inside the minutes.
-    # The first epoch pays for warm-up (workers, cuDNN's autotuning): it counts as startup.
+    local i
+    for ((i = 1; i <= n; i++)); do mkdir -p "$out/$i"; done
+    # Two timed epochs size the real runs, so that their cosine schedules end inside the
+    # minutes. The first epoch pays for warm-up (workers, cuDNN's autotuning): it counts as
+    # startup.
     local start=$SECONDS
-    train_run "$((deadline - SECONDS))" --set output_dir="$probe" "${init[@]}" "$@" \
-        --set epochs=2 --set warmup_epochs=0 | tee "$out/probe.log"
-    [[ -f $probe/metrics.jsonl ]] || die "the timing epochs did not finish"
+    train_runs probe "$((deadline - SECONDS))" "--set epochs=2 --set warmup_epochs=0" "${runs[@]}"
+    ls runs/gpu-probe-*/metrics.jsonl > /dev/null 2>&1 || die "the timing epochs did not finish"
     local epoch startup epochs
-    epoch=$(epoch_seconds "$probe")
+    epoch=$(slowest_epoch probe)
     startup=$("$PYTHON" -c 'import sys; print(int(float(sys.argv[1]) - 2 * float(sys.argv[2])))' \
         "$((SECONDS - start))" "$epoch")
     epochs=$("$PYTHON" -c 'import sys; left, e = map(float, sys.argv[1:]); print(max(1, int(left / (1.1 * e))))' \
         "$((deadline - SECONDS - startup - EXPORT_SECONDS))" "$epoch")
-    echo "device-train: an epoch takes $epoch s (startup $startup s): training $epochs epochs"
-    # The run stops at the limit if it is slower than planned; best.pt is then the best epoch
-    # that finished.
-    set +e
-    train_run "$((deadline - SECONDS - EXPORT_SECONDS))" --set output_dir="$run" --set epochs="$epochs" "${init[@]}" "$@" | tee "$out/train.log"
-    set -e
-    [[ -f $run/best.pt ]] || die "no epoch finished in $minutes minutes"
-    cp "$run/metrics.jsonl" "$out/"
-    rm -rf "$run/package"
-    "$PYTHON" -m mirex_vi weights export "$run/best.pt" --root "$run/package" --name trained
-    tar -C "$run/package/trained" -cf - . | split -b 15M -d -a 1 - "$out/package.tar."
-    ls -la "$out"
+    echo "device-train: an epoch takes $epoch s (startup $startup s): $n run(s) of $epochs epochs"
+    # A run slower than planned stops at the limit; its best.pt is the best epoch that finished.
+    train_runs train "$((deadline - SECONDS - EXPORT_SECONDS))" "--set epochs=$epochs" "${runs[@]}"
+    local run exported=0
+    for ((i = 1; i <= n; i++)); do
+        run=runs/gpu-train-$i
+        [[ -f $run/best.pt ]] || { echo "device-train: run $i finished no epoch" >&2; continue; }
+        cp "$run/metrics.jsonl" "$out/$i/"
+        rm -rf "$run/package"
+        "$PYTHON" -m mirex_vi weights export "$run/best.pt" --root "$run/package" --name trained
+        tar -C "$run/package/trained" -cf - . | split -b 15M -d -a 1 - "$out/$i/package.tar."
+        exported=$((exported + 1))
+    done
+    ls -la "$out"/*
+    ((exported > 0)) || die "no epoch finished in $minutes minutes"
 }
 
 collect() {
-    local from=${1:?collect FILES_AT NAME} name=${2:?collect FILES_AT NAME}
+    local from=${1:?collect FILES_AT/I NAME} name=${2:?collect FILES_AT/I NAME}
     [[ -e weights/$name ]] && die "weights/$name exists"
     mkdir -p "weights/$name"
     cat "$from"/package.tar.* | tar -C "weights/$name" -xf -
@@ -228,5 +273,5 @@ case ${1:-} in
     receive) receive ;;
     train) shift; train "$@" ;;
     collect) shift; collect "$@" ;;
-    *) die "usage: device-train.sh prepare | receive | train MINUTES [--set k=v ...] | collect FILES_AT NAME" ;;
+    *) die "usage: device-train.sh prepare | receive | train MINUTES [--set k=v ...] [--vs ...] | collect FILES_AT/I NAME" ;;
 esac
