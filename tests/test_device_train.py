@@ -99,22 +99,27 @@ def test_the_corpus_travels_in_parts_trains_and_comes_back_as_a_package(here, tm
     trained = _script(there, "train", "5", *TINY_RUN, "--vs", *TINY_RUN, "--set", "seed=5", env=env)
     assert trained.returncode == 0, trained.stderr + trained.stdout
     assert "2 run(s) of" in trained.stdout
+    result = there / "runs" / "device-result"
     for run in ("1", "2"):
-        assert (tmp_path / "out" / run / "probe.log").read_text().count("mirex_vi.train: epoch ") == 2
-    metrics = [(tmp_path / "out" / run / "metrics.jsonl").read_text() for run in ("1", "2")]
+        assert (result / run / "probe.log").read_text().count("mirex_vi.train: epoch ") == 2
+    metrics = [(result / run / "metrics.jsonl").read_text() for run in ("1", "2")]
     assert metrics[0] != metrics[1]
+    three = _script(there, "train", "5", *TINY_RUN, "--vs", *TINY_RUN, "--vs", *TINY_RUN, env=env)
+    assert three.returncode == 2 and "at most two runs" in three.stderr
     store = PooledStore.open(there / ".gpu-data")
     assert np.array_equal(store.pooled("y0003v01xx", scaled=False),
                           PooledStore.open(corpus).pooled("y0003v01xx", scaled=False))
-    back = sorted(p.name for p in (tmp_path / "out" / "2").iterdir())
-    assert "metrics.jsonl" in back and "package.tar.0" in back
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["result.tar.0"]
 
-    collected = _script(here, "collect", str(tmp_path / "out" / "2"), "gpu-run", env=env)
+    collected = _script(here, "collect", str(tmp_path / "out"), "gpu-run", "2", env=env)
     assert collected.returncode == 0, collected.stderr
     package = json.loads((here / "weights" / "gpu-run" / "config.json").read_text())
-    assert package["name"] == "gpu-run"
-    again = _script(here, "collect", str(tmp_path / "out" / "1"), "gpu-run", env=env)
+    assert package["name"] == "gpu-run" and package["provenance"]["config"]["seed"] == 5
+    assert (here / "runs" / "device-result" / "1" / "train.log").is_file()
+    again = _script(here, "collect", str(tmp_path / "out"), "gpu-run", env=env)
     assert again.returncode == 2 and "exists" in again.stderr
+    absent = _script(here, "collect", str(tmp_path / "out"), "run-3", "3", env=env)
+    assert absent.returncode == 2 and "no package of run 3" in absent.stderr
 
 
 def test_a_corrupt_part_is_refused_before_training(here, tmp_path):

@@ -9,13 +9,13 @@
 # each call. The last call assembles it, times two epochs, trains as many epochs of
 # configs/vinet-mirex-synth-gpu.yaml as the minutes allow (one cosine schedule) from the
 # package in weights/ (pinned by its sha256), and brings the new package back as parts of
-# a tar (files from a call are at most 16 MiB each). Runs separated by --vs train side by
-# side on the one GPU, each with its own options, and each brings its own package back.
+# a tar (files from a call are at most 16 MiB each). Two runs separated by --vs train side
+# by side on the one GPU, each with its own options, and each brings its own package back.
 #
 #   here:   bash tools/device-train.sh prepare          # writes .gpu/, prints the calls to make
 #   there:  bash tools/device-train.sh receive          # each call but the last: its part
 #   there:  bash tools/device-train.sh train MINUTES [--set key=value ...] [--vs --set ...]
-#   here:   bash tools/device-train.sh collect FILES_AT/I NAME   # run I's package -> weights/NAME
+#   here:   bash tools/device-train.sh collect FILES_AT NAME [I]   # run I's package -> weights/NAME
 #
 # To ship it: move weights/vinet-mirex-synth aside, collect into that name, and copy the old
 # MODEL_CARD.md in (the card is not checksummed) before updating it.
@@ -36,6 +36,7 @@ PYTHON=${PYTHON:-python3}
 CALL_LIMIT=$((64 * 1024 * 1024))
 CALL_MARGIN=$((1024 * 1024))  # files added to the tree between prepare and the calls
 EXPORT_SECONDS=30             # after training: export the package and pack it
+RESULT=runs/device-result     # what train brings back and collect unpacks
 
 die() { echo "device-train: $*" >&2; exit 2; }
 
@@ -172,7 +173,7 @@ split_runs() {  # ARG... -> one line per run
     echo "$run"
 }
 
-# The runs side by side on the one GPU, each to runs/gpu-NAME-I, logged to OUT/I/NAME.log;
+# The runs side by side on the one GPU, each to runs/gpu-NAME-I, logged to RESULT/I/NAME.log;
 # prints the epochs' lines of each log once all have stopped.
 train_runs() {  # NAME SECONDS EXTRA_OPTIONS -- (the runs' options, from split_runs)
     local name=$1 limit=$2 extra=$3 i=0 opts pids=()
@@ -182,14 +183,14 @@ train_runs() {  # NAME SECONDS EXTRA_OPTIONS -- (the runs' options, from split_r
         rm -rf "runs/gpu-$name-$i"
         # shellcheck disable=SC2086 # options are split on spaces by design
         train_run "$limit" --set "output_dir=runs/gpu-$name-$i" "${init[@]}" $opts $extra \
-            > "$out/$i/$name.log" &
+            > "$RESULT/$i/$name.log" &
         pids+=($!)
     done
     local pid
     for pid in "${pids[@]}"; do wait "$pid" || true; done
     for ((i = 1; i <= $#; i++)); do
         echo "== run $i (${!i}): $name"
-        grep -e 'epoch ' -e 'Error' -e 'error' "$out/$i/$name.log" | tail -n 40
+        grep -e 'epoch ' -e 'Error' -e 'error' "$RESULT/$i/$name.log" | tail -n 40
     done
 }
 
@@ -199,16 +200,18 @@ slowest_epoch() {  # NAME
 print(max(json.loads(open(p).readlines()[-1])["seconds"] for p in sys.argv[1:]))' runs/gpu-"$1"-*/metrics.jsonl
 }
 
-# train MINUTES [OPTIONS] [--vs OPTIONS]...: one run, or several side by side on the GPU (each
-# its own options, e.g. --set cls_weight=1 --vs --set cls_weight=0; give each a share of the
-# data loaders with --set num_workers). Each run's package comes back in OUT/I/.
+# train MINUTES [OPTIONS] [--vs OPTIONS]: one run, or two side by side on the GPU, each with
+# its own options (e.g. --set cls_weight=1 --vs --set cls_weight=0; share the data loaders'
+# cores with --set num_workers). Everything comes back as one tar in parts, OUT/result.tar.N,
+# holding I/package/ (run I's best epoch), I/metrics.jsonl and I/{probe,train}.log. A call
+# brings back at most 8 files and 64 MiB: two packages of 32 MB fill it.
 train() {
     local minutes=${1:?train MINUTES [--set key=value ...] [--vs --set key=value ...]}
     shift
-    local deadline=$((SECONDS + minutes * 60)) runs n
-    out=${OUT:-runs/device-out}
+    local deadline=$((SECONDS + minutes * 60)) out=${OUT:-runs/device-out} runs n
     mapfile -t runs < <(split_runs "$@")
     n=${#runs[@]}
+    ((n <= 2)) || die "at most two runs: a call brings back 64 MiB, and a package is 32 MB"
     receive
     assemble
     if ! "$PYTHON" -c "import librosa, soundfile, soxr" 2>/dev/null; then
@@ -218,7 +221,8 @@ train() {
     init=()
     [[ -n $INIT ]] && init=(--set "init_weights=$INIT" --set "init_sha256=$(sha256sum "$INIT/model.safetensors" | cut -d' ' -f1)")
     local i
-    for ((i = 1; i <= n; i++)); do mkdir -p "$out/$i"; done
+    rm -rf "$RESULT"
+    for ((i = 1; i <= n; i++)); do mkdir -p "$RESULT/$i"; done
     # Two timed epochs size the real runs, so that their cosine schedules end inside the
     # minutes. The first epoch pays for warm-up (workers, cuDNN's autotuning): it counts as
     # startup.
@@ -238,22 +242,26 @@ train() {
     for ((i = 1; i <= n; i++)); do
         run=runs/gpu-train-$i
         [[ -f $run/best.pt ]] || { echo "device-train: run $i finished no epoch" >&2; continue; }
-        cp "$run/metrics.jsonl" "$out/$i/"
-        rm -rf "$run/package"
-        "$PYTHON" -m mirex_vi weights export "$run/best.pt" --root "$run/package" --name trained
-        tar -C "$run/package/trained" -cf - . | split -b 15M -d -a 1 - "$out/$i/package.tar."
+        cp "$run/metrics.jsonl" "$RESULT/$i/"
+        "$PYTHON" -m mirex_vi weights export "$run/best.pt" --root "$RESULT/$i" --name package
         exported=$((exported + 1))
     done
-    ls -la "$out"/*
     ((exported > 0)) || die "no epoch finished in $minutes minutes"
+    mkdir -p "$out"
+    tar -C "$RESULT" -cf - . | split -b 15M -d -a 1 - "$out/result.tar."
+    ls -la "$out"
 }
 
+# Run RUN's package out of the result tar parts in FILES_AT, into weights/NAME (renamed and
+# verified); the logs and metrics stay in RESULT.
 collect() {
-    local from=${1:?collect FILES_AT/I NAME} name=${2:?collect FILES_AT/I NAME}
+    local from=${1:?collect FILES_AT NAME [RUN]} name=${2:?collect FILES_AT NAME [RUN]} run=${3:-1}
     [[ -e weights/$name ]] && die "weights/$name exists"
-    mkdir -p "weights/$name"
-    cat "$from"/package.tar.* | tar -C "weights/$name" -xf -
-    # The package was exported as "trained"; it takes its folder's name (the sums cover config.json).
+    rm -rf "$RESULT" && mkdir -p "$RESULT"
+    cat "$from"/result.tar.* | tar -C "$RESULT" -xf -
+    [[ -d $RESULT/$run/package ]] || die "no package of run $run in $from"
+    mkdir -p weights && cp -r "$RESULT/$run/package" "weights/$name"
+    # The package was exported as "package"; it takes its folder's name (the sums cover config.json).
     "$PYTHON" - "weights/$name" <<'PY'
 import json, sys
 from pathlib import Path
@@ -266,6 +274,7 @@ PY
     local py=$PYTHON
     [[ $py == python3 && -x .venv/bin/python ]] && py=.venv/bin/python
     MIREX_VI_WEIGHTS_DIR=$PWD/weights "$py" -m mirex_vi weights verify "$name"
+    echo "device-train: logs and metrics of each run in $RESULT/"
 }
 
 case ${1:-} in
@@ -273,5 +282,5 @@ case ${1:-} in
     receive) receive ;;
     train) shift; train "$@" ;;
     collect) shift; collect "$@" ;;
-    *) die "usage: device-train.sh prepare | receive | train MINUTES [--set k=v ...] [--vs ...] | collect FILES_AT/I NAME" ;;
+    *) die "usage: device-train.sh prepare | receive | train MINUTES [--set k=v ...] [--vs ...] | collect FILES_AT NAME [RUN]" ;;
 esac
