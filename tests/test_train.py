@@ -206,7 +206,7 @@ def test_pinned_init_weights_are_checked_and_recorded(full_run, dataset_dir, tmp
 
 
 def test_rerunning_stage_5_from_a_later_stages_shipped_package_is_refused(tmp_path, monkeypatch):
-    """Stage 5 starts from weights/vinet-mirex-synth, which now holds stage 15's output."""
+    """Stage 5 starts from weights/vinet-mirex-synth, which now holds stage 16's output."""
     monkeypatch.chdir(REPO)  # init_weights is a path relative to the repository
     result = CliRunner().invoke(main, [
         "train", "--config", "configs/vinet-mirex-synth-cpu-stage5.yaml", "--device", "cpu",
