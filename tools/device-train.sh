@@ -173,9 +173,10 @@ split_runs() {  # ARG... -> one line per run
     echo "$run"
 }
 
-# The runs side by side on the one GPU, each to runs/gpu-NAME-I, logged to RESULT/I/NAME.log;
-# prints the epochs' lines of each log once all have stopped.
-train_runs() {  # NAME SECONDS EXTRA_OPTIONS -- (the runs' options, from split_runs)
+# The runs side by side on the one GPU, each to runs/gpu-NAME-I, logged to RESULT/I/NAME.log,
+# from the package that train's `init` options pin; prints the epochs' lines of each log
+# once all have stopped.
+train_runs() {  # NAME SECONDS EXTRA_OPTIONS RUN_OPTIONS... (one word per run, from split_runs)
     local name=$1 limit=$2 extra=$3 i=0 opts pids=()
     shift 3
     for opts; do
