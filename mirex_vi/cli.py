@@ -99,7 +99,7 @@ def warmup() -> None:
 
 @main.group()
 def weights() -> None:
-    """List, verify, import and export weight packages.
+    """List, verify, copy, import and export weight packages.
 
     \b
     `import` and `export` are one command under two names: each turns a .pth checkpoint
@@ -163,6 +163,26 @@ def _package_command(verb: str, help_text: str):
         click.echo(f"wrote {folder} (model.safetensors sha256 {sha})")
 
     return command
+
+
+@weights.command("copy")
+@click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("name")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path),
+              help="Where to create the copy [default: the weights folder].")
+def weights_copy(source, name, root) -> None:
+    """Copy the package SOURCE (a folder) as NAME: its config takes the new name and its
+    checksums follow."""
+    from .weights import copy_package, weights_root
+
+    folder = (root or weights_root()) / name
+    try:
+        sha = copy_package(source, folder)
+    except ValueError as err:
+        _fail(str(err))
+    except OSError as err:
+        _fail(f"{folder}: cannot write the package ({err.strerror or err})", EXIT_OUTPUT)
+    click.echo(f"wrote {folder} (model.safetensors sha256 {sha})")
 
 
 _package_command("import", "Turn the authors' model_checkpoint.pth into a weight package "

@@ -20,6 +20,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -266,11 +267,35 @@ def write_package(
     config = {"name": folder.name, "model": to_dict(model_cfg), "features": to_dict(features),
               "provenance": {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                              **provenance}}
+    with atomic_open(folder / CARD_FILE, "w", encoding="utf-8") as f:
+        f.write(card)
+    return _write_config_and_sums(folder, config)
+
+
+def copy_package(source: Path, folder: Path) -> str:
+    """Copy the package at ``source`` to the new ``folder``, named after it in its config (the
+    checksums follow); return the model sha256. The copy appears whole or not at all."""
+    verify_package(source)
+    if folder.exists():
+        raise WeightsError(f"{folder} exists")
+    staging = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        shutil.copytree(source, staging)
+        config = _read_config(staging)
+        config["name"] = folder.name
+        sha = _write_config_and_sums(staging, config)
+        os.replace(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return sha
+
+
+def _write_config_and_sums(folder: Path, config: dict[str, Any]) -> str:
     with atomic_open(folder / CONFIG_FILE, "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2, sort_keys=True)
         f.write("\n")
-    with atomic_open(folder / CARD_FILE, "w", encoding="utf-8") as f:
-        f.write(card)
     sums = "".join(f"{sha256_file(folder / name)}  {name}\n" for name in CHECKED_FILES)
     with atomic_open(folder / SUMS_FILE, "w", encoding="utf-8") as f:
         f.write(sums)

@@ -9,7 +9,8 @@ import torch
 from mirex_vi.config import MODEL_SIZES
 from mirex_vi.embed import embed_inputs
 from mirex_vi.model import CQTNet, build_model, count_parameters
-from mirex_vi.weights import (WeightsError, import_checkpoint, load_weights, verify_package)
+from mirex_vi.weights import (WeightsError, copy_package, import_checkpoint, load_weights,
+                              verify_package)
 
 AUTHORS_CONV = [0, 3, 7, 10, 14, 17, 21, 24, 28, 31]
 BN_SUFFIXES = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
@@ -121,6 +122,21 @@ def test_missing_checksum_and_wrong_architecture_are_refused(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="not a loadable checkpoint"):
         load_weights(tmp_path / "junk.pth")
+
+
+def test_a_copied_package_takes_its_new_name_and_a_bad_source_leaves_nothing(tmp_path):
+    authors_checkpoint(tmp_path / "c.pth")
+    sha = import_checkpoint(tmp_path / "c.pth", tmp_path / "exported")
+    assert copy_package(tmp_path / "exported", tmp_path / "weights" / "shipped") == sha
+    config = json.loads((tmp_path / "weights" / "shipped" / "config.json").read_text())
+    assert config["name"] == "shipped" and config["provenance"]["mAP"] == 0.9
+    assert verify_package(tmp_path / "weights" / "shipped") == sha
+    with pytest.raises(WeightsError, match="exists"):
+        copy_package(tmp_path / "exported", tmp_path / "weights" / "shipped")
+    (tmp_path / "exported" / "config.json").write_text("{}")  # its checksum no longer matches
+    with pytest.raises(WeightsError, match="sha256 mismatch"):
+        copy_package(tmp_path / "exported", tmp_path / "weights" / "other")
+    assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == ["shipped"]
 
 
 def test_unknown_weights_name_lists_known_packages():

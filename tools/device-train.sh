@@ -254,27 +254,17 @@ train() {
 }
 
 # Run RUN's package out of the result tar parts in FILES_AT, into weights/NAME (renamed and
-# verified); the logs and metrics stay in RESULT.
+# verified by `mirex-vi weights copy`); the logs and metrics stay in RESULT.
 collect() {
     local from=${1:?collect FILES_AT NAME [RUN]} name=${2:?collect FILES_AT NAME [RUN]} run=${3:-1}
     [[ -e weights/$name ]] && die "weights/$name exists"
     rm -rf "$RESULT" && mkdir -p "$RESULT"
     cat "$from"/result.tar.* | tar -C "$RESULT" -xf -
     [[ -d $RESULT/$run/package ]] || die "no package of run $run in $from"
-    mkdir -p weights && cp -r "$RESULT/$run/package" "weights/$name"
-    # The package was exported as "package"; it takes its folder's name (the sums cover config.json).
-    "$PYTHON" - "weights/$name" <<'PY'
-import json, sys
-from pathlib import Path
-config = Path(sys.argv[1]) / "config.json"
-data = json.loads(config.read_text("utf-8"))
-data["name"] = config.parent.name
-config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", "utf-8")
-PY
-    (cd "weights/$name" && sha256sum model.safetensors config.json > SHA256SUMS)
     local py=$PYTHON
     [[ $py == python3 && -x .venv/bin/python ]] && py=.venv/bin/python
-    MIREX_VI_WEIGHTS_DIR=$PWD/weights "$py" -m mirex_vi weights verify "$name"
+    # The package was exported as "package"; the copy takes its folder's name.
+    "$py" -m mirex_vi weights copy "$RESULT/$run/package" "$name" --root weights
     echo "device-train: logs and metrics of each run in $RESULT/"
 }
 
