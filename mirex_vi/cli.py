@@ -151,18 +151,27 @@ def _package_command(verb: str, help_text: str):
     @click.option("--card", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                   help="MODEL_CARD.md to ship [default: generated from the checkpoint].")
     def command(checkpoint, name, root, card) -> None:
-        from .weights import import_checkpoint, weights_root
+        from .weights import import_checkpoint
 
-        folder = (root or weights_root()) / name
-        try:
-            sha = import_checkpoint(checkpoint, folder, card.read_text("utf-8") if card else None)
-        except ValueError as err:
-            _fail(str(err))
-        except OSError as err:
-            _fail(f"{folder}: cannot write the package ({err.strerror or err})", EXIT_OUTPUT)
-        click.echo(f"wrote {folder} (model.safetensors sha256 {sha})")
+        _write_package_at(root, name, lambda folder: import_checkpoint(
+            checkpoint, folder, card.read_text("utf-8") if card else None))
 
     return command
+
+
+def _write_package_at(root: Path | None, name: str, write) -> None:
+    """Run ``write(folder)`` for the package NAME under ROOT (default: the weights folder),
+    reporting its sha256, or a bad source or an unwritable folder as a clean error."""
+    from .weights import weights_root
+
+    folder = (root or weights_root()) / name
+    try:
+        sha = write(folder)
+    except ValueError as err:
+        _fail(str(err))
+    except OSError as err:
+        _fail(f"{folder}: cannot write the package ({err.strerror or err})", EXIT_OUTPUT)
+    click.echo(f"wrote {folder} (model.safetensors sha256 {sha})")
 
 
 @weights.command("copy")
@@ -173,16 +182,9 @@ def _package_command(verb: str, help_text: str):
 def weights_copy(source, name, root) -> None:
     """Copy the package SOURCE (a folder) as NAME: its config takes the new name and its
     checksums follow."""
-    from .weights import copy_package, weights_root
+    from .weights import copy_package
 
-    folder = (root or weights_root()) / name
-    try:
-        sha = copy_package(source, folder)
-    except ValueError as err:
-        _fail(str(err))
-    except OSError as err:
-        _fail(f"{folder}: cannot write the package ({err.strerror or err})", EXIT_OUTPUT)
-    click.echo(f"wrote {folder} (model.safetensors sha256 {sha})")
+    _write_package_at(root, name, lambda folder: copy_package(source, folder))
 
 
 _package_command("import", "Turn the authors' model_checkpoint.pth into a weight package "

@@ -195,10 +195,17 @@ train_runs() {  # NAME SECONDS EXTRA_OPTIONS RUN_OPTIONS... (one word per run, f
     done
 }
 
-# Seconds of the slowest run's last epoch in runs/gpu-NAME-*/metrics.jsonl.
-slowest_epoch() {  # NAME
-    "$PYTHON" -c 'import json, sys
-print(max(json.loads(open(p).readlines()[-1])["seconds"] for p in sys.argv[1:]))' runs/gpu-"$1"-*/metrics.jsonl
+# From the probe runs (runs/gpu-probe-*): the seconds of the slowest run's last epoch, the
+# startup (the probe's time less two such epochs: the first pays for warm-up) and the epochs
+# that fit the seconds left after it, with a 10 % margin.
+plan_epochs() {  # PROBE_SECONDS SECONDS_LEFT -> "EPOCH STARTUP EPOCHS"
+    "$PYTHON" - "$@" runs/gpu-probe-*/metrics.jsonl <<'PY'
+import json, sys
+probe, left = map(float, sys.argv[1:3])
+epoch = max(json.loads(open(path).readlines()[-1])["seconds"] for path in sys.argv[3:])
+startup = int(probe - 2 * epoch)
+print(epoch, startup, max(1, int((left - startup) / (1.1 * epoch))))
+PY
 }
 
 # train MINUTES [OPTIONS] [--vs OPTIONS]: one run, or two side by side on the GPU, each with
@@ -225,17 +232,12 @@ train() {
     rm -rf "$RESULT"
     for ((i = 1; i <= n; i++)); do mkdir -p "$RESULT/$i"; done
     # Two timed epochs size the real runs, so that their cosine schedules end inside the
-    # minutes. The first epoch pays for warm-up (workers, cuDNN's autotuning): it counts as
-    # startup.
+    # minutes. The first epoch pays for warm-up (workers, cuDNN's autotuning).
     local start=$SECONDS
     train_runs probe "$((deadline - SECONDS))" "--set epochs=2 --set warmup_epochs=0" "${runs[@]}"
     ls runs/gpu-probe-*/metrics.jsonl > /dev/null 2>&1 || die "the timing epochs did not finish"
     local epoch startup epochs
-    epoch=$(slowest_epoch probe)
-    startup=$("$PYTHON" -c 'import sys; print(int(float(sys.argv[1]) - 2 * float(sys.argv[2])))' \
-        "$((SECONDS - start))" "$epoch")
-    epochs=$("$PYTHON" -c 'import sys; left, e = map(float, sys.argv[1:]); print(max(1, int(left / (1.1 * e))))' \
-        "$((deadline - SECONDS - startup - EXPORT_SECONDS))" "$epoch")
+    read -r epoch startup epochs < <(plan_epochs "$((SECONDS - start))" "$((deadline - SECONDS - EXPORT_SECONDS))")
     echo "device-train: an epoch takes $epoch s (startup $startup s): $n run(s) of $epochs epochs"
     # A run slower than planned stops at the limit; its best.pt is the best epoch that finished.
     train_runs train "$((deadline - SECONDS - EXPORT_SECONDS))" "--set epochs=$epochs" "${runs[@]}"
