@@ -19,6 +19,7 @@ import datetime as dt
 import json
 import logging
 import math
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from .losses import NegativeMemory
 log = logging.getLogger(__name__)
 
 LAST, BEST, METRICS = "last.pt", "best.pt", "metrics.jsonl"
+GIT_COMMIT_ENV = "MIREX_VI_GIT_COMMIT"  # overrides git_commit() (see there)
 
 
 @dataclass
@@ -79,13 +81,24 @@ def _unwrap(module: nn.Module) -> nn.Module:
 
 
 def git_commit() -> str | None:
-    """HEAD of the repository holding this package, or None outside a git checkout."""
+    """The commit this package's code came from: ``$MIREX_VI_GIT_COMMIT`` where it is set (a
+    copied tree whose ``.git`` lags behind, e.g. on a device machine: tools/device-train.sh),
+    else HEAD of the repository holding the package, with ``+modified`` when the package's
+    files differ from it; None outside a git checkout."""
+    if os.environ.get(GIT_COMMIT_ENV):
+        return os.environ[GIT_COMMIT_ENV]
+    here = Path(__file__).parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=10, check=True)
+        head = _git(here, "rev-parse", "HEAD")
+        modified = bool(_git(here, "status", "--porcelain", "--", "."))
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    return head + "+modified" if head and modified else head or None
+
+
+def _git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10,
+                          check=True).stdout.strip()
 
 
 def checkpoint_payload(state: TrainingState, cfg: TrainConfig, train: dict[str, float],

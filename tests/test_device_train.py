@@ -1,7 +1,8 @@
 """tools/device-train.sh on the CPU: the carried cliques' store compressed and split into
 parts, each part received in a call of its own (the last with the train call), the store
 assembled and checked, two timed epochs and two tiny runs trained side by side, their packages
-carried back as tar parts, one verified under its new name."""
+carried back as tar parts, one verified under its new name and recording the commit prepare
+saw."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mirex_vi.checkpoint import git_commit
 from mirex_vi.pooled import PooledStore, write_store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,6 +77,9 @@ def test_the_corpus_travels_in_parts_trains_and_comes_back_as_a_package(here, tm
     val = json.loads((here / ".gpu" / "meta" / "val.json").read_text())
     assert sorted(val) == ["C-0000006", "C-0000007"]  # the third joined the training set
     assert sorted(train) == [f"C-{c:07d}" for c in (0, 1, 2, 3, 4, 5, 8)]
+    recorded = here / ".gpu" / "meta" / "git_commit"
+    assert recorded.read_text().strip() == (git_commit() or "unknown")
+    recorded.write_text("0123abc\n")  # as if prepared at another commit than the device's .git
 
     # The device machine: each call brings its own part; .gpu-data stays between calls.
     there = tmp_path / "there"
@@ -115,6 +120,7 @@ def test_the_corpus_travels_in_parts_trains_and_comes_back_as_a_package(here, tm
     assert collected.returncode == 0, collected.stderr
     package = json.loads((here / "weights" / "gpu-run" / "config.json").read_text())
     assert package["name"] == "gpu-run" and package["provenance"]["config"]["seed"] == 5
+    assert package["provenance"]["git_commit"] == "0123abc"
     assert (here / "runs" / "device-result" / "1" / "train.log").is_file()
     again = _script(here, "collect", str(tmp_path / "out"), "gpu-run", env=env)
     assert again.returncode == 2 and "exists" in again.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,29 @@ def _metrics(run_dir):
 def full_run(dataset_dir, tmp_path_factory):
     """An uninterrupted tiny run (3 epochs of 5 steps, validation each epoch)."""
     return run_training(_cfg(dataset_dir, tmp_path_factory.mktemp("full") / "run"), device="cpu")
+
+
+def test_git_commit_is_head_marked_when_modified_or_what_the_environment_says(monkeypatch,
+                                                                              tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "pkg").mkdir(parents=True)
+    (repo / "pkg" / "code.py").write_text("x = 1\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "add", "pkg"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "one"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    monkeypatch.delenv(checkpoint.GIT_COMMIT_ENV, raising=False)
+    monkeypatch.setattr(checkpoint, "__file__", str(repo / "pkg" / "checkpoint.py"))
+    assert checkpoint.git_commit() == head
+    (repo / "pkg" / "code.py").write_text("x = 2\n")
+    assert checkpoint.git_commit() == head + "+modified"
+    monkeypatch.setenv(checkpoint.GIT_COMMIT_ENV, "0123abc")
+    assert checkpoint.git_commit() == "0123abc"
+    monkeypatch.setattr(checkpoint, "__file__", str(tmp_path / "checkpoint.py"))
+    monkeypatch.delenv(checkpoint.GIT_COMMIT_ENV)
+    assert checkpoint.git_commit() is None  # no checkout
 
 
 def test_tiny_run_learns_and_checkpoints(full_run):

@@ -91,6 +91,19 @@ print(f"device-train: {len(index)} versions, {total} rows of {len(rows)}")
 PY
 }
 
+# sha256 over the .py files of the mirex_vi that PYTHON imports: the code that trains.
+code_digest() {
+    "$PYTHON" - <<'PY'
+import hashlib
+from pathlib import Path
+import mirex_vi
+root, h = Path(mirex_vi.__file__).parent, hashlib.sha256()
+for path in sorted(root.rglob("*.py")):
+    h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+print(h.hexdigest())
+PY
+}
+
 prepare() {
     [[ -f $CORPUS/pooled.u8.npy ]] || die "no pooled store in $CORPUS"
     rm -rf .gpu && mkdir -p .gpu/meta .gpu/whl
@@ -100,6 +113,10 @@ prepare() {
     slim_metadata .gpu/meta/val.json "$val:0:$VAL_CLIQUES"
     subset_store "$CORPUS" .gpu/store .gpu/meta/train.json .gpu/meta/val.json
     cp .gpu/store/pooled.index.tsv .gpu/meta/
+    # The device machine's copy of .git lags behind: the packages record this commit instead.
+    "$PYTHON" -c "from mirex_vi.checkpoint import git_commit; print(git_commit() or 'unknown')" \
+        > .gpu/meta/git_commit
+    code_digest > .gpu/meta/code.sha256
     (cd .gpu/store && sha256sum pooled.u8.npy) > .gpu/meta/pooled.sha256
     # librosa, soundfile and soxr are not in the device image (Python 3.12); the rest is.
     [[ ${NO_WHEELS:-0} == 1 ]] || "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
@@ -226,6 +243,10 @@ train() {
         "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu-data/whl/*.whl
         export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
     fi
+    MIREX_VI_GIT_COMMIT=$(cat .gpu-data/meta/git_commit)
+    [[ $(code_digest) == "$(cat .gpu-data/meta/code.sha256)" ]] \
+        || MIREX_VI_GIT_COMMIT+="+changed-since-prepare"
+    export MIREX_VI_GIT_COMMIT
     init=()
     [[ -n $INIT ]] && init=(--set "init_weights=$INIT" --set "init_sha256=$(sha256sum "$INIT/model.safetensors" | cut -d' ' -f1)")
     local i
