@@ -19,7 +19,7 @@ CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 ADDED_KEYS = {"init_sha256", "cls_weight", "label_smoothing", "memory_size", "augment"}
 # Stages tried and not shipped (weights/vinet-mirex-synth/MODEL_CARD.md); the next stage
 # starts from the same weights as they did.
-NOT_SHIPPED = {"vinet-mirex-synth-cpu-stage12.yaml"}
+NOT_SHIPPED = {"vinet-mirex-synth-cpu-stage12.yaml", "vinet-mirex-synth-cpu-stage17.yaml"}
 
 
 def test_every_config_resolves_to_what_its_full_copy_held():
@@ -50,9 +50,9 @@ def test_stages_that_start_from_weights_pin_them():
         assert pin == pins[stage_of[name]], name
     shipped = {stage_of[name] for name in pins} - NOT_SHIPPED
     assert len({pins[s] for s in shipped}) == len(shipped)
-    for name in NOT_SHIPPED:
-        after = name.replace(f"stage{_stage(name)}", f"stage{_stage(name) + 1}")
-        assert pins[after] == pins[name], after
+    for name in NOT_SHIPPED:  # the next stage, on either machine, once it has run
+        for after in (n for n in pins if n == stage_of[n] and _stage(n) == _stage(name) + 1):
+            assert pins[after] == pins[name], after
 
 
 def _stage(name: str) -> int:
