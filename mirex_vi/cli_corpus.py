@@ -46,10 +46,17 @@ from .cli_common import setup_logging as _setup_logging
 @click.option("--collections",
               help="Comma-separated music21 corpus folders to draw from [default: all the "
                    "training collections].")
+@click.option("--rerender", "rerender_metadata", type=click.Path(dir_okay=False, path_type=Path),
+              help="Render again the versions this light-JSON metadata lists (e.g. a split of a "
+                   "corpus kept as features) into OUT_DIR. Give the options that made the corpus "
+                   "(--seed, --seconds, --ood/--demo, --p-*): every version is checked against its "
+                   "record first. --works, --versions-per-work, --split, --name and "
+                   "--collections do not apply.")
 @click.option("--overwrite", is_flag=True, help="Re-render existing audio files.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def corpus_command(out_dir, works, versions_per_work, seconds, seed, split, jobs, name, demo, ood,
-           p_voice, p_band, p_codec, p_form, collections, overwrite, quiet) -> None:
+           p_voice, p_band, p_codec, p_form, collections, rerender_metadata, overwrite,
+           quiet) -> None:
     """Render a synthetic cover-song corpus from music21's scores into OUT_DIR (or grow it)."""
     import dataclasses
     import importlib.util
@@ -64,7 +71,7 @@ def corpus_command(out_dir, works, versions_per_work, seconds, seed, split, jobs
     if importlib.util.find_spec("music21") is None:
         _fail("the corpus generator needs music21: pip install mirex-vi[corpus]")
     _setup_logging(quiet)
-    from .corpus.driver import build_corpus, default_mix
+    from .corpus.driver import build_corpus, default_mix, rerender
 
     given = {"p_voice": p_voice, "p_band": p_band, "p_codec": p_codec, "p_form": p_form}
     mix = dataclasses.replace(default_mix("demo" if demo else "ood" if ood else "train"),
@@ -72,8 +79,12 @@ def corpus_command(out_dir, works, versions_per_work, seconds, seed, split, jobs
     extra = {"collections": collections.split(",")} if collections else {}
     start = time.perf_counter()
     try:
-        cliques = build_corpus(out_dir, works, versions_per_work, seconds, seed, fractions, jobs,
-                               demo, name, overwrite, quiet, ood=ood, mix=mix, **extra)
+        if rerender_metadata:
+            cliques = rerender(rerender_metadata, out_dir, seed, seconds, jobs, demo, ood, mix,
+                               overwrite=overwrite, quiet=quiet)
+        else:
+            cliques = build_corpus(out_dir, works, versions_per_work, seconds, seed, fractions, jobs,
+                                   demo, name, overwrite, quiet, ood=ood, mix=mix, **extra)
     except (RuntimeError, ValueError) as err:  # missing fluidsynth, a folder made otherwise
         _fail(str(err))
     n_versions = sum(len(v) for v in cliques.values())

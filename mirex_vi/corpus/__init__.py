@@ -31,7 +31,9 @@ same ids, the same metadata and the same audio. Rerunning it with more ``--works
 same folder grows the corpus: the first works, their ids and audio stay as they were, every
 existing clique keeps its split, and only the new cliques are cut into train/val/test. Each
 version record carries the ``generator_version`` that rendered it, and a folder made by
-another version is refused before anything is rendered.
+another version is refused before anything is rendered. ``--rerender METADATA`` renders
+again the versions a metadata file lists (a corpus kept as features only), after checking
+each version's drawn choices against its record.
 
 Requires: fluidsynth, ffmpeg and the soundfonts of ``soundfonts.PACKAGES`` (Debian
 packages; ``tools/setup.sh`` installs all but the held-out one) and

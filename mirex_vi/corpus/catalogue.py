@@ -60,6 +60,14 @@ class WorkRef:
         """The ``source`` field of its versions' metadata records."""
         return f"music21:{self.key}"
 
+    @classmethod
+    def from_source(cls, source: str) -> "WorkRef":
+        """The work a ``source`` field names; ValueError if it is not ``music21:PATH[#N]``."""
+        match = re.fullmatch(r"music21:([^#]+)(?:#(\d+))?", source)
+        if match is None:
+            raise ValueError(f"source {source!r} is not a music21 score (music21:PATH[#N])")
+        return cls(match[1], None if match[2] is None else int(match[2]))
+
 
 def stable_int(*parts: object) -> int:
     """A 64-bit integer hashed from ``parts`` (stable across runs, unlike ``hash``)."""

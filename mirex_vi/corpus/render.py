@@ -119,8 +119,23 @@ class Task:
     overrides: tuple[tuple[str, object], ...] = ()  # VersionSpec fields forced after drawing
 
 
-def render_version(task: Task) -> dict | None:
-    """Render one version to FLAC; returns its metadata record, or None if it failed."""
+@dataclasses.dataclass
+class Plan:
+    """A version's choices before rendering: its spec, timed notes, MIDI parameters, the
+    generator for the audio chain, and the metadata record it will get."""
+
+    spec: VersionSpec
+    events: np.ndarray
+    start_s: float
+    programs: list[int]
+    velocities: list[int]
+    pans: list[int]
+    rng: np.random.Generator
+    record: dict
+
+
+def plan_version(task: Task) -> Plan:
+    """Draw every choice of one version (cheap: no rendering) and its metadata record."""
     work = task.work
     stream = [task.seed, stable_int(work.ref.key) % 2**63, task.version]
     rng = np.random.default_rng(stream)
@@ -131,25 +146,13 @@ def render_version(task: Task) -> dict | None:
     velocities = [int(v) for v in rng.integers(60, 106, n_parts)]
     pans = [int(p) for p in rng.integers(24, 105, n_parts)]
     programs = list(spec.programs) + [spec.chord_program, spec.bass_program][: n_parts - len(spec.programs)]
-    rel = Path("audio", task.youtube_id[:2], task.youtube_id + ".flac")
-    path = task.out_dir / rel
-    if task.overwrite or not path.exists():
-        try:
-            midi = midi_bytes(fold_keys(events), programs, velocities, pans, spec.duration_s,
-                              (spec.vibrato_cents, spec.vibrato_hz))
-            audio = fluidsynth_render(midi, task.soundfont_dir / spec.soundfont, spec.sample_rate,
-                                      spec.reverb, spec.chorus)
-            write_flac(path, post_process(audio, spec, rng, start_s > 0), spec.sample_rate)
-        except (subprocess.CalledProcessError, ValueError, RuntimeError) as exc:
-            log.warning("version %s of %s failed: %s", task.version, work.ref.key, exc)
-            return None
-    return {
+    record = {
         "version_id": task.version_id,
         "youtube_id": task.youtube_id,
         "track_title": f"{work.title} (version {task.version + 1})",
         "composer": work.composer,
         "source": work.ref.source,
-        "audio_path": rel.as_posix(),
+        "audio_path": audio_path(task.youtube_id).as_posix(),
         "start_seconds": round(start_s, 3),
         "tempo_bpm": round(work.bpm * spec.tempo_factor, 2),
         "n_events": int(len(events)),
@@ -158,4 +161,27 @@ def render_version(task: Task) -> dict | None:
         "programs": programs,
         "generator_version": GENERATOR_VERSION,
     }
+    return Plan(spec, events, start_s, programs, velocities, pans, rng, record)
 
+
+def audio_path(yid: str) -> Path:
+    """A version's audio file, relative to the corpus folder."""
+    return Path("audio", yid[:2], yid + ".flac")
+
+
+def render_version(task: Task) -> dict | None:
+    """Render one version to FLAC; returns its metadata record, or None if it failed."""
+    plan = plan_version(task)
+    spec = plan.spec
+    path = task.out_dir / audio_path(task.youtube_id)
+    if task.overwrite or not path.exists():
+        try:
+            midi = midi_bytes(fold_keys(plan.events), plan.programs, plan.velocities, plan.pans,
+                              spec.duration_s, (spec.vibrato_cents, spec.vibrato_hz))
+            audio = fluidsynth_render(midi, task.soundfont_dir / spec.soundfont, spec.sample_rate,
+                                      spec.reverb, spec.chorus)
+            write_flac(path, post_process(audio, spec, plan.rng, plan.start_s > 0), spec.sample_rate)
+        except (subprocess.CalledProcessError, ValueError, RuntimeError) as exc:
+            log.warning("version %s of %s failed: %s", task.version, task.work.ref.key, exc)
+            return None
+    return plan.record

@@ -1,0 +1,113 @@
+"""Tests of ``mirex-vi corpus --rerender``: the audio of a corpus kept as metadata (and
+features) is rendered again, byte for byte, and only with the options that made it.
+
+Rendering tests need music21, fluidsynth, ffmpeg and the training soundfonts
+(``bash tools/setup.sh``); without them they are skipped with that reason.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mirex_vi.cli import main as cli_main
+from mirex_vi.corpus import soundfonts
+from mirex_vi.corpus.catalogue import WorkRef
+from mirex_vi.corpus.driver import build_corpus, rerender
+
+REPO = Path(__file__).resolve().parents[1]
+HAVE_MUSIC21 = importlib.util.find_spec("music21") is not None
+HAVE_RENDER = (HAVE_MUSIC21 and all(shutil.which(tool) for tool in ("fluidsynth", "ffmpeg"))
+               and not soundfonts.missing(soundfonts.TRAINING + soundfonts.CLASSIC))
+needs_render = pytest.mark.skipif(
+    not HAVE_RENDER, reason="needs music21, fluidsynth, ffmpeg and the training soundfonts "
+                            "(bash tools/setup.sh; pip install mirex-vi[corpus])")
+
+SMALL = dict(n_works=2, versions_per_work=2, seconds=4.0, seed=5, jobs=1, quiet=True,
+             collections=("essenFolksong",))
+METADATA = "Synth-VI-YT-light.json"
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("corpus")
+    build_corpus(out, **SMALL)
+    return out
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _audio(root: Path, cliques: dict) -> dict[str, str]:
+    return {v["youtube_id"]: _sha256(root / v["audio_path"]) for vs in cliques.values() for v in vs}
+
+
+def test_a_source_names_its_work():
+    for source in ("music21:essenFolksong/han1.abc#12", "music21:bach/bwv66.6.mxl"):
+        assert WorkRef.from_source(source).source == source
+    assert WorkRef.from_source("music21:bach/bwv66.6.mxl").number is None
+    with pytest.raises(ValueError, match="not a music21 score"):
+        WorkRef.from_source("youtube:abc")
+
+
+@needs_render
+def test_rerender_gives_the_same_audio_and_metadata(small, tmp_path):
+    stored = json.loads((small / METADATA).read_text())
+    cliques = rerender(small / METADATA, tmp_path, seed=5, seconds=4.0, quiet=True)
+    assert cliques == stored
+    assert json.loads((tmp_path / METADATA).read_text()) == stored
+    assert _audio(tmp_path, stored) == _audio(small, stored)
+
+
+@needs_render
+def test_version_1_records_render_as_version_1_did(tmp_path):
+    """The bundled demo's records carry no generator version; two of its cliques re-render
+    to its files byte for byte."""
+    demo = REPO / "examples" / "demo"
+    bundled = json.loads((demo / "demo-light.json").read_text())
+    two = {c: bundled[c] for c in list(bundled)[:2]}
+    assert all("generator_version" not in v for vs in two.values() for v in vs)
+    (tmp_path / "two.json").write_text(json.dumps(two))
+    rerender(tmp_path / "two.json", tmp_path / "out", seed=2024, seconds=20.0, demo=True, quiet=True)
+    assert _audio(tmp_path / "out", two) == _audio(demo, two)
+
+
+@needs_render
+@pytest.mark.parametrize("options, message", [
+    (dict(seed=6, seconds=4.0), "not a version of .* under --seed 6"),
+    (dict(seed=5, seconds=5.0), "would be .*, its record says"),
+])
+def test_other_options_are_refused_before_rendering(small, tmp_path, options, message):
+    with pytest.raises(ValueError, match=message):
+        rerender(small / METADATA, tmp_path / "out", quiet=True, **options)
+    assert not list(tmp_path.rglob("*.flac")) and not (tmp_path / "out" / METADATA).exists()
+
+
+@pytest.mark.skipif(not HAVE_MUSIC21, reason="music21 not installed (pip install mirex-vi[corpus])")
+@pytest.mark.parametrize("text, message", [
+    ("not json", "not readable as JSON metadata"),
+    ('{"C-1": [{"youtube_id": "x"}]}', "not a corpus's light-JSON metadata"),
+    ("[]", "not a corpus's light-JSON metadata"),
+])
+def test_cli_refuses_what_is_not_corpus_metadata(tmp_path, text, message):
+    (tmp_path / "m.json").write_text(text)
+    result = CliRunner().invoke(cli_main, ["corpus", str(tmp_path / "out"), "--rerender",
+                                           str(tmp_path / "m.json"), "--quiet"])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert "Traceback" not in result.output and not list(tmp_path.rglob("*.flac"))
+
+
+@needs_render
+def test_cli_rerenders_what_the_function_does(small, tmp_path):
+    result = CliRunner().invoke(cli_main, [
+        "corpus", str(tmp_path), "--rerender", str(small / METADATA), "--seconds", "4",
+        "--seed", "5", "--jobs", "1", "--quiet"])
+    assert result.exit_code == 0, result.output
+    stored = json.loads((small / METADATA).read_text())
+    assert _audio(tmp_path, stored) == _audio(small, stored)
