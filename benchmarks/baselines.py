@@ -2,7 +2,7 @@
 
     python benchmarks/baselines.py --metadata CORPUS/Synth-VI-YT-light.json.test \
         --features-dir FEATURES --audio-root CORPUS [--weights NAME] [--skip-chroma] \
-        [--excerpt SECONDS] [--exclude EARLIER.json.test]
+        [--excerpt SECONDS] [--exclude EARLIER.json.test] [--queries-per-clique K]
 
 Systems (the same queries, candidates and metrics for all):
 
@@ -76,6 +76,20 @@ def _init_qmax_worker(features: list[np.ndarray]) -> None:
                                      distanceType="asymmetric"))
 
 
+def rotating_queries(labels: list[str], per_clique: int) -> list[int]:
+    """Indices of ``per_clique`` versions of each clique (all of a smaller one), the i-th
+    clique's starting at its version ``i mod size``: every version position is queried
+    about equally often."""
+    members: dict[str, list[int]] = {}
+    for index, label in enumerate(labels):
+        members.setdefault(label, []).append(index)
+    chosen = []
+    for i, indices in enumerate(members.values()):
+        n = len(indices)
+        chosen += [indices[(i + j) % n] for j in range(min(per_clique, n))]
+    return sorted(chosen)
+
+
 def _qmax_row(q: int) -> tuple[int, np.ndarray]:
     features, csm, align = _WORKER["features"], _WORKER["csm"], _WORKER["align"]
     row = np.zeros(len(features))
@@ -85,16 +99,18 @@ def _qmax_row(q: int) -> tuple[int, np.ndarray]:
     return q, row
 
 
-def chroma_qmax_rows(paths: list[Path], hop: int, seconds: float | None, jobs: int):
-    """Qmax distance rows (query index, (N,) distances), all pairs, over ``jobs`` processes."""
+def chroma_qmax_rows(paths: list[Path], hop: int, seconds: float | None, jobs: int,
+                     queries: list[int]):
+    """Qmax distance rows (query index, (N,) distances) of ``queries`` against every path,
+    over ``jobs`` processes."""
     if jobs == 1:
         _init_qmax_worker([hpcp(p, hop, seconds) for p in paths])
-        yield from map(_qmax_row, range(len(paths)))
+        yield from map(_qmax_row, queries)
         return
     with multiprocessing.Pool(jobs) as pool:
         features = pool.starmap(hpcp, [(p, hop, seconds) for p in paths])
     with multiprocessing.Pool(jobs, _init_qmax_worker, (features,)) as pool:
-        yield from pool.imap(_qmax_row, range(len(features)))
+        yield from pool.imap(_qmax_row, queries)
 
 
 def audio_path(root: Path, yid: str) -> Path:
@@ -119,6 +135,10 @@ def main() -> None:
     parser.add_argument("--exclude", type=Path, metavar="METADATA",
                         help="leave out the cliques of this metadata file (e.g. the test split "
                              "of a corpus before it grew, to score only the cliques added since)")
+    parser.add_argument("--queries-per-clique", type=int, metavar="K",
+                        help="query only K versions of each clique (rotating which), every "
+                             "version still a candidate: all systems on the same queries, and "
+                             "chroma's O(N^2) alignments cut to K/versions of them")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -129,15 +149,19 @@ def main() -> None:
     cliques = filter_available(cliques, args.features_dir)
     versions = [v for vs in cliques.values() for v in vs]
     ids, labels = [v.youtube_id for v in versions], [v.clique_id for v in versions]
+    queries = (rotating_queries(labels, args.queries_per_clique) if args.queries_per_clique
+               else list(range(len(ids))))
     excluding = f" less those of {args.exclude}" if args.exclude else ""
-    print(f"{len(ids)} versions of {len(set(labels))} cliques from {args.metadata}{excluding}")
+    print(f"{len(ids)} versions of {len(set(labels))} cliques from {args.metadata}{excluding}; "
+          f"{len(queries)} queries")
     device = torch.device("cpu")
     results: dict[str, dict] = {}
 
     def embed_and_score(model, cfg):
-        result, _ = evaluate_cliques(model, cfg, cliques, args.features_dir, device, amp=False,
-                                     excerpt=args.excerpt, progress=False)
-        return result.summary()
+        result, order = evaluate_cliques(model, cfg, cliques, args.features_dir, device, amp=False,
+                                         excerpt=args.excerpt, progress=False)
+        assert order == labels
+        return result.of_queries(queries).summary()
 
     if not args.only_chroma:
         loaded = load_weights(args.weights)
@@ -147,15 +171,16 @@ def main() -> None:
                                                    loaded.features)
         rng = np.random.default_rng(0)
         draws = [metrics_from_embeddings(torch.from_numpy(
-            rng.standard_normal((len(ids), 64), dtype=np.float32)), labels).summary()
-            for _ in range(5)]
+            rng.standard_normal((len(ids), 64), dtype=np.float32)), labels)
+            .of_queries(queries).summary() for _ in range(5)]
         results["chance"] = {k: float(np.mean([d[k] for d in draws])) for k in draws[0]}
         results["chance"]["n_queries"] = draws[0]["n_queries"]
     if not args.skip_chroma or args.only_chroma:
         t0 = time.perf_counter()
         paths = [audio_path(args.audio_root, i) for i in ids]
         results["chroma-qmax"] = metrics_from_distances(chroma_qmax_rows(paths, args.chroma_hop,
-                                                                         args.excerpt, args.jobs),
+                                                                         args.excerpt, args.jobs,
+                                                                         queries),
                                                         labels).summary()
         print(f"chroma-qmax: {time.perf_counter() - t0:.0f} s")
     for name, figures in results.items():

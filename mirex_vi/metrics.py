@@ -91,6 +91,13 @@ class RetrievalResult:
             n_queries=self.n_queries,
         )
 
+    def of_queries(self, queries: Sequence[int]) -> "RetrievalResult":
+        """The statistics of the evaluated queries among ``queries`` (indices into the
+        labels), their candidates unchanged; ``n_skipped`` stays the whole evaluation's."""
+        keep = np.isin(self.query_index, np.asarray(queries, dtype=np.int64))
+        return RetrievalResult(self.ap[keep], self.rank1[keep], self.top10[keep],
+                               self.query_index[keep], self.n_skipped)
+
     def ap_per_clique(self, labels: Sequence[Hashable]) -> dict[Hashable, float]:
         """Mean AP of the evaluated queries of each clique, ``{label: mean AP}``.
 

@@ -71,6 +71,23 @@ def test_ap_per_clique():
     assert per_clique == pytest.approx({"a": (5 / 12 + 7 / 12) / 2, "b": 1 / 4})
 
 
+def test_of_queries_keeps_those_queries_and_their_rankings():
+    res = _hand_result().of_queries([3, 5, 2])
+    np.testing.assert_array_equal(res.query_index, [2, 3])
+    np.testing.assert_allclose(res.ap, [1 / 4, 7 / 12])
+    np.testing.assert_array_equal(res.rank1, [4, 2])
+    assert res.summary()["map"] == pytest.approx((1 / 4 + 7 / 12) / 2)
+    assert _hand_result().of_queries([]).n_queries == 0
+
+
+def test_a_subset_of_distance_rows_scores_as_those_queries_of_the_whole():
+    emb, labels = _tied_embeddings(48, 16, seed=3)
+    dist = 2.0 - 2.0 * (emb.double() @ emb.double().T).numpy()
+    queries = [1, 7, 20, 33]
+    some = metrics_from_distances(((i, dist[i]) for i in queries), labels)
+    _assert_same(some, metrics_from_embeddings(emb, labels).of_queries(queries))
+
+
 def test_add_leaves_scores_untouched():
     scores = HAND_SCORES.copy()
     MetricAccumulator(HAND_LABELS).add(scores, HAND_QUERIES)
