@@ -118,7 +118,7 @@ def audio_path(root: Path, yid: str) -> Path:
     return next(folder / f"{yid}{e}" for e in AUDIO_EXTENSIONS if (folder / f"{yid}{e}").is_file())
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--metadata", type=Path, required=True)
     parser.add_argument("--features-dir", type=Path, required=True)
@@ -140,8 +140,11 @@ def main() -> None:
                              "version still a candidate: all systems on the same queries, and "
                              "chroma's O(N^2) alignments cut to K/versions of them")
     parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def main() -> None:
+    args = parse_args()
     cliques = read_metadata(args.metadata)
     if args.exclude:
         excluded = read_metadata(args.exclude)
