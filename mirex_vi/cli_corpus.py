@@ -71,7 +71,8 @@ def corpus_command(out_dir, works, versions_per_work, seconds, seed, split, jobs
     if importlib.util.find_spec("music21") is None:
         _fail("the corpus generator needs music21: pip install mirex-vi[corpus]")
     _setup_logging(quiet)
-    from .corpus.driver import build_corpus, default_mix, rerender
+    from .corpus.driver import build_corpus, default_mix
+    from .corpus.rerender import rerender
 
     given = {"p_voice": p_voice, "p_band": p_band, "p_codec": p_codec, "p_form": p_form}
     mix = dataclasses.replace(default_mix("demo" if demo else "ood" if ood else "train"),

@@ -18,7 +18,8 @@ from click.testing import CliRunner
 from mirex_vi.cli import main as cli_main
 from mirex_vi.corpus import soundfonts
 from mirex_vi.corpus.catalogue import WorkRef
-from mirex_vi.corpus.driver import build_corpus, rerender
+from mirex_vi.corpus.driver import build_corpus
+from mirex_vi.corpus.rerender import rerender
 
 REPO = Path(__file__).resolve().parents[1]
 HAVE_MUSIC21 = importlib.util.find_spec("music21") is not None

@@ -16,7 +16,8 @@ The modules follow the data: ``catalogue`` (which works, their ids and order) ->
 ``scores`` (music21 to a note array) -> ``versions`` (the random choices of a rendering;
 ``soundfonts`` the pools) -> ``arrangement`` (timed notes) -> ``midi`` -> ``render``
 (fluidsynth, the audio chain, ``codec``, FLAC) -> ``driver`` (parallel rendering, splits,
-metadata; ``mirex-vi corpus`` calls it).
+metadata; ``mirex-vi corpus`` calls it) -> ``rerender`` (the audio of a corpus kept as
+features, from its metadata).
 
 The output follows the Discogs-VI-YT layout (docs/REFERENCE.md §6)::
 
