@@ -71,15 +71,15 @@ def corpus_command(out_dir, works, versions_per_work, seconds, seed, split, jobs
     if importlib.util.find_spec("music21") is None:
         _fail("the corpus generator needs music21: pip install mirex-vi[corpus]")
     _setup_logging(quiet)
-    from .corpus.driver import build_corpus, default_mix
+    from .corpus.driver import build_corpus, default_mix, pool_of
     from .corpus.rerender import rerender
 
     given = {"p_voice": p_voice, "p_band": p_band, "p_codec": p_codec, "p_form": p_form}
-    mix = dataclasses.replace(default_mix("demo" if demo else "ood" if ood else "train"),
-                              **{k: v for k, v in given.items() if v is not None})
     extra = {"collections": collections.split(",")} if collections else {}
     start = time.perf_counter()
     try:
+        mix = dataclasses.replace(default_mix(pool_of(demo, ood)),
+                                  **{k: v for k, v in given.items() if v is not None})
         if rerender_metadata:
             cliques = rerender(rerender_metadata, out_dir, seed, seconds, jobs, demo, ood, mix,
                                overwrite=overwrite, quiet=quiet)
