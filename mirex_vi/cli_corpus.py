@@ -52,11 +52,16 @@ from .cli_common import setup_logging as _setup_logging
                    "(--seed, --seconds, --ood/--demo, --p-*): every version is checked against its "
                    "record first. --works, --versions-per-work, --split, --name and "
                    "--collections do not apply.")
+@click.option("--extend", "extend_metadata", type=click.Path(dir_okay=False, path_type=Path),
+              help="Bring every clique this light-JSON metadata lists up to --versions-per-work "
+                   "versions drawn by this generator (e.g. versions that change texture for a "
+                   "corpus kept as features); give the --seed that made it. Writes the extended "
+                   "metadata to OUT_DIR under the same file name, and the added versions' audio.")
 @click.option("--overwrite", is_flag=True, help="Re-render existing audio files.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def corpus_command(out_dir, works, versions_per_work, seconds, seed, split, jobs, name, demo, ood,
-           p_voice, p_band, p_codec, p_form, collections, rerender_metadata, overwrite,
-           quiet) -> None:
+           p_voice, p_band, p_codec, p_form, collections, rerender_metadata, extend_metadata,
+           overwrite, quiet) -> None:
     """Render a synthetic cover-song corpus from music21's scores into OUT_DIR (or grow it)."""
     import dataclasses
     import importlib.util
@@ -68,10 +73,13 @@ def corpus_command(out_dir, works, versions_per_work, seconds, seed, split, jobs
         fractions = []
     if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-6:
         _fail("--split needs three fractions that sum to 1")
+    if extend_metadata and (rerender_metadata or demo or ood):
+        _fail("--extend adds training versions: --rerender, --demo and --ood do not apply")
     if importlib.util.find_spec("music21") is None:
         _fail("the corpus generator needs music21: pip install mirex-vi[corpus]")
     _setup_logging(quiet)
     from .corpus.driver import build_corpus, default_mix, pool_of
+    from .corpus.extend import extend
     from .corpus.rerender import rerender
 
     given = {"p_voice": p_voice, "p_band": p_band, "p_codec": p_codec, "p_form": p_form}
@@ -80,7 +88,10 @@ def corpus_command(out_dir, works, versions_per_work, seconds, seed, split, jobs
     try:
         mix = dataclasses.replace(default_mix(pool_of(demo, ood)),
                                   **{k: v for k, v in given.items() if v is not None})
-        if rerender_metadata:
+        if extend_metadata:
+            cliques = extend(extend_metadata, out_dir, versions_per_work, seed, seconds, jobs, mix,
+                             overwrite=overwrite, quiet=quiet)
+        elif rerender_metadata:
             cliques = rerender(rerender_metadata, out_dir, seed, seconds, jobs, demo, ood, mix,
                                overwrite=overwrite, quiet=quiet)
         else:

@@ -105,3 +105,15 @@ def tracks(tmp_path) -> list[Path]:
     stereo = melody([n - 2 for n in tune_b], sr=44100)
     paths.append(write_audio(folder / "b-ünïcode.wav", np.stack([stereo, stereo], 1), sr=44100))
     return paths
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory) -> Path:
+    """A corpus of two works with two 4-s versions each (``render_support.SMALL``); the tests
+    that use it are marked ``needs_render``."""
+    from mirex_vi.corpus.driver import build_corpus
+    from render_support import SMALL
+
+    out = tmp_path_factory.mktemp("small-corpus")
+    build_corpus(out, **SMALL)
+    return out

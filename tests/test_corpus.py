@@ -20,23 +20,15 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from mirex_vi.cli import main as cli_main
-from mirex_vi.corpus import soundfonts
 from mirex_vi.corpus.arrangement import KICK, bar_chords, quarters_to_seconds
 from mirex_vi.corpus.catalogue import corpus_root, list_candidates, youtube_id
 from mirex_vi.corpus.driver import build_corpus, check_generator_version, split_cliques, write_json
 from mirex_vi.corpus.midi import midi_bytes
 from mirex_vi.corpus.scores import part_notes
 from mirex_vi.corpus.versions import GENERATOR_VERSION
+from render_support import needs_music21, needs_render
 
 REPO = Path(__file__).resolve().parents[1]
-HAVE_MUSIC21 = importlib.util.find_spec("music21") is not None
-HAVE_SYNTH = all(shutil.which(tool) for tool in ("fluidsynth", "ffmpeg")) and not soundfonts.missing(
-    soundfonts.TRAINING + soundfonts.CLASSIC)
-needs_music21 = pytest.mark.skipif(not HAVE_MUSIC21, reason="music21 not installed (pip install mirex-vi[corpus])")
-needs_render = pytest.mark.skipif(
-    not (HAVE_MUSIC21 and HAVE_SYNTH),
-    reason="needs music21, fluidsynth, ffmpeg and the training soundfonts "
-           "(bash tools/setup.sh; pip install mirex-vi[corpus])")
 
 TINY = dict(n_works=3, versions_per_work=2, seconds=4.0, seed=5, jobs=1, quiet=True,
             collections=("essenFolksong", "bach"))

@@ -6,47 +6,18 @@ Rendering tests need music21, fluidsynth, ffmpeg and the training soundfonts
 """
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from mirex_vi.cli import main as cli_main
-from mirex_vi.corpus import soundfonts
 from mirex_vi.corpus.catalogue import WorkRef
-from mirex_vi.corpus.driver import build_corpus
 from mirex_vi.corpus.rerender import rerender
+from render_support import METADATA, audio_digests, needs_music21, needs_render
 
 REPO = Path(__file__).resolve().parents[1]
-HAVE_MUSIC21 = importlib.util.find_spec("music21") is not None
-HAVE_RENDER = (HAVE_MUSIC21 and all(shutil.which(tool) for tool in ("fluidsynth", "ffmpeg"))
-               and not soundfonts.missing(soundfonts.TRAINING + soundfonts.CLASSIC))
-needs_render = pytest.mark.skipif(
-    not HAVE_RENDER, reason="needs music21, fluidsynth, ffmpeg and the training soundfonts "
-                            "(bash tools/setup.sh; pip install mirex-vi[corpus])")
-
-SMALL = dict(n_works=2, versions_per_work=2, seconds=4.0, seed=5, jobs=1, quiet=True,
-             collections=("essenFolksong",))
-METADATA = "Synth-VI-YT-light.json"
-
-
-@pytest.fixture(scope="module")
-def small(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("corpus")
-    build_corpus(out, **SMALL)
-    return out
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _audio(root: Path, cliques: dict) -> dict[str, str]:
-    return {v["youtube_id"]: _sha256(root / v["audio_path"]) for vs in cliques.values() for v in vs}
 
 
 def test_a_source_names_its_work():
@@ -58,12 +29,12 @@ def test_a_source_names_its_work():
 
 
 @needs_render
-def test_rerender_gives_the_same_audio_and_metadata(small, tmp_path):
-    stored = json.loads((small / METADATA).read_text())
-    cliques = rerender(small / METADATA, tmp_path, seed=5, seconds=4.0, quiet=True)
+def test_rerender_gives_the_same_audio_and_metadata(small_corpus, tmp_path):
+    stored = json.loads((small_corpus / METADATA).read_text())
+    cliques = rerender(small_corpus / METADATA, tmp_path, seed=5, seconds=4.0, quiet=True)
     assert cliques == stored
     assert json.loads((tmp_path / METADATA).read_text()) == stored
-    assert _audio(tmp_path, stored) == _audio(small, stored)
+    assert audio_digests(tmp_path, stored) == audio_digests(small_corpus, stored)
 
 
 @needs_render
@@ -76,7 +47,7 @@ def test_version_1_records_render_as_version_1_did(tmp_path):
     assert all("generator_version" not in v for vs in two.values() for v in vs)
     (tmp_path / "two.json").write_text(json.dumps(two))
     rerender(tmp_path / "two.json", tmp_path / "out", seed=2024, seconds=20.0, demo=True, quiet=True)
-    assert _audio(tmp_path / "out", two) == _audio(demo, two)
+    assert audio_digests(tmp_path / "out", two) == audio_digests(demo, two)
 
 
 @needs_render
@@ -84,13 +55,13 @@ def test_version_1_records_render_as_version_1_did(tmp_path):
     (dict(seed=6, seconds=4.0), "not a version of .* under --seed 6"),
     (dict(seed=5, seconds=5.0), "would be .*, its record says"),
 ])
-def test_other_options_are_refused_before_rendering(small, tmp_path, options, message):
+def test_other_options_are_refused_before_rendering(small_corpus, tmp_path, options, message):
     with pytest.raises(ValueError, match=message):
-        rerender(small / METADATA, tmp_path / "out", quiet=True, **options)
+        rerender(small_corpus / METADATA, tmp_path / "out", quiet=True, **options)
     assert not list(tmp_path.rglob("*.flac")) and not (tmp_path / "out" / METADATA).exists()
 
 
-@pytest.mark.skipif(not HAVE_MUSIC21, reason="music21 not installed (pip install mirex-vi[corpus])")
+@needs_music21
 @pytest.mark.parametrize("text, message", [
     ("not json", "not readable as JSON metadata"),
     ('{"C-1": [{"youtube_id": "x"}]}', "not a corpus's light-JSON metadata"),
@@ -105,10 +76,10 @@ def test_cli_refuses_what_is_not_corpus_metadata(tmp_path, text, message):
 
 
 @needs_render
-def test_cli_rerenders_what_the_function_does(small, tmp_path):
+def test_cli_rerenders_what_the_function_does(small_corpus, tmp_path):
     result = CliRunner().invoke(cli_main, [
-        "corpus", str(tmp_path), "--rerender", str(small / METADATA), "--seconds", "4",
+        "corpus", str(tmp_path), "--rerender", str(small_corpus / METADATA), "--seconds", "4",
         "--seed", "5", "--jobs", "1", "--quiet"])
     assert result.exit_code == 0, result.output
-    stored = json.loads((small / METADATA).read_text())
-    assert _audio(tmp_path, stored) == _audio(small, stored)
+    stored = json.loads((small_corpus / METADATA).read_text())
+    assert audio_digests(tmp_path, stored) == audio_digests(small_corpus, stored)

@@ -1,6 +1,7 @@
 """The corpus driver: pick works, render their versions in parallel, write the metadata."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -192,6 +193,28 @@ def group_cliques(tasks: Sequence[Task], records: Sequence[dict | None]) -> dict
     return {c: v for c, v in cliques.items() if len(v) >= 2}
 
 
+@contextlib.contextmanager
+def parallel_map(jobs: int) -> Iterator:
+    """An order-keeping ``map`` over ``jobs`` processes (the built-in ``map`` for one)."""
+    if jobs <= 1:
+        yield map
+        return
+    pool = multiprocessing.Pool(jobs)
+    try:
+        yield pool.imap
+    finally:
+        pool.close()
+        pool.join()
+
+
+def check_rendered(tasks: Sequence[Task], records: Sequence[dict | None]) -> None:
+    """RuntimeError naming the first of ``tasks`` whose version failed to render."""
+    failed = [t.youtube_id for t, r in zip(tasks, records) if r is None]
+    if failed:
+        raise RuntimeError(f"{len(failed)} versions failed to render (first: {failed[0]}); "
+                           "the others are in place")
+
+
 def render_tasks(tasks: Sequence[Task], mapper, quiet: bool) -> list[dict | None]:
     """Render ``tasks`` through ``mapper`` with a progress bar; their records (None: failed)."""
     from tqdm import tqdm
@@ -224,9 +247,7 @@ def build_corpus(out_dir: Path, n_works: int, versions_per_work: int, seconds: f
     root = corpus_root()
     candidates = order_candidates(list_candidates(root, pool_name, collections), seed)
     log.info("%d candidate works in the %s pool", len(candidates), pool_name)
-    pool = multiprocessing.Pool(jobs) if jobs > 1 else None
-    try:
-        mapper = pool.imap if pool else map
+    with parallel_map(jobs) as mapper:
         works = pick_works(candidates, n_works, root, mapper, quiet)
         clique_ids = [f"C-{i + 1:07d}" for i in range(len(works))]
         kept = existing_splits(out_dir, name, {c: work.ref.source for c, work in zip(clique_ids, works)})
@@ -235,10 +256,6 @@ def build_corpus(out_dir: Path, n_works: int, versions_per_work: int, seconds: f
                       mix, DEMO_OVERRIDES if demo else ())
                  for i, work in enumerate(works) for k in range(versions_per_work)]
         records = render_tasks(tasks, mapper, quiet)
-    finally:
-        if pool:
-            pool.close()
-            pool.join()
     cliques = group_cliques(tasks, records)
     write_metadata(out_dir, name, cliques, split_cliques(list(cliques), fractions, seed, kept))
     if demo:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import functools
 import json
-import multiprocessing
 from pathlib import Path
 
 from ..atomic import remove_stale_temporaries
 from . import soundfonts
 from .catalogue import WorkRef, corpus_root, youtube_id
-from .driver import check_tools, default_mix, pool_of, render_tasks, write_json
+from .driver import (check_rendered, check_tools, default_mix, parallel_map, pool_of, render_tasks,
+                     write_json)
 from .render import Task, plan_version
 from .scores import Work, load_work
 from .versions import CLASSIC_MIX, DEMO_OVERRIDES, GENERATOR_VERSION, Mix
@@ -43,6 +43,29 @@ def _same_choice(field: str, drawn: object, stored: object) -> bool:
     return drawn == stored
 
 
+def version_index(seed: int, work: Work, yid: str) -> int:
+    """The index of the version of ``work`` whose id under ``seed`` is ``yid``; ValueError if none."""
+    k = next((k for k in range(MAX_VERSIONS) if youtube_id(seed, work.ref.key, k) == yid), None)
+    if k is None:
+        raise ValueError(f"{yid}: not a version of {work.ref.source} under --seed {seed}")
+    return k
+
+
+def load_works(cliques: dict[str, list[dict]], mapper) -> dict[str, Work]:
+    """Source -> parsed work of every ``source`` in the records, parsed through ``mapper``.
+
+    Raises ValueError if music21 cannot load one of them here.
+    """
+    refs = [WorkRef.from_source(s) for s in dict.fromkeys(v["source"] for vs in cliques.values() for v in vs)]
+    loaded = mapper(functools.partial(load_work, root=corpus_root()), refs)
+    works = dict(zip((ref.source for ref in refs), loaded))
+    unreadable = [source for source, work in works.items() if work is None]
+    if unreadable:
+        raise ValueError(f"{unreadable[0]}: music21 cannot load this score here "
+                         f"({len(unreadable)} such works)")
+    return works
+
+
 def rerender_tasks(cliques: dict[str, list[dict]], works: dict[str, Work], out_dir: Path, seed: int,
                    seconds: float, soundfont_dir: Path, overwrite: bool, mix: Mix,
                    overrides: tuple) -> list[Task]:
@@ -55,9 +78,7 @@ def rerender_tasks(cliques: dict[str, list[dict]], works: dict[str, Work], out_d
     for clique, versions in cliques.items():
         for record in versions:
             work, yid = works[record["source"]], record["youtube_id"]
-            k = next((k for k in range(MAX_VERSIONS) if youtube_id(seed, work.ref.key, k) == yid), None)
-            if k is None:
-                raise ValueError(f"{yid}: not a version of {record['source']} under --seed {seed}")
+            k = version_index(seed, work, yid)
             task = Task(work, k, clique, record["version_id"], yid, seed, seconds, out_dir,
                         soundfont_dir, overwrite, mix, overrides)
             drawn = plan_version(task).record
@@ -96,25 +117,10 @@ def rerender(metadata: Path, out_dir: Path, seed: int, seconds: float, jobs: int
     check_tools(mix, pool_name, soundfont_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
-    refs = [WorkRef.from_source(s) for s in dict.fromkeys(v["source"] for vs in cliques.values() for v in vs)]
-    pool = multiprocessing.Pool(jobs) if jobs > 1 else None
-    try:
-        mapper = pool.imap if pool else map
-        loaded = mapper(functools.partial(load_work, root=corpus_root()), refs)
-        works = dict(zip((ref.source for ref in refs), loaded))
-        unreadable = [source for source, work in works.items() if work is None]
-        if unreadable:
-            raise ValueError(f"{unreadable[0]}: music21 cannot load this score here "
-                             f"({len(unreadable)} such works)")
+    with parallel_map(jobs) as mapper:
+        works = load_works(cliques, mapper)
         tasks = rerender_tasks(cliques, works, out_dir, seed, seconds, soundfont_dir, overwrite,
                                mix, DEMO_OVERRIDES if demo else ())
-        failed = [t.youtube_id for t, r in zip(tasks, render_tasks(tasks, mapper, quiet)) if r is None]
-    finally:
-        if pool:
-            pool.close()
-            pool.join()
-    if failed:
-        raise RuntimeError(f"{len(failed)} versions failed to render (first: {failed[0]}); "
-                           "the others are in place")
+        check_rendered(tasks, render_tasks(tasks, mapper, quiet))
     write_json(out_dir / metadata.name, cliques)
     return cliques
