@@ -208,8 +208,10 @@ _package_command("export", "Turn a training checkpoint (best.pt/last.pt) into a 
               help="Write one pooled store instead of the authors' layout: f16 (exact) or "
                    "u8 (8-bit log magnitude, 40x smaller than the layout).")
 @click.option("--from-features", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="With --pooled: convert this authors'-layout folder instead of decoding "
-                   "audio (the versions of --metadata, or every stored one).")
+              multiple=True,
+              help="With --pooled: convert this authors'-layout folder or pooled store instead "
+                   "of decoding audio (the versions of --metadata, or every stored one). "
+                   "Repeat it to merge folders: each version comes from the first that holds it.")
 @click.option("--workers", type=click.IntRange(1), help="Processes [default: CPU count].")
 @click.option("--quiet", is_flag=True)
 def extract(out_dir, metadata, audio_root, list_file, encoding, from_features, workers,
@@ -243,18 +245,18 @@ def extract(out_dir, metadata, audio_root, list_file, encoding, from_features, w
         sys.exit(1)
 
 
-def _convert_features(features_dir: Path, out_dir: Path, metadata: Path | None,
+def _convert_features(sources: tuple[Path, ...], out_dir: Path, metadata: Path | None,
                       encoding: str | None) -> None:
-    """``extract --from-features``: an authors'-layout folder -> a pooled store."""
+    """``extract --from-features``: layout folders and pooled stores -> one pooled store."""
     from .data import read_metadata
-    from .pooled import convert_layout, layout_ids
+    from .pooled import convert_features, stored_ids
 
     if not encoding:
         _fail("--from-features needs --pooled f16 or --pooled u8")
     try:
-        ids = ([v.youtube_id for vs in read_metadata(metadata).values() for v in vs]
-               if metadata else layout_ids(features_dir))
-        written = convert_layout(features_dir, ids, out_dir, encoding)
+        ids = ([v.youtube_id for vs in read_metadata(metadata).values() for v in vs] if metadata
+               else sorted({yt for source in sources for yt in stored_ids(source)}))
+        written = convert_features(sources, ids, out_dir, encoding)
     except (ValueError, OSError) as err:
         _fail(str(err))
     click.echo(f"wrote {written} of {len(ids)} versions to a pooled store in {out_dir}", err=True)

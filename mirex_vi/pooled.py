@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -296,21 +296,37 @@ def layout_ids(features_dir: str | Path) -> list[str]:
                   if has_feature(features_dir, p.stem))
 
 
-def convert_layout(features_dir: str | Path, ids: Iterable[str], out: str | Path,
-                   encoding: str, downsample_factor: int = 20) -> int:
-    """Write a store of the versions ``ids`` of an authors'-layout folder, one at a time.
+def stored_ids(features_dir: str | Path) -> list[str]:
+    """Every version id in a folder holding a pooled store or the authors' layout, sorted."""
+    if is_store(features_dir):
+        return sorted(PooledStore.open(features_dir).entries)
+    return layout_ids(features_dir)
 
-    Versions without features, or shorter than one pool, are skipped (and logged).
+
+def convert_features(sources: Sequence[str | Path], ids: Iterable[str], out: str | Path,
+                     encoding: str, downsample_factor: int = 20) -> int:
+    """Write a store of the versions ``ids``, each read from the first of ``sources`` (folders
+    holding a pooled store or the authors' layout) that holds it, one at a time.
+
+    Merges stores (a kept corpus and the versions added to it) as well as it converts a
+    layout: a uint8 version read from a uint8 store is written back to the same codes.
+    Versions that no source holds, or shorter than one pool, are skipped (and logged).
 
     Returns:
         The number of versions written.
+
+    Raises:
+        ValueError: ``out`` is one of ``sources``, or as ``write_store``.
     """
-    source = AuthorsLayout(Path(features_dir), downsample_factor)
+    if any(Path(out).resolve() == Path(source).resolve() for source in sources):
+        raise ValueError(f"{out}: the store would replace one it reads; write it elsewhere")
+    opened = [open_features(source, downsample_factor) for source in sources]
     skipped: list[str] = []
 
     def items() -> Iterator[tuple[str, np.ndarray]]:
         for yt in ids:
-            pooled = source.pooled(yt) if source.has(yt) else None
+            source = next((s for s in opened if s.has(yt)), None)
+            pooled = source.pooled(yt) if source is not None else None
             if pooled is None or pooled.shape[0] == 0:
                 skipped.append(yt)
                 continue

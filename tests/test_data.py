@@ -15,7 +15,7 @@ from mirex_vi.data import (CliqueBatchSampler, FullTrackDataset, TrainDataset, V
                            youtube_id_from_url)
 from mirex_vi.features import preprocess
 from mirex_vi.featstore import load_feature, save_feature
-from mirex_vi.pooled import convert_layout, layout_ids
+from mirex_vi.pooled import convert_features, layout_ids
 
 LIGHT = {
     "C-0000001": [
@@ -212,7 +212,7 @@ def _two_sources(tmp_path, lengths, pool_constant):
         yt = f"v{i:02d}xxxxxxxx"
         save_feature(tmp_path / "layout", yt, cqt)
         cliques.setdefault(f"C-{i // 2}", []).append(Version(f"C-{i // 2}", f"V-{i}", yt))
-    convert_layout(tmp_path / "layout", layout_ids(tmp_path / "layout"), tmp_path / "store", "f16")
+    convert_features([tmp_path / "layout"], layout_ids(tmp_path / "layout"), tmp_path / "store", "f16")
     return tmp_path / "layout", tmp_path / "store", cliques
 
 

@@ -12,7 +12,7 @@ import pytest
 from mirex_vi.config import FeatureConfig
 from mirex_vi.features import pool_cqt, preprocess
 from mirex_vi.featstore import load_feature, save_feature
-from mirex_vi.pooled import (INDEX_NAME, AuthorsLayout, PooledStore, convert_layout, decode_u8,
+from mirex_vi.pooled import (INDEX_NAME, AuthorsLayout, PooledStore, convert_features, decode_u8,
                              encode_u8, layout_ids, open_features, write_store)
 
 SHARED = Path("/work/shared/corpus/synth-vi-4000")
@@ -87,7 +87,7 @@ def test_convert_layout_pools_every_version(tmp_path):
     for yt, cqt in cqts.items():
         save_feature(tmp_path / "layout", yt, cqt)
     assert layout_ids(tmp_path / "layout") == sorted(cqts)
-    written = convert_layout(tmp_path / "layout", [*cqts, "missingxxxx"], tmp_path / "store", "f16")
+    written = convert_features([tmp_path / "layout"], [*cqts, "missingxxxx"], tmp_path / "store", "f16")
     assert written == 2
     store = open_features(tmp_path / "store", 20)
     assert isinstance(store, PooledStore) and not store.has("tooshortxxx")
@@ -99,6 +99,35 @@ def test_convert_layout_pools_every_version(tmp_path):
         assert np.array_equal(store.pooled(yt), exact.astype(np.float16).astype(np.float32))
     assert np.array_equal(pickle.loads(pickle.dumps(store)).pooled("aaaaaaaaaaa"),
                           store.pooled("aaaaaaaaaaa"))
+
+
+def _codes(folder: Path) -> dict[str, np.ndarray]:
+    """youtube_id -> its stored uint8 rows, as the file holds them."""
+    store = PooledStore.open(folder)
+    rows = np.load(store.rows_path)
+    return {yt: rows[e.row:e.row + e.n_rows] for yt, e in store.entries.items()}
+
+
+def test_merged_u8_stores_keep_every_code_and_the_first_source_wins(tmp_path):
+    kept, added = _versions(0), _versions(1)
+    added = {"n" + k[1:]: v for k, v in added.items()} | {"id1xxxxxxxx": added["id1xxxxxxxx"]}
+    write_store(tmp_path / "kept", kept.items(), "u8")
+    write_store(tmp_path / "added", added.items(), "u8")
+    ids = sorted(kept.keys() | added.keys())
+    assert convert_features([tmp_path / "kept", tmp_path / "added"], ids, tmp_path / "merged", "u8") == 6
+    merged, first, second = (_codes(tmp_path / d) for d in ("merged", "kept", "added"))
+    assert sorted(merged) == ids
+    for yt, codes in merged.items():
+        assert np.array_equal(codes, first[yt] if yt in first else second[yt])
+    assert (tmp_path / "merged" / INDEX_NAME).read_text().count("\n") == 7
+
+
+def test_a_merge_never_writes_over_a_store_it_reads(tmp_path):
+    write_store(tmp_path, _versions().items(), "u8")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ValueError, match="would replace one it reads"):
+        convert_features([tmp_path / "." , tmp_path], list(_versions()), tmp_path, "u8")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
 # --- bad stores ------------------------------------------------------------------------------
