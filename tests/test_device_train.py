@@ -140,3 +140,30 @@ def test_a_corrupt_part_is_refused_before_training(here, tmp_path):
     assert _script(here, "receive", env=env).returncode == 0
     refused = _script(here, "train", "1", *TINY_RUN, env=env)
     assert refused.returncode == 2 and "corrupt" in refused.stderr
+
+
+def test_an_extension_adds_its_versions_to_the_carried_cliques(here, tmp_path):
+    """EXTENSION (cliques with versions added by `corpus --extend`, its store beside it): those
+    cliques carry every version, each version's rows the codes of the store that holds it."""
+    corpus = _corpus(tmp_path / "corpus")
+    kept = json.loads((corpus / "Synth-VI-YT-light.json.train").read_text())
+    rng = np.random.default_rng(4)
+    added = [(f"y0001v{v:02d}xx", (rng.random((90, 84)) + 0.1).astype(np.float32)) for v in (2, 3)]
+    extension = tmp_path / "ext"
+    write_store(extension, added, "u8")
+    extended = {"C-0000001": kept["C-0000001"] + [{"version_id": f"C-0000001-V{v}", "youtube_id": yt}
+                                                  for v, (yt, _) in zip((3, 4), added)]}
+    (extension / "Synth-VI-YT-light.json.train").write_text(json.dumps(extended))
+    env = dict(os.environ, CORPUS=str(corpus), NO_WHEELS="1", INIT="", PYTHON=sys.executable,
+               PYTHONPATH=str(REPO), EXTENSION=str(extension / "Synth-VI-YT-light.json.train"))
+    prepared = _script(here, "prepare", env=env)
+    assert prepared.returncode == 0, prepared.stderr
+    train = json.loads((here / ".gpu" / "meta" / "train.json").read_text())
+    assert len(train) == 6 and len(train["C-0000001"]) == 4 and len(train["C-0000000"]) == 2
+    carried = PooledStore.open(here / ".gpu" / "store")
+    assert len(carried) == 6 * 2 + 2 + 3 * 2
+    for source in (PooledStore.open(corpus), PooledStore.open(extension)):
+        for yt in source.entries:
+            assert np.array_equal(carried.pooled(yt), source.pooled(yt))
+    missing = _script(here, "prepare", env=dict(env, EXTENSION=str(tmp_path / "none.json")))
+    assert missing.returncode == 2 and "expected a metadata file" in missing.stderr

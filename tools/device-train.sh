@@ -25,7 +25,10 @@
 # validation runs every epoch); VAL_INTO_TRAIN=1 (the other validation cliques join the
 # training set); INIT (the package to start from, default
 # weights/vinet-mirex-synth; empty: a random initialisation); NO_WHEELS=1 (carry no wheels);
-# PYTHON (default python3; prepare needs one that imports mirex_vi's dependencies).
+# PYTHON (default python3; prepare needs one that imports mirex_vi's dependencies);
+# EXTENSION (a light-JSON file of training cliques with versions added by `mirex-vi corpus
+# --extend`, its u8 store extracted into the same folder: those cliques train with every
+# version, the added ones read from that store).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -57,40 +60,6 @@ with open(dest, "w", encoding="utf-8") as f:
 PY
 }
 
-# The versions of the given metadata files, copied row for row out of the corpus's u8 store
-# into a store of their own (same format: rows renumbered, peaks kept). The codes are copied,
-# not decoded and encoded again, so the carried store equals the corpus to the bit.
-subset_store() {  # SRC_STORE DEST_STORE METADATA...
-    "$PYTHON" - "$@" <<'PY'
-import json, sys
-from pathlib import Path
-import numpy as np
-from mirex_vi.pooled import INDEX_HEADER, INDEX_NAME, read_index, rows_name
-src, dest, metadata = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
-wanted = set()
-for path in metadata:
-    with open(path, encoding="utf-8") as f:
-        wanted |= {v["youtube_id"] for versions in json.load(f).values() for v in versions}
-rows = np.load(src / rows_name("u8"), mmap_mode="r")
-index = {yt: e for yt, e in read_index(src / INDEX_NAME, len(rows)).items() if yt in wanted}
-missing = len(wanted) - len(index)
-if missing:
-    sys.exit(f"device-train: {missing} carried versions are not in {src}")
-total = sum(e.n_rows for e in index.values())
-dest.mkdir(parents=True, exist_ok=True)
-out = np.lib.format.open_memmap(dest / rows_name("u8"), "w+", np.uint8, (total, rows.shape[1]))
-with open(dest / INDEX_NAME, "w", encoding="utf-8") as f:
-    f.write("\t".join(INDEX_HEADER) + "\n")
-    at = 0
-    for yt, e in index.items():
-        out[at:at + e.n_rows] = rows[e.row:e.row + e.n_rows]
-        f.write(f"{yt}\t{at}\t{e.n_rows}\t{e.peak}\n")
-        at += e.n_rows
-out.flush()
-print(f"device-train: {len(index)} versions, {total} rows of {len(rows)}")
-PY
-}
-
 # sha256 over the .py files of the mirex_vi that PYTHON imports: the code that trains.
 code_digest() {
     "$PYTHON" - <<'PY'
@@ -109,9 +78,19 @@ prepare() {
     rm -rf .gpu && mkdir -p .gpu/meta .gpu/whl
     local val=$CORPUS/Synth-VI-YT-light.json.val rest=()
     [[ ${VAL_INTO_TRAIN:-0} == 1 ]] && rest=("$val:$VAL_CLIQUES:")
-    slim_metadata .gpu/meta/train.json "$CORPUS/Synth-VI-YT-light.json.train:0:" "${rest[@]}"
+    local train=("$CORPUS/Synth-VI-YT-light.json.train:0:") sources=(--from-features "$CORPUS")
+    if [[ -n ${EXTENSION:-} ]]; then  # its cliques replace the corpus's (same ids, more versions)
+        [[ -f $EXTENSION && -f $(dirname "$EXTENSION")/pooled.u8.npy ]] \
+            || die "EXTENSION=$EXTENSION: expected a metadata file with a u8 store in its folder"
+        train+=("$EXTENSION:0:")
+        sources+=(--from-features "$(dirname "$EXTENSION")")
+    fi
+    slim_metadata .gpu/meta/train.json "${train[@]}" "${rest[@]}"
     slim_metadata .gpu/meta/val.json "$val:0:$VAL_CLIQUES"
-    subset_store "$CORPUS" .gpu/store .gpu/meta/train.json .gpu/meta/val.json
+    # The carried store: those versions' rows (a u8 store's codes come through unchanged).
+    slim_metadata .gpu/carried.json "${train[@]}" "${rest[@]}" "$val:0:$VAL_CLIQUES"
+    "$PYTHON" -m mirex_vi extract .gpu/store --pooled u8 "${sources[@]}" \
+        --metadata .gpu/carried.json --quiet
     cp .gpu/store/pooled.index.tsv .gpu/meta/
     # The device machine's copy of .git lags behind: the packages record this commit instead.
     "$PYTHON" -c "from mirex_vi.checkpoint import git_commit; print(git_commit() or 'unknown')" \
