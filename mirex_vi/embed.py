@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .audio import AudioError, FileIdentity, changed_since, file_identity
-from .cache import EmbeddingCache, inference_settings, uses_torch_cqt
+from .cache import EmbeddingCache, inference_settings
 from .config import FeatureConfig
 from .features import TorchFrontEnd, checked_cqt, preprocess
 from .model import CQTNet
