@@ -167,3 +167,7 @@ def test_an_extension_adds_its_versions_to_the_carried_cliques(here, tmp_path):
             assert np.array_equal(carried.pooled(yt), source.pooled(yt))
     missing = _script(here, "prepare", env=dict(env, EXTENSION=str(tmp_path / "none.json")))
     assert missing.returncode == 2 and "expected a metadata file" in missing.stderr
+    extended["C-0000001"].append({"version_id": "C-0000001-V5", "youtube_id": "notstoredxx"})
+    (extension / "Synth-VI-YT-light.json.train").write_text(json.dumps(extended))
+    unstored = _script(here, "prepare", env=env)
+    assert unstored.returncode == 2 and "1 carried versions are in no store" in unstored.stderr

@@ -88,9 +88,15 @@ prepare() {
     slim_metadata .gpu/meta/train.json "${train[@]}" "${rest[@]}"
     slim_metadata .gpu/meta/val.json "$val:0:$VAL_CLIQUES"
     # The carried store: those versions' rows (a u8 store's codes come through unchanged).
-    slim_metadata .gpu/carried.json "${train[@]}" "${rest[@]}" "$val:0:$VAL_CLIQUES"
+    # extract skips versions that no source holds; a carried set must have them all.
+    slim_metadata .gpu/carried.json .gpu/meta/train.json:0: .gpu/meta/val.json:0:
     "$PYTHON" -m mirex_vi extract .gpu/store --pooled u8 "${sources[@]}" \
         --metadata .gpu/carried.json --quiet
+    local wanted stored
+    wanted=$("$PYTHON" -c 'import json, sys; print(sum(map(len, json.load(open(sys.argv[1])).values())))' \
+        .gpu/carried.json)
+    stored=$(($(wc -l < .gpu/store/pooled.index.tsv) - 1))
+    ((stored == wanted)) || die "$((wanted - stored)) carried versions are in no store (${sources[*]})"
     cp .gpu/store/pooled.index.tsv .gpu/meta/
     # The device machine's copy of .git lags behind: the packages record this commit instead.
     "$PYTHON" -c "from mirex_vi.checkpoint import git_commit; print(git_commit() or 'unknown')" \
