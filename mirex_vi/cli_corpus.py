@@ -17,8 +17,8 @@ from .cli_common import setup_logging as _setup_logging
 
 @click.command("corpus")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--works", type=click.IntRange(1), default=360, show_default=True,
-              help="Number of works (cliques).")
+@click.option("--works", type=click.IntRange(1),
+              help="Number of works (cliques) [default: 360; with --extend, those of its corpus].")
 @click.option("--versions-per-work", type=click.IntRange(1), default=4, show_default=True)
 @click.option("--seconds", type=float, default=60.0, show_default=True,
               help="Mean clip length (±15 %).")
@@ -55,7 +55,9 @@ from .cli_common import setup_logging as _setup_logging
 @click.option("--extend", "extend_metadata", type=click.Path(dir_okay=False, path_type=Path),
               help="Bring every clique this light-JSON metadata lists up to --versions-per-work "
                    "versions drawn by this generator (e.g. versions that change texture for a "
-                   "corpus kept as features); give the --seed that made it. Writes the extended "
+                   "corpus kept as features), and with a larger --works add new works as new "
+                   "cliques split by --split (that needs a whole corpus: its -light.json with the "
+                   "split files beside it); give the --seed that made it. Writes the extended "
                    "metadata to OUT_DIR under the same file name, and the added versions' audio.")
 @click.option("--overwrite", is_flag=True, help="Re-render existing audio files.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -90,12 +92,12 @@ def corpus_command(out_dir, works, versions_per_work, seconds, seed, split, jobs
                                   **{k: v for k, v in given.items() if v is not None})
         if extend_metadata:
             cliques = extend(extend_metadata, out_dir, versions_per_work, seed, seconds, jobs, mix,
-                             overwrite=overwrite, quiet=quiet)
+                             overwrite=overwrite, quiet=quiet, works=works or 0, fractions=fractions)
         elif rerender_metadata:
             cliques = rerender(rerender_metadata, out_dir, seed, seconds, jobs, demo, ood, mix,
                                overwrite=overwrite, quiet=quiet)
         else:
-            cliques = build_corpus(out_dir, works, versions_per_work, seconds, seed, fractions, jobs,
+            cliques = build_corpus(out_dir, works or 360, versions_per_work, seconds, seed, fractions, jobs,
                                    demo, name, overwrite, quiet, ood=ood, mix=mix, **extra)
     except (RuntimeError, ValueError) as err:  # missing fluidsynth, a folder made otherwise
         _fail(str(err))

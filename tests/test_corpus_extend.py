@@ -1,6 +1,6 @@
 """Tests of ``mirex-vi corpus --extend``: a kept corpus's cliques gain versions drawn by the
-current generator, with ids that never collide, reproducibly, and never at the cost of the
-metadata they extend.
+current generator and the corpus gains new works, with ids that never collide, reproducibly,
+and never at the cost of the metadata they extend.
 
 Rendering tests need music21, fluidsynth, ffmpeg and the training soundfonts
 (``bash tools/setup.sh``); without them they are skipped with that reason.
@@ -13,8 +13,11 @@ import pytest
 from click.testing import CliRunner
 
 from mirex_vi.cli import main as cli_main
+from mirex_vi.corpus.catalogue import WorkRef, corpus_root
+from mirex_vi.corpus.driver import pick_works
 from mirex_vi.corpus.extend import extend
-from render_support import METADATA, audio_digests, needs_render
+from mirex_vi.corpus.scores import load_work
+from render_support import METADATA, audio_digests, needs_music21, needs_render
 
 
 @needs_render
@@ -50,6 +53,49 @@ def test_wrong_seed_or_nothing_to_add_is_refused_before_rendering(small_corpus, 
     with pytest.raises(ValueError, match="already has 2 or more versions"):
         extend(small_corpus / METADATA, tmp_path / "b", versions_per_work=2, seed=5, seconds=4.0, quiet=True)
     assert not any(p.is_file() for p in tmp_path.rglob("*"))
+
+
+@needs_render
+def test_new_works_join_as_new_cliques_and_kept_cliques_keep_their_splits(small_corpus, tmp_path):
+    kept = json.loads((small_corpus / METADATA).read_text())
+    kept_splits = {s: json.loads((small_corpus / f"{METADATA}.{s}").read_text()) for s in ("train", "val", "test")}
+    grown = extend(small_corpus / METADATA, tmp_path, versions_per_work=2, seed=5, seconds=4.0,
+                   quiet=True, works=5, fractions=(0.4, 0.3, 0.3))
+    assert grown == json.loads((tmp_path / METADATA).read_text())
+    new = {c: vs for c, vs in grown.items() if c not in kept}
+    assert sorted(new) == ["C-0000003", "C-0000004", "C-0000005"]
+    assert all(grown[c] == kept[c] for c in kept)
+    kept_sources = {vs[0]["source"] for vs in kept.values()}
+    new_sources = [vs[0]["source"] for vs in new.values()]
+    assert len(set(new_sources)) == 3 and not kept_sources & set(new_sources)
+    for clique, versions in new.items():
+        assert [v["version_id"] for v in versions] == [f"{clique}-V1", f"{clique}-V2"]
+        assert {v["source"] for v in versions} == {versions[0]["source"]}
+        assert all(v["generator_version"] == 2 and (tmp_path / v["audio_path"]).is_file() for v in versions)
+    splits = {s: json.loads((tmp_path / f"{METADATA}.{s}").read_text()) for s in ("train", "val", "test")}
+    assert sorted(c for part in splits.values() for c in part) == sorted(grown)
+    assert all(set(kept_splits[s]) <= set(splits[s]) for s in splits)
+    assert all(len(set(splits[s]) & set(new)) == 1 for s in splits)  # 3 new cliques: one per split
+    assert not any((tmp_path / v["audio_path"]).exists() for vs in kept.values() for v in vs)
+
+
+@needs_render
+def test_adding_works_to_part_of_a_corpus_is_refused_before_rendering(small_corpus, tmp_path):
+    # A split file alone: a new work could repeat one of the held-out cliques it lacks.
+    with pytest.raises(ValueError, match="adding works needs a whole corpus"):
+        extend(small_corpus / f"{METADATA}.train", tmp_path / "a", versions_per_work=2, seed=5,
+               seconds=4.0, quiet=True, works=5)
+    assert not (tmp_path / "a").exists()
+
+
+@needs_music21
+def test_a_work_whose_melody_a_corpus_has_is_not_picked_again():
+    root = corpus_root()
+    refs = [WorkRef("essenFolksong/altdeu10.abc", i) for i in range(3)]
+    works = [load_work(ref, root) for ref in refs]
+    assert len({w.fingerprint() for w in works}) == 3
+    picked = pick_works(refs, 1, root, map, quiet=True, taken=[works[0]])
+    assert [w.ref for w in picked] == [refs[1]]
 
 
 def test_the_extended_metadata_is_never_replaced(tmp_path):

@@ -26,9 +26,9 @@
 # training set); INIT (the package to start from, default
 # weights/vinet-mirex-synth; empty: a random initialisation); NO_WHEELS=1 (carry no wheels);
 # PYTHON (default python3; prepare needs one that imports mirex_vi's dependencies);
-# EXTENSION (a light-JSON file of training cliques with versions added by `mirex-vi corpus
-# --extend`, its u8 store extracted into the same folder: those cliques train with every
-# version, the added ones read from that store).
+# EXTENSION (a light-JSON file of training cliques with versions or works added by `mirex-vi
+# corpus --extend`, its u8 store extracted into the same folder: those cliques train with
+# every version, the added ones read from that store).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -27,8 +27,9 @@ def _load(args: tuple[WorkRef, Path]) -> Work | None:
 
 
 def pick_works(candidates: Iterable[WorkRef], n_works: int, root: Path, mapper,
-               quiet: bool = False) -> list[Work]:
-    """The first ``n_works`` candidates that load and whose melody opening is new.
+               quiet: bool = False, taken: Iterable[Work] = ()) -> list[Work]:
+    """The first ``n_works`` candidates that load and whose melody opening is new (also
+    against the ``taken`` works of a corpus being grown).
 
     Candidates are parsed in batches through ``mapper`` (an order-keeping, possibly
     parallel ``map``), so the result does not depend on the number of processes.
@@ -36,7 +37,7 @@ def pick_works(candidates: Iterable[WorkRef], n_works: int, root: Path, mapper,
     from tqdm import tqdm
 
     chosen: list[Work] = []
-    seen: set[tuple[int, ...]] = set()
+    seen = {work.fingerprint() for work in taken}
     it: Iterator[WorkRef] = iter(candidates)
     while len(chosen) < n_works:
         batch = [(ref, root) for ref in itertools.islice(it, max(8, int((n_works - len(chosen)) * 1.3)))]
