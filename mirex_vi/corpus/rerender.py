@@ -61,8 +61,8 @@ def load_works(cliques: dict[str, list[dict]], mapper, quiet: bool = False) -> d
     from tqdm import tqdm
 
     refs = [WorkRef.from_source(s) for s in dict.fromkeys(v["source"] for vs in cliques.values() for v in vs)]
-    loaded = tqdm(mapper(functools.partial(load_work, root=corpus_root()), refs), total=len(refs),
-                  desc="parse", unit="score", disable=quiet, file=sys.stderr)
+    loaded = list(tqdm(mapper(functools.partial(load_work, root=corpus_root()), refs), total=len(refs),
+                       desc="parse", unit="score", disable=quiet, file=sys.stderr))
     works = dict(zip((ref.source for ref in refs), loaded))
     unreadable = [source for source, work in works.items() if work is None]
     if unreadable:
