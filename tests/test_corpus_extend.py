@@ -107,6 +107,16 @@ def test_the_extended_metadata_is_never_replaced(tmp_path):
     assert metadata.read_text() == text
 
 
+def test_nothing_to_add_is_refused_before_any_score_is_parsed(tmp_path):
+    # The work does not exist: reaching the parser would fail with another message.
+    metadata = tmp_path / METADATA
+    metadata.write_text(json.dumps({"C-1": [{"youtube_id": "x", "version_id": "V-1",
+                                             "source": "music21:none/such.abc#0"}]}))
+    with pytest.raises(ValueError, match="already has 1 or more versions and no work is added"):
+        extend(metadata, tmp_path / "out", versions_per_work=1, seed=5, seconds=4.0, quiet=True)
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_refuses_extend_with_another_pool(tmp_path):
     metadata = tmp_path / "m.json"
     metadata.write_text("{}")

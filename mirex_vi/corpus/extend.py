@@ -108,6 +108,9 @@ def extend(metadata: Path, out_dir: Path, versions_per_work: int, seed: int, sec
         raise ValueError(f"{out_meta} would replace the metadata it extends: choose another OUT_DIR")
     cliques = read_records(metadata)
     n_new = max(0, works - len(cliques))
+    if not n_new and all(len(versions) >= versions_per_work for versions in cliques.values()):
+        raise ValueError(f"every clique already has {versions_per_work} or more versions and no "
+                         "work is added: give a larger --versions-per-work or --works")
     kept_splits = corpus_splits(metadata, cliques) if n_new else {}
     mix = mix or default_mix("train")
     check_tools(mix, "train", soundfont_dir)
@@ -120,8 +123,7 @@ def extend(metadata: Path, out_dir: Path, versions_per_work: int, seed: int, sec
             tasks += new_work_tasks(list(kept.values()), n_new, next_clique_number(cliques),
                                     versions_per_work, seed, make_task, mapper, quiet)
         if not tasks:
-            raise ValueError(f"every clique already has {versions_per_work} or more versions and "
-                             "no work is added: give a larger --versions-per-work or --works")
+            raise ValueError("the training pool holds no work that the corpus lacks")
         out_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out_dir)
         records = render_tasks(tasks, mapper, quiet)
