@@ -143,8 +143,9 @@ def test_a_corrupt_part_is_refused_before_training(here, tmp_path):
 
 
 def test_an_extension_adds_its_versions_to_the_carried_cliques(here, tmp_path):
-    """EXTENSION (cliques with versions added by `corpus --extend`, its store beside it): those
-    cliques carry every version, each version's rows the codes of the store that holds it."""
+    """EXTENSION (cliques with versions or works added by `corpus --extend`, each file's store
+    beside it): those cliques carry every version, each version's rows the codes of the store
+    that holds it."""
     corpus = _corpus(tmp_path / "corpus")
     kept = json.loads((corpus / "Synth-VI-YT-light.json.train").read_text())
     rng = np.random.default_rng(4)
@@ -165,6 +166,18 @@ def test_an_extension_adds_its_versions_to_the_carried_cliques(here, tmp_path):
     for source in (PooledStore.open(corpus), PooledStore.open(extension)):
         for yt in source.entries:
             assert np.array_equal(carried.pooled(yt), source.pooled(yt))
+    # A second file, a new work (its own store), listed after the first: both join.
+    grown = tmp_path / "grown"
+    new_work = [(f"ynew0v{v}xxxx", (rng.random((70, 84)) + 0.1).astype(np.float32)) for v in (1, 2)]
+    write_store(grown, new_work, "u8")
+    (grown / "Synth-VI-YT-light.json.train").write_text(json.dumps({"C-0000099": [
+        {"version_id": f"C-0000099-V{v}", "youtube_id": yt} for v, (yt, _) in zip((1, 2), new_work)]}))
+    both = dict(env, EXTENSION=f"{extension / 'Synth-VI-YT-light.json.train'} {grown / 'Synth-VI-YT-light.json.train'}")
+    assert _script(here, "prepare", env=both).returncode == 0
+    train = json.loads((here / ".gpu" / "meta" / "train.json").read_text())
+    assert len(train) == 7 and len(train["C-0000001"]) == 4 and len(train["C-0000099"]) == 2
+    carried = PooledStore.open(here / ".gpu" / "store")
+    assert all(np.array_equal(carried.pooled(yt), PooledStore.open(grown).pooled(yt)) for yt, _ in new_work)
     missing = _script(here, "prepare", env=dict(env, EXTENSION=str(tmp_path / "none.json")))
     assert missing.returncode == 2 and "expected a metadata file" in missing.stderr
     extended["C-0000001"].append({"version_id": "C-0000001-V5", "youtube_id": "notstoredxx"})

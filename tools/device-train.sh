@@ -26,9 +26,10 @@
 # training set); INIT (the package to start from, default
 # weights/vinet-mirex-synth; empty: a random initialisation); NO_WHEELS=1 (carry no wheels);
 # PYTHON (default python3; prepare needs one that imports mirex_vi's dependencies);
-# EXTENSION (a light-JSON file of training cliques with versions or works added by `mirex-vi
-# corpus --extend`, its u8 store extracted into the same folder: those cliques train with
-# every version, the added ones read from that store).
+# EXTENSION (light-JSON files of training cliques with versions or works added by `mirex-vi
+# corpus --extend`, separated by spaces, each with its u8 store extracted into its folder:
+# those cliques train with every version, the added ones read from those stores; a clique
+# in several files trains with the last one's versions).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -79,12 +80,14 @@ prepare() {
     local val=$CORPUS/Synth-VI-YT-light.json.val rest=()
     [[ ${VAL_INTO_TRAIN:-0} == 1 ]] && rest=("$val:$VAL_CLIQUES:")
     local train=("$CORPUS/Synth-VI-YT-light.json.train:0:") sources=(--from-features "$CORPUS")
-    if [[ -n ${EXTENSION:-} ]]; then  # its cliques replace the corpus's (same ids, more versions)
-        [[ -f $EXTENSION && -f $(dirname "$EXTENSION")/pooled.u8.npy ]] \
-            || die "EXTENSION=$EXTENSION: expected a metadata file with a u8 store in its folder"
-        train+=("$EXTENSION:0:")
-        sources+=(--from-features "$(dirname "$EXTENSION")")
-    fi
+    local extensions ext
+    read -ra extensions <<< "${EXTENSION:-}"
+    for ext in "${extensions[@]}"; do  # a clique in several: the last file's versions
+        [[ -f $ext && -f $(dirname "$ext")/pooled.u8.npy ]] \
+            || die "EXTENSION: $ext: expected a metadata file with a u8 store in its folder"
+        train+=("$ext:0:")
+        sources+=(--from-features "$(dirname "$ext")")
+    done
     slim_metadata .gpu/meta/train.json "${train[@]}" "${rest[@]}"
     slim_metadata .gpu/meta/val.json "$val:0:$VAL_CLIQUES"
     # The carried store: those versions' rows (a u8 store's codes come through unchanged).
