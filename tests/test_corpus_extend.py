@@ -80,6 +80,24 @@ def test_new_works_join_as_new_cliques_and_kept_cliques_keep_their_splits(small_
 
 
 @needs_render
+def test_a_version_that_fails_to_render_is_left_out_not_fatal(small_corpus, tmp_path, monkeypatch):
+    import mirex_vi.corpus.driver as driver
+
+    failing = {("C-0000001", 2), ("C-0000003", 0), ("C-0000003", 1)}  # (clique, version index)
+    render = driver.render_version
+    monkeypatch.setattr(driver, "render_version",
+                        lambda task: None if (task.clique_id, task.version) in failing else render(task))
+    kept = json.loads((small_corpus / METADATA).read_text())
+    grown = extend(small_corpus / METADATA, tmp_path, versions_per_work=3, seed=5, seconds=4.0,
+                   quiet=True, works=3)
+    assert grown["C-0000001"] == kept["C-0000001"]  # its added version failed: kept ones stay
+    assert len(grown["C-0000002"]) == 3
+    assert "C-0000003" not in grown  # one version of three rendered: dropped
+    splits = [json.loads((tmp_path / f"{METADATA}.{s}").read_text()) for s in ("train", "val", "test")]
+    assert sorted(c for part in splits for c in part) == ["C-0000001", "C-0000002"]
+
+
+@needs_render
 def test_adding_works_to_part_of_a_corpus_is_refused_before_rendering(small_corpus, tmp_path):
     # A split file alone: a new work could repeat one of the held-out cliques it lacks.
     with pytest.raises(ValueError, match="adding works needs a whole corpus"):

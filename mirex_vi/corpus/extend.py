@@ -13,13 +13,14 @@ with a kept one.
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 from typing import Callable, Sequence
 
 from ..atomic import remove_stale_temporaries
 from . import soundfonts
 from .catalogue import corpus_root, list_candidates, order_candidates, youtube_id
-from .driver import (check_rendered, check_tools, default_mix, existing_splits, parallel_map, pick_works,
+from .driver import (check_tools, default_mix, existing_splits, parallel_map, pick_works,
                      render_tasks, split_cliques, write_json, write_metadata)
 from .render import Task
 from .rerender import load_works, read_records, version_index
@@ -28,6 +29,7 @@ from .versions import Mix
 
 MakeTask = Callable[[Work, int, str], Task]  # (work, version index, clique id) -> its Task
 LIGHT_SUFFIX = "-light.json"
+log = logging.getLogger(__name__)
 
 
 def added_version_id(clique: str, version: int) -> str:
@@ -100,8 +102,8 @@ def extend(metadata: Path, out_dir: Path, versions_per_work: int, seed: int, sec
     ``fractions`` (kept cliques keep their splits), which needs the whole corpus
     (``corpus_splits``). The result is written to ``out_dir`` under ``metadata``'s file name
     (with the split files when works were added), never over ``metadata`` itself; only the
-    added versions' audio is in ``out_dir``. ValueError for bad options or nothing to add,
-    RuntimeError if a version fails to render (the others are kept). Returns the result.
+    added versions' audio is in ``out_dir``; versions that fail to render are left out
+    (``merge_rendered``). ValueError for bad options or nothing to add. Returns the result.
     """
     out_meta = out_dir / metadata.name
     if out_meta.exists() and out_meta.resolve() == metadata.resolve():
@@ -127,16 +129,34 @@ def extend(metadata: Path, out_dir: Path, versions_per_work: int, seed: int, sec
         out_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out_dir)
         records = render_tasks(tasks, mapper, quiet)
-    check_rendered(tasks, records)
-    extended = {clique: list(versions) for clique, versions in cliques.items()}
-    for task, record in zip(tasks, records):
-        extended.setdefault(task.clique_id, []).append(record)
+    extended = merge_rendered(cliques, tasks, records)
     if n_new:
         splits = split_cliques(list(extended), fractions, seed, kept_splits)
         write_metadata(out_dir, metadata.name.removesuffix(LIGHT_SUFFIX), extended, splits)
     else:
         write_json(out_meta, extended)
     return extended
+
+
+def merge_rendered(cliques: dict[str, list[dict]], tasks: Sequence[Task],
+                   records: Sequence[dict | None]) -> dict[str, list[dict]]:
+    """The kept cliques with their rendered added versions, then the new cliques.
+
+    A version that failed to render is left out, and a new clique left with fewer than two
+    versions is dropped (as ``build_corpus`` does), both with a warning: one bad score must
+    not cost the rest of a long render.
+    """
+    merged = {clique: list(versions) for clique, versions in cliques.items()}
+    for task, record in zip(tasks, records):
+        if record is not None:
+            merged.setdefault(task.clique_id, []).append(record)
+    failed = [task.youtube_id for task, record in zip(tasks, records) if record is None]
+    if failed:
+        log.warning("%d versions failed to render and are left out (first: %s)", len(failed), failed[0])
+    small = [c for c, versions in merged.items() if c not in cliques and len(versions) < 2]
+    if small:
+        log.warning("dropping %d new cliques with fewer than 2 versions (first: %s)", len(small), small[0])
+    return {c: versions for c, versions in merged.items() if c not in small}
 
 
 def _make_task(work: Work, version: int, clique: str, *, seed: int, seconds: float, out_dir: Path,
