@@ -56,8 +56,8 @@ from .cli_common import setup_logging as _setup_logging
               help="Bring every clique this light-JSON metadata lists up to --versions-per-work "
                    "versions drawn by this generator (e.g. versions that change texture for a "
                    "corpus kept as features), and with a larger --works add new works as new "
-                   "cliques split by --split (that needs a whole corpus: its -light.json with the "
-                   "split files beside it); give the --seed that made it. Writes the extended "
+                   "cliques split by --split, drawn from --collections (that needs a whole corpus: "
+                   "its -light.json with the split files beside it); give the --seed that made it. Writes the extended "
                    "metadata to OUT_DIR under the same file name, and the added versions' audio.")
 @click.option("--overwrite", is_flag=True, help="Re-render existing audio files.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -92,7 +92,8 @@ def corpus_command(out_dir, works, versions_per_work, seconds, seed, split, jobs
                                   **{k: v for k, v in given.items() if v is not None})
         if extend_metadata:
             cliques = extend(extend_metadata, out_dir, versions_per_work, seed, seconds, jobs, mix,
-                             overwrite=overwrite, quiet=quiet, works=works or 0, fractions=fractions)
+                             overwrite=overwrite, quiet=quiet, works=works or 0, fractions=fractions,
+                             **extra)
         elif rerender_metadata:
             cliques = rerender(rerender_metadata, out_dir, seed, seconds, jobs, demo, ood, mix,
                                overwrite=overwrite, quiet=quiet)

@@ -60,7 +60,7 @@ def test_new_works_join_as_new_cliques_and_kept_cliques_keep_their_splits(small_
     kept = json.loads((small_corpus / METADATA).read_text())
     kept_splits = {s: json.loads((small_corpus / f"{METADATA}.{s}").read_text()) for s in ("train", "val", "test")}
     grown = extend(small_corpus / METADATA, tmp_path, versions_per_work=2, seed=5, seconds=4.0,
-                   quiet=True, works=5, fractions=(0.4, 0.3, 0.3))
+                   quiet=True, works=5, fractions=(0.4, 0.3, 0.3), collections=("essenFolksong",))
     assert grown == json.loads((tmp_path / METADATA).read_text())
     new = {c: vs for c, vs in grown.items() if c not in kept}
     assert sorted(new) == ["C-0000003", "C-0000004", "C-0000005"]
@@ -68,6 +68,7 @@ def test_new_works_join_as_new_cliques_and_kept_cliques_keep_their_splits(small_
     kept_sources = {vs[0]["source"] for vs in kept.values()}
     new_sources = [vs[0]["source"] for vs in new.values()]
     assert len(set(new_sources)) == 3 and not kept_sources & set(new_sources)
+    assert all(source.startswith("music21:essenFolksong/") for source in new_sources)
     for clique, versions in new.items():
         assert [v["version_id"] for v in versions] == [f"{clique}-V1", f"{clique}-V2"]
         assert {v["source"] for v in versions} == {versions[0]["source"]}

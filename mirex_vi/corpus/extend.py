@@ -15,11 +15,11 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from ..atomic import remove_stale_temporaries
 from . import soundfonts
-from .catalogue import corpus_root, list_candidates, order_candidates, youtube_id
+from .catalogue import COLLECTION_WEIGHTS, corpus_root, list_candidates, order_candidates, youtube_id
 from .driver import (check_tools, default_mix, existing_splits, parallel_map, pick_works,
                      render_tasks, split_cliques, write_json, write_metadata)
 from .render import Task
@@ -69,12 +69,14 @@ def corpus_splits(metadata: Path, cliques: dict[str, list[dict]]) -> dict[str, s
 
 
 def new_work_tasks(kept: Sequence[Work], n_new: int, first_clique: int, versions_per_work: int,
-                   seed: int, make_task: MakeTask, mapper, quiet: bool) -> list[Task]:
+                   seed: int, make_task: MakeTask, mapper, quiet: bool,
+                   collections: Iterable[str] = COLLECTION_WEIGHTS) -> list[Task]:
     """``versions_per_work`` tasks for each of ``n_new`` works new to a corpus holding ``kept``,
-    as cliques numbered from ``first_clique`` (fewer works if the pool runs out)."""
+    drawn from ``collections``, as cliques numbered from ``first_clique`` (fewer works if
+    the pool runs out)."""
     root = corpus_root()
     sources = {work.ref.source for work in kept}
-    candidates = [ref for ref in order_candidates(list_candidates(root, "train"), seed)
+    candidates = [ref for ref in order_candidates(list_candidates(root, "train", collections), seed)
                   if ref.source not in sources]
     works = pick_works(candidates, n_new, root, mapper, quiet, taken=kept)
     return [make_task(work, k, f"C-{first_clique + i:07d}")
@@ -92,15 +94,16 @@ def next_clique_number(cliques: dict[str, list[dict]]) -> int:
 def extend(metadata: Path, out_dir: Path, versions_per_work: int, seed: int, seconds: float,
            jobs: int = 1, mix: Mix | None = None, soundfont_dir: Path = soundfonts.SOUNDFONT_ROOT,
            overwrite: bool = False, quiet: bool = False, works: int = 0,
-           fractions: Sequence[float] = (0.8, 0.1, 0.1)) -> dict[str, list[dict]]:
+           fractions: Sequence[float] = (0.8, 0.1, 0.1),
+           collections: Iterable[str] = COLLECTION_WEIGHTS) -> dict[str, list[dict]]:
     """Render new versions, and with ``works`` new works, of the corpus ``metadata`` lists.
 
     Every clique is brought up to ``versions_per_work`` versions, drawn by this generator
     with ``mix`` (default: the training mix) under ``seed`` (the seed that made the corpus,
     checked against every kept version's id). ``works`` above the number of cliques adds that
-    many cliques in all, each a new work with ``versions_per_work`` versions; they are split by
-    ``fractions`` (kept cliques keep their splits), which needs the whole corpus
-    (``corpus_splits``). The result is written to ``out_dir`` under ``metadata``'s file name
+    many cliques in all, each a new work from ``collections`` with ``versions_per_work``
+    versions; they are split by ``fractions`` (kept cliques keep their splits), which needs
+    the whole corpus (``corpus_splits``). The result is written to ``out_dir`` under ``metadata``'s file name
     (with the split files when works were added), never over ``metadata`` itself; only the
     added versions' audio is in ``out_dir``; versions that fail to render are left out
     (``merge_rendered``). ValueError for bad options or nothing to add. Returns the result.
@@ -123,7 +126,7 @@ def extend(metadata: Path, out_dir: Path, versions_per_work: int, seed: int, sec
         tasks = extension_tasks(cliques, kept, versions_per_work, seed, make_task)
         if n_new:
             tasks += new_work_tasks(list(kept.values()), n_new, next_clique_number(cliques),
-                                    versions_per_work, seed, make_task, mapper, quiet)
+                                    versions_per_work, seed, make_task, mapper, quiet, collections)
         if not tasks:
             raise ValueError("the training pool holds no work that the corpus lacks")
         out_dir.mkdir(parents=True, exist_ok=True)
