@@ -57,8 +57,9 @@ from .cli_common import setup_logging as _setup_logging
                    "versions drawn by this generator (e.g. versions that change texture for a "
                    "corpus kept as features), and with a larger --works add new works as new "
                    "cliques split by --split, drawn from --collections (that needs a whole corpus: "
-                   "its -light.json with the split files beside it); give the --seed that made it. Writes the extended "
-                   "metadata to OUT_DIR under the same file name, and the added versions' audio.")
+                   "its -light.json with the split files beside it); give the --seed that made "
+                   "it. Writes the extended metadata to OUT_DIR under the same file name, and the "
+                   "added versions' audio.")
 @click.option("--overwrite", is_flag=True, help="Re-render existing audio files.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def corpus_command(out_dir, works, versions_per_work, seconds, seed, split, jobs, name, demo, ood,

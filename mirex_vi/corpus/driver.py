@@ -94,12 +94,17 @@ def existing_splits(out_dir: Path, name: str, sources: dict[str, str]) -> dict[s
             raise ValueError(f"{previous_path}: clique {clique} is {previous[clique][0]['source']} "
                              f"there but {sources[clique]} now; the folder was made with other "
                              "options (seed, collections): use a new one")
-    kept = {}
+    return read_splits(out_dir, name)
+
+
+def read_splits(folder: Path, name: str) -> dict[str, str]:
+    """Clique -> split from the ``<name>-light.json.<split>`` files in ``folder`` (those present)."""
+    splits = {}
     for split in ("train", "val", "test"):
-        path = out_dir / f"{name}-light.json.{split}"
+        path = folder / f"{name}-light.json.{split}"
         if path.exists():
-            kept.update(dict.fromkeys(json.loads(path.read_text(encoding="utf-8")), split))
-    return kept
+            splits.update(dict.fromkeys(json.loads(path.read_text(encoding="utf-8")), split))
+    return splits
 
 
 def check_generator_version(out_dir: Path, name: str) -> None:

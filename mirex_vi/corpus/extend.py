@@ -13,14 +13,13 @@ with a kept one.
 from __future__ import annotations
 
 import functools
-import logging
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from ..atomic import remove_stale_temporaries
 from . import soundfonts
 from .catalogue import COLLECTION_WEIGHTS, corpus_root, list_candidates, order_candidates, youtube_id
-from .driver import (check_tools, default_mix, existing_splits, parallel_map, pick_works,
+from .driver import (check_tools, default_mix, group_cliques, parallel_map, pick_works, read_splits,
                      render_tasks, split_cliques, write_json, write_metadata)
 from .render import Task
 from .rerender import load_works, read_records, version_index
@@ -29,7 +28,6 @@ from .versions import Mix
 
 MakeTask = Callable[[Work, int, str], Task]  # (work, version index, clique id) -> its Task
 LIGHT_SUFFIX = "-light.json"
-log = logging.getLogger(__name__)
 
 
 def added_version_id(clique: str, version: int) -> str:
@@ -59,8 +57,7 @@ def corpus_splits(metadata: Path, cliques: dict[str, list[dict]]) -> dict[str, s
     New works must be checked against every work of the corpus, held-out ones included, so
     ValueError unless ``metadata`` is such a file and its split files cover all its cliques.
     """
-    name = metadata.name.removesuffix(LIGHT_SUFFIX)
-    splits = existing_splits(metadata.parent, name, {c: vs[0]["source"] for c, vs in cliques.items()})
+    splits = read_splits(metadata.parent, metadata.name.removesuffix(LIGHT_SUFFIX))
     if not metadata.name.endswith(LIGHT_SUFFIX) or splits.keys() != cliques.keys():
         raise ValueError(f"{metadata}: adding works needs a whole corpus, its <name>{LIGHT_SUFFIX} "
                          f"with the .train/.val/.test split files beside it covering all its "
@@ -103,10 +100,11 @@ def extend(metadata: Path, out_dir: Path, versions_per_work: int, seed: int, sec
     checked against every kept version's id). ``works`` above the number of cliques adds that
     many cliques in all, each a new work from ``collections`` with ``versions_per_work``
     versions; they are split by ``fractions`` (kept cliques keep their splits), which needs
-    the whole corpus (``corpus_splits``). The result is written to ``out_dir`` under ``metadata``'s file name
-    (with the split files when works were added), never over ``metadata`` itself; only the
-    added versions' audio is in ``out_dir``; versions that fail to render are left out
-    (``merge_rendered``). ValueError for bad options or nothing to add. Returns the result.
+    the whole corpus (``corpus_splits``). The result is written to ``out_dir`` under
+    ``metadata``'s file name (with the split files when works were added), never over
+    ``metadata`` itself; only the added versions' audio is in ``out_dir``; versions that fail
+    to render are left out (``merge_rendered``). ValueError for bad options or nothing to
+    add. Returns the result.
     """
     out_meta = out_dir / metadata.name
     if out_meta.exists() and out_meta.resolve() == metadata.resolve():
@@ -145,21 +143,19 @@ def merge_rendered(cliques: dict[str, list[dict]], tasks: Sequence[Task],
                    records: Sequence[dict | None]) -> dict[str, list[dict]]:
     """The kept cliques with their rendered added versions, then the new cliques.
 
-    A version that failed to render is left out, and a new clique left with fewer than two
-    versions is dropped (as ``build_corpus`` does), both with a warning: one bad score must
-    not cost the rest of a long render.
+    A version that failed to render (``render_version`` logs it) is left out, and a new
+    clique left with fewer than two versions is dropped (``group_cliques``): one bad score
+    must not cost the rest of a long render.
     """
     merged = {clique: list(versions) for clique, versions in cliques.items()}
+    new_tasks, new_records = [], []
     for task, record in zip(tasks, records):
-        if record is not None:
-            merged.setdefault(task.clique_id, []).append(record)
-    failed = [task.youtube_id for task, record in zip(tasks, records) if record is None]
-    if failed:
-        log.warning("%d versions failed to render and are left out (first: %s)", len(failed), failed[0])
-    small = [c for c, versions in merged.items() if c not in cliques and len(versions) < 2]
-    if small:
-        log.warning("dropping %d new cliques with fewer than 2 versions (first: %s)", len(small), small[0])
-    return {c: versions for c, versions in merged.items() if c not in small}
+        if task.clique_id not in cliques:
+            new_tasks.append(task)
+            new_records.append(record)
+        elif record is not None:
+            merged[task.clique_id].append(record)
+    return merged | group_cliques(new_tasks, new_records)
 
 
 def _make_task(work: Work, version: int, clique: str, *, seed: int, seconds: float, out_dir: Path,
