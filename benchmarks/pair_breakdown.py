@@ -16,17 +16,12 @@ reciprocal rank. Needs the generator's version records (``mirex-vi corpus`` meta
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import torch
-
-from mirex_vi.data import filter_available, read_metadata
-from mirex_vi.evaluate import embed_cliques
-from mirex_vi.weights import load_weights
+from split_embedding import embed_split, read_split, split_parser  # beside this script
 
 
 def pair_key(a: dict, b: dict) -> dict[str, object]:
@@ -62,20 +57,15 @@ def ranks_of_pairs(emb: torch.Tensor, labels: list[str]) -> list[tuple[int, int,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--metadata", type=Path, required=True)
-    parser.add_argument("--features-dir", type=Path, required=True)
+    parser = split_parser(__doc__)
     parser.add_argument("--weights", default=None)
     parser.add_argument("--min-pairs", type=int, default=30, help="hide smaller groups")
     args = parser.parse_args()
 
-    cliques = filter_available(read_metadata(args.metadata), args.features_dir)
+    cliques = read_split(args.metadata, args.features_dir)
     records = {v["youtube_id"]: v for vs in json.loads(args.metadata.read_text()).values() for v in vs}
     ids = [v.youtube_id for vs in cliques.values() for v in vs]
-    loaded = load_weights(args.weights)
-    emb, labels = embed_cliques(loaded.model, loaded.features, cliques, args.features_dir,
-                                torch.device("cpu"), amp=False, progress=False)
+    loaded, emb, labels = embed_split(args.weights, cliques, args.features_dir)
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)
     pairs = ranks_of_pairs(emb, labels)
     for q, r, rank in pairs:

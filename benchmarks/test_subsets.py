@@ -16,17 +16,14 @@ so its figures equal those of ``mirex-vi evaluate`` on that subset's metadata.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from pathlib import Path
 
 import torch
+from split_embedding import embed_split, read_split, split_parser  # beside this script
 
-from mirex_vi.data import filter_available, read_metadata
-from mirex_vi.evaluate import embed_cliques
 from mirex_vi.metrics import metrics_from_embeddings
-from mirex_vi.weights import load_weights
 
 
 def work_number(clique_id: str) -> int:
@@ -61,10 +58,7 @@ def score_subsets(emb: torch.Tensor, labels: list[str],
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--metadata", type=Path, required=True)
-    parser.add_argument("--features-dir", type=Path, required=True)
+    parser = split_parser(__doc__)
     parser.add_argument("--weights", action="append", required=True,
                         help="a weight package (folder or name); repeat to compare")
     parser.add_argument("--excerpt", type=float, metavar="SECONDS",
@@ -75,13 +69,10 @@ def main() -> None:
     args = parser.parse_args()
 
     ranges = subsets(sorted(int(b) for b in args.bounds.split(",") if b.strip()))
-    cliques = filter_available(read_metadata(args.metadata), args.features_dir)
+    cliques = read_split(args.metadata, args.features_dir)
     results: dict[str, dict] = {}
     for weights in args.weights:
-        loaded = load_weights(weights)
-        emb, labels = embed_cliques(loaded.model, loaded.features, cliques, args.features_dir,
-                                    torch.device("cpu"), amp=False, excerpt=args.excerpt,
-                                    progress=False)
+        _, emb, labels = embed_split(weights, cliques, args.features_dir, args.excerpt)
         results[weights] = score_subsets(emb, labels, ranges)
 
     print(f"{args.metadata}" + (f", first {args.excerpt:g} s" if args.excerpt else ", whole clips"))
