@@ -299,7 +299,7 @@ def train(config_path, overrides, resume, device, quiet) -> None:
     except (ValueError, OSError) as err:
         _fail(str(err))
     try:
-        run_dir = run_training(cfg, resume=resume, device=device)
+        run_dir = run_training(cfg, resume=resume, device=device, progress=not quiet)
     except (WeightsError, FileExistsError, FileNotFoundError) as err:  # bad weights, run folder
         _fail(str(err))
     except RuntimeError as err:

@@ -273,9 +273,10 @@ def training_step(state: TrainingState, batch: tuple[torch.Tensor, ...], cfg: Tr
 
 
 def train_epoch(state: TrainingState, loader, cfg: TrainConfig, generator: torch.Generator,
-                ranks: Ranks = Ranks()) -> dict[str, float]:
-    """One pass over this rank's batches; returns the mean ``loss``, ``active`` and
-    ``cls_loss`` (0 without a head) over all ranks' steps, and ``steps`` (per rank)."""
+                ranks: Ranks = Ranks(), progress: bool = True) -> dict[str, float]:
+    """One pass over this rank's batches (with a progress bar on rank 0 if ``progress``);
+    returns the mean ``loss``, ``active`` and ``cls_loss`` (0 without a head) over all ranks'
+    steps, and ``steps`` (per rank)."""
     state.model.train()
     if state.head is not None:
         state.head.train()
@@ -283,7 +284,8 @@ def train_epoch(state: TrainingState, loader, cfg: TrainConfig, generator: torch
     zero = torch.zeros((), device=state.device)
     from tqdm import tqdm
 
-    bar = tqdm(loader, desc="train", unit="step", leave=False, disable=not ranks.is_main)
+    bar = tqdm(loader, desc="train", unit="step", leave=False,
+               disable=not (progress and ranks.is_main))
     for batch in bar:
         stats = training_step(state, batch, cfg, generator)
         totals += torch.stack([stats["loss"], stats["active"], stats.get("cls_loss", zero),
@@ -325,10 +327,13 @@ class RunContext:
     loader: DataLoader
     sampler: CliqueBatchSampler
     val_set: FullTrackDataset | None  # None: no validation split, or not rank 0
+    progress: bool
 
 
-def run_training(cfg: TrainConfig, resume: bool = False, device: str = "auto") -> Path:
-    """Train ``cfg.epochs`` epochs (continuing ``last.pt`` when ``resume``); return the run folder.
+def run_training(cfg: TrainConfig, resume: bool = False, device: str = "auto",
+                 progress: bool = True) -> Path:
+    """Train ``cfg.epochs`` epochs (continuing ``last.pt`` when ``resume``; a progress bar
+    per epoch if ``progress``); return the run folder.
 
     Raises:
         FileExistsError: ``output_dir`` already holds a run and ``resume`` is False.
@@ -356,7 +361,7 @@ def run_training(cfg: TrainConfig, resume: bool = False, device: str = "auto") -
             if ranks.is_main:
                 truncate_metrics(run_dir / METRICS, state.epoch)
         run = RunContext(cfg, ranks, run_dir, loader, sampler,
-                         build_val_set(cfg) if ranks.is_main else None)
+                         build_val_set(cfg) if ranks.is_main else None, progress)
         log.info("training %s on %s x %d: %d batches of %d x %d per epoch and rank",
                  cfg.model, dev, ranks.world_size, len(sampler), cfg.cliques_per_batch,
                  cfg.versions_per_clique)
@@ -375,7 +380,7 @@ def _run_epoch(state: TrainingState, run: RunContext) -> None:
     generator = _seed(cfg, state.epoch, ranks)
     run.sampler.set_epoch(state.epoch)
     lr = state.optimizer.param_groups[0]["lr"]
-    train = train_epoch(state, run.loader, cfg, generator, ranks)
+    train = train_epoch(state, run.loader, cfg, generator, ranks, run.progress)
     state.scheduler.step()
     state.epoch += 1
     if ranks.is_main:

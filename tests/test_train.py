@@ -321,3 +321,17 @@ def test_a_dataloader_bus_error_says_how_to_give_the_workers_shared_memory(monke
     assert "--ipc=host" in result.output and "num_workers=0" in result.output
     other = _train_cli_failing_with(monkeypatch, tmp_path, "CUDA error: an illegal memory access")
     assert isinstance(other.exception, RuntimeError)  # any other error is not disguised
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_train_quiet_shows_no_progress_bar(dataset_dir, tmp_path, quiet):
+    paths = [f"train_metadata={dataset_dir / 'light.json.train'}",
+             f"val_metadata={dataset_dir / 'light.json.val'}",
+             f"features_dir={dataset_dir / 'features'}", f"output_dir={tmp_path / 'run'}",
+             "epochs=1"]
+    result = CliRunner().invoke(main, ["train", "--config", str(REPO / TINY), "--device", "cpu",
+                                       *(["--quiet"] if quiet else []),
+                                       *[a for p in paths for a in ("--set", p)]])
+    assert result.exit_code == 0, result.output
+    assert ("train:" in result.stderr) is not quiet
+    assert (tmp_path / "run" / BEST).is_file()
