@@ -1,4 +1,5 @@
-"""The training state and its files: checkpoints, the run folder and ``metrics.jsonl``.
+"""The training state and its files: checkpoints, the run folder and ``metrics.jsonl``;
+and the weights a run starts from (``init_weights``, pinned by ``init_sha256``).
 
 A run folder holds ``config.yaml`` (the resolved config), ``last.pt`` (after every epoch),
 ``best.pt`` (by validation MAP; the last epoch when there is no validation set) and
@@ -32,6 +33,8 @@ from torch import nn
 from .atomic import atomic_open
 from .config import TrainConfig, to_dict
 from .losses import NegativeMemory
+from .model import CQTNet, build_model
+from .weights import WeightsError, load_weights, resolve_weights, sha256_file, verify_package
 
 log = logging.getLogger(__name__)
 
@@ -169,15 +172,20 @@ def prepare_run_dir(cfg: TrainConfig, resume: bool) -> Path:
     Raises:
         FileExistsError: the folder already holds a run and ``resume`` is False.
         FileNotFoundError: ``resume`` without a ``last.pt``.
+        OSError: the folder or its config cannot be written (the message names output_dir).
     """
     run_dir = Path(cfg.output_dir)
     if resume and not (run_dir / LAST).is_file():
         raise FileNotFoundError(f"--resume: {run_dir / LAST} does not exist")
     if not resume and (run_dir / LAST).exists():
         raise FileExistsError(f"{run_dir} already holds a run; use --resume or another output_dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_open(run_dir / "config.yaml", "w", encoding="utf-8") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_open(run_dir / "config.yaml", "w", encoding="utf-8") as f:
+            yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    except OSError as err:
+        raise OSError(f"output_dir {run_dir}: cannot write the run folder "
+                      f"({err.strerror}: {err.filename})") from err
     return run_dir
 
 
@@ -196,3 +204,49 @@ def truncate_metrics(path: Path, epochs_done: int) -> None:
              if ln.strip() and json.loads(ln)["epoch"] <= epochs_done]
     with atomic_open(path, "w", encoding="utf-8") as f:
         f.write("".join(ln + "\n" for ln in lines))
+
+
+# --- initial weights -----------------------------------------------------------------------
+
+
+def initial_model(cfg: TrainConfig) -> tuple[CQTNet, str | None]:
+    """A fresh ``cfg.model``, random or loaded from ``cfg.init_weights`` (fine-tuning), and
+    the sha256 of those weights (None for a random initialisation).
+
+    Raises:
+        WeightsError: the weights cannot be loaded, are not of size ``cfg.model``, or do
+            not have the sha256 that ``cfg.init_sha256`` pins; a pin without weights.
+    """
+    check_init_pin(cfg)
+    if not cfg.init_weights:
+        return build_model(cfg.model), None
+    loaded = load_weights(cfg.init_weights)
+    _check_pin(cfg, loaded.sha256)
+    if loaded.model.cfg != cfg.model_config:
+        raise WeightsError(f"init_weights {cfg.init_weights!r} hold a {loaded.model.cfg}, "
+                           f"not the {cfg.model!r} model {cfg.model_config}")
+    log.info("initialised from %s (sha256 %s)", cfg.init_weights, loaded.sha256)
+    return loaded.model, loaded.sha256  # a fresh CQTNet; train_epoch switches it to training
+
+
+def check_init_pin(cfg: TrainConfig) -> None:
+    """Check ``cfg.init_sha256`` against the file ``cfg.init_weights`` names, without
+    loading it, so that a wrong start is refused before any data is read.
+
+    Raises:
+        WeightsError: as :func:`initial_model`.
+    """
+    if not cfg.init_weights:
+        if cfg.init_sha256:
+            raise WeightsError("init_sha256 is set but init_weights is empty")
+        return
+    if cfg.init_sha256:
+        path = resolve_weights(cfg.init_weights)
+        _check_pin(cfg, sha256_file(path) if path.is_file() else verify_package(path))
+
+
+def _check_pin(cfg: TrainConfig, sha256: str) -> None:
+    if cfg.init_sha256 and sha256 != cfg.init_sha256:
+        raise WeightsError(f"init_weights {cfg.init_weights!r} have sha256 {sha256}, "
+                           f"but the config pins init_sha256 {cfg.init_sha256}: not the weights "
+                           "this run starts from (the config's comments say where they are)")

@@ -290,7 +290,7 @@ def train(config_path, overrides, resume, device, quiet) -> None:
     """
     setup_logging(quiet)
     from .config import TrainConfig, load_yaml, with_overrides
-    from .train import run_training
+    from .train import TrainInputError, run_training
     from .weights import WeightsError
 
     try:
@@ -300,7 +300,7 @@ def train(config_path, overrides, resume, device, quiet) -> None:
         _fail(str(err))
     try:
         run_dir = run_training(cfg, resume=resume, device=device, progress=not quiet)
-    except (WeightsError, FileExistsError, FileNotFoundError) as err:  # bad weights, run folder
+    except (TrainInputError, WeightsError, OSError) as err:  # data, weights, the run folder
         _fail(str(err))
     except RuntimeError as err:
         if not _out_of_shared_memory(err):

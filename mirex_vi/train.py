@@ -13,7 +13,7 @@ uninterrupted one (up to cuDNN nondeterminism).
 
 Initial weights: ``init_weights`` (a package or a ``.pth``) and its pin ``init_sha256``; a
 pinned run refuses to start from other weights, and every checkpoint records the initial
-weights' sha256. The run folder and checkpoints are in ``checkpoint.py``.
+weights' sha256. Those weights, the run folder and checkpoints are in ``checkpoint.py``.
 """
 
 from __future__ import annotations
@@ -33,17 +33,16 @@ import torch.distributed as torch_dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .checkpoint import (BEST, LAST, METRICS, TrainingState, append_metrics, checkpoint_payload,
-                         prepare_run_dir, restore_checkpoint, save_checkpoint, truncate_metrics)
+from .checkpoint import (BEST, LAST, METRICS, TrainingState, append_metrics, check_init_pin,
+                         checkpoint_payload, initial_model, prepare_run_dir, restore_checkpoint,
+                         save_checkpoint, truncate_metrics)
 from .config import TrainConfig
-from .data import (CliqueBatchSampler, FullTrackDataset, TrainDataset, filter_available,
-                   make_train_loader, read_metadata)
+from .data import (Cliques, CliqueBatchSampler, FullTrackDataset, TrainDataset,
+                   filter_available, make_train_loader, read_metadata)
 from .heads import ClassificationHead, classification_loss
 from .losses import NegativeMemory, triplet_loss
 from .model import CQTNet, build_model
 from .runtime import amp_enabled, autocast, disable_tf32_without_amp, resolve_device
-from .weights import (WeightsError, load_weights, resolve_weights, sha256_file,
-                      verify_package)
 
 log = logging.getLogger(__name__)
 
@@ -116,23 +115,61 @@ def _seed(cfg: TrainConfig, epoch: int, ranks: Ranks) -> torch.Generator:
 # --- building blocks -----------------------------------------------------------------------
 
 
+class TrainInputError(ValueError):
+    """A config whose data cannot train: an unset or missing path, a split without enough
+    usable cliques, crops CQT-Net cannot take. The message names the config key."""
+
+
+def check_inputs(cfg: TrainConfig) -> None:
+    """Refuse, before anything is read or written, a config whose data paths are unset or
+    missing, or whose crops are shorter than the model's minimum input (172 pooled frames).
+
+    Raises:
+        TrainInputError: naming the key.
+    """
+    for key in ("train_metadata", "features_dir"):
+        if not getattr(cfg, key):
+            raise TrainInputError(f"{key} is not set: --set {key}=PATH")
+    for key in ("train_metadata", "val_metadata"):
+        path = getattr(cfg, key)
+        if path and not Path(path).is_file():
+            raise TrainInputError(f"{key} {path}: no such file")
+    if not Path(cfg.features_dir).is_dir():
+        raise TrainInputError(f"features_dir {cfg.features_dir}: no such folder")
+    feats = cfg.features
+    if feats.crop_frames // feats.downsample_factor < CQTNet.min_pooled_frames:
+        raise TrainInputError(f"features.crop_frames={feats.crop_frames} is too short: CQT-Net "
+                              f"needs {CQTNet.min_pooled_frames * feats.downsample_factor} frames")
+    if not 0 <= feats.min_crop_frames <= feats.crop_frames:
+        raise TrainInputError(f"features.min_crop_frames={feats.min_crop_frames} must lie in "
+                              f"[0, crop_frames={feats.crop_frames}]")
+
+
+def _usable_cliques(cfg: TrainConfig, key: str, at_least: int) -> Cliques:
+    """The cliques of the split file ``cfg.<key>`` that keep two or more versions with
+    features in ``cfg.features_dir``; TrainInputError if that file is not a split or leaves
+    fewer than ``at_least``."""
+    path = getattr(cfg, key)
+    try:
+        cliques = filter_available(read_metadata(path), cfg.features_dir)
+    except ValueError as err:  # not JSON, not a light JSON or JSONL split
+        raise TrainInputError(f"{key} {path}: {err}") from err
+    if len(cliques) < at_least:
+        raise TrainInputError(f"{key} {path}: {len(cliques)} cliques have two or more versions "
+                              f"with features in {cfg.features_dir}; {at_least} needed")
+    return cliques
+
+
 def build_train_loader(cfg: TrainConfig, ranks: Ranks,
                        device: torch.device) -> tuple[DataLoader, CliqueBatchSampler]:
     """Dataset, sampler and DataLoader of the training split (missing features dropped),
     with ``cfg.augment`` applied to every crop.
 
     Raises:
-        ValueError: crops shorter than the model's minimum input (172 pooled frames), or a
-            ``min_crop_frames`` outside ``[0, crop_frames]``.
+        TrainInputError: as :func:`check_inputs`, or fewer usable cliques than a batch takes.
     """
-    feats = cfg.features
-    if feats.crop_frames // feats.downsample_factor < CQTNet.min_pooled_frames:
-        raise ValueError(f"features.crop_frames={feats.crop_frames} is too short: CQT-Net "
-                         f"needs {CQTNet.min_pooled_frames * feats.downsample_factor} frames")
-    if not 0 <= feats.min_crop_frames <= feats.crop_frames:
-        raise ValueError(f"features.min_crop_frames={feats.min_crop_frames} must lie in "
-                         f"[0, crop_frames={feats.crop_frames}]")
-    cliques = filter_available(read_metadata(cfg.train_metadata), cfg.features_dir)
+    check_inputs(cfg)
+    cliques = _usable_cliques(cfg, "train_metadata", cfg.cliques_per_batch)
     dataset = TrainDataset(cliques, cfg.features_dir, cfg.features, cfg.augment)
     sampler = CliqueBatchSampler(dataset.members, cfg.cliques_per_batch, cfg.versions_per_clique,
                                  cfg.seed, ranks.rank, ranks.world_size)
@@ -141,9 +178,10 @@ def build_train_loader(cfg: TrainConfig, ranks: Ranks,
 
 
 def build_val_set(cfg: TrainConfig) -> FullTrackDataset | None:
+    """The validation split's whole tracks (None without ``val_metadata``)."""
     if not cfg.val_metadata:
         return None
-    cliques = filter_available(read_metadata(cfg.val_metadata), cfg.features_dir)
+    cliques = _usable_cliques(cfg, "val_metadata", 1)
     return FullTrackDataset(cliques, cfg.features_dir, cfg.features, cfg.max_val_frames)
 
 
@@ -187,49 +225,6 @@ def _distribute(module: nn.Module, device: torch.device, ranks: Ranks) -> nn.Mod
         return module
     return nn.parallel.DistributedDataParallel(
         module, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-def initial_model(cfg: TrainConfig) -> tuple[CQTNet, str | None]:
-    """A fresh ``cfg.model``, random or loaded from ``cfg.init_weights`` (fine-tuning), and
-    the sha256 of those weights (None for a random initialisation).
-
-    Raises:
-        WeightsError: the weights cannot be loaded, are not of size ``cfg.model``, or do
-            not have the sha256 that ``cfg.init_sha256`` pins; a pin without weights.
-    """
-    check_init_pin(cfg)
-    if not cfg.init_weights:
-        return build_model(cfg.model), None
-    loaded = load_weights(cfg.init_weights)
-    _check_pin(cfg, loaded.sha256)
-    if loaded.model.cfg != cfg.model_config:
-        raise WeightsError(f"init_weights {cfg.init_weights!r} hold a {loaded.model.cfg}, "
-                           f"not the {cfg.model!r} model {cfg.model_config}")
-    log.info("initialised from %s (sha256 %s)", cfg.init_weights, loaded.sha256)
-    return loaded.model, loaded.sha256  # a fresh CQTNet; train_epoch switches it to training
-
-
-def check_init_pin(cfg: TrainConfig) -> None:
-    """Check ``cfg.init_sha256`` against the file ``cfg.init_weights`` names, without
-    loading it, so that a wrong start is refused before any data is read.
-
-    Raises:
-        WeightsError: as :func:`initial_model`.
-    """
-    if not cfg.init_weights:
-        if cfg.init_sha256:
-            raise WeightsError("init_sha256 is set but init_weights is empty")
-        return
-    if cfg.init_sha256:
-        path = resolve_weights(cfg.init_weights)
-        _check_pin(cfg, sha256_file(path) if path.is_file() else verify_package(path))
-
-
-def _check_pin(cfg: TrainConfig, sha256: str) -> None:
-    if cfg.init_sha256 and sha256 != cfg.init_sha256:
-        raise WeightsError(f"init_weights {cfg.init_weights!r} have sha256 {sha256}, "
-                           f"but the config pins init_sha256 {cfg.init_sha256}: not the weights "
-                           "this run starts from (the config's comments say where they are)")
 
 
 # --- one step, one epoch -------------------------------------------------------------------
@@ -336,8 +331,10 @@ def run_training(cfg: TrainConfig, resume: bool = False, device: str = "auto",
     per epoch if ``progress``); return the run folder.
 
     Raises:
+        TrainInputError: data paths unset or missing, or splits without enough cliques.
         FileExistsError: ``output_dir`` already holds a run and ``resume`` is False.
         FileNotFoundError: ``resume`` without a ``last.pt``.
+        OSError: ``output_dir`` cannot be made or written.
         WeightsError: ``init_weights`` that cannot be used or do not match ``init_sha256``.
     """
     ranks, dev = init_distributed(device)
@@ -346,12 +343,13 @@ def run_training(cfg: TrainConfig, resume: bool = False, device: str = "auto",
         logging.getLogger(__package__).setLevel(logging.WARNING)
     run_dir = Path(cfg.output_dir)
     try:
+        if not resume:  # the weights first: the one refusal a config's comments explain
+            check_init_pin(cfg)
+        check_inputs(cfg)
         if ranks.is_main:
             prepare_run_dir(cfg, resume)
         _barrier(ranks)
         torch.backends.cudnn.benchmark = True
-        if not resume:
-            check_init_pin(cfg)
         loader, sampler = build_train_loader(cfg, ranks, dev)
         # A resumed run takes its weights, and their lineage, from last.pt.
         state = build_training_state(cfg, dev, ranks, initial_weights=not resume,

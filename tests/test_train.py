@@ -207,7 +207,7 @@ def test_init_weights_starts_from_a_checkpoint_and_refuses_another_size(full_run
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, start[name]), name
     with pytest.raises(WeightsError, match="not the 'mirex' model"):
-        train.initial_model(with_overrides(cfg, ["model=mirex"]))
+        checkpoint.initial_model(with_overrides(cfg, ["model=mirex"]))
 
 
 def test_pinned_init_weights_are_checked_and_recorded(full_run, dataset_dir, tmp_path):
@@ -226,7 +226,7 @@ def test_pinned_init_weights_are_checked_and_recorded(full_run, dataset_dir, tmp
         run_training(with_overrides(cfg, [f"init_sha256={wrong}",
                                           f"output_dir={tmp_path / 'refused'}"]), device="cpu")
     with pytest.raises(WeightsError, match="init_weights is empty"):
-        train.initial_model(with_overrides(cfg, ["init_weights=''"]))
+        checkpoint.initial_model(with_overrides(cfg, ["init_weights=''"]))
 
 
 def test_rerunning_stage_5_from_a_later_stages_shipped_package_is_refused(tmp_path, monkeypatch):
@@ -335,3 +335,32 @@ def test_train_quiet_shows_no_progress_bar(dataset_dir, tmp_path, quiet):
     assert result.exit_code == 0, result.output
     assert ("train:" in result.stderr) is not quiet
     assert (tmp_path / "run" / BEST).is_file()
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("unset", "train_metadata is not set: --set train_metadata=PATH"),
+    ("no features", "features_dir {root}/nothere: no such folder"),
+    ("no val file", "val_metadata {root}/nothere.json: no such file"),
+    ("not json", "train_metadata {root}/bad.json: Expecting value"),
+    ("empty features", "0 cliques have two or more versions with features in {root}/empty; 4 needed"),
+    ("output under a file", "output_dir {root}/bad.json/run: cannot write the run folder"),
+])
+def test_train_refuses_unusable_data_in_one_line(dataset_dir, tmp_path, case, expected):
+    (tmp_path / "bad.json").write_text("not json\n")
+    (tmp_path / "empty").mkdir()
+    sets = {"unset": ["train_metadata=''"],
+            "no features": [f"features_dir={tmp_path / 'nothere'}"],
+            "no val file": [f"val_metadata={tmp_path / 'nothere.json'}"],
+            "not json": [f"train_metadata={tmp_path / 'bad.json'}"],
+            "empty features": [f"features_dir={tmp_path / 'empty'}"],
+            "output under a file": [f"output_dir={tmp_path / 'bad.json' / 'run'}"]}[case]
+    cfg_sets = [f"train_metadata={dataset_dir / 'light.json.train'}",
+                f"val_metadata={dataset_dir / 'light.json.val'}",
+                f"features_dir={dataset_dir / 'features'}", f"output_dir={tmp_path / 'run'}",
+                "epochs=1", *sets]
+    result = CliRunner().invoke(main, ["train", "--config", str(REPO / TINY), "--device", "cpu",
+                                       "--quiet", *[a for s in cfg_sets for a in ("--set", s)]])
+    assert result.exit_code == 2, result.output
+    assert expected.format(root=tmp_path) in result.output
+    assert isinstance(result.exception, SystemExit)  # an error line, not a traceback
+    assert not (tmp_path / "run" / LAST).exists()
