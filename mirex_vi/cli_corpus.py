@@ -19,8 +19,9 @@ from .cli_common import setup_logging as _setup_logging
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--works", type=click.IntRange(1),
               help="Number of works (cliques) [default: 360; with --extend, those of its corpus].")
-@click.option("--versions-per-work", type=click.IntRange(1), default=4, show_default=True)
-@click.option("--seconds", type=float, default=60.0, show_default=True,
+@click.option("--versions-per-work", type=click.IntRange(2), default=4, show_default=True,
+              help="Versions of each work (a clique needs two).")
+@click.option("--seconds", type=click.FloatRange(min=1), default=60.0, show_default=True,
               help="Mean clip length (±15 %).")
 @click.option("--seed", type=int, default=27, show_default=True)
 @click.option("--split", default="0.8,0.1,0.1", show_default=True,
@@ -81,6 +82,7 @@ def corpus_command(out_dir, works, versions_per_work, seconds, seed, split, jobs
     if importlib.util.find_spec("music21") is None:
         _fail("the corpus generator needs music21: pip install mirex-vi[corpus]")
     _setup_logging(quiet)
+    from .corpus.catalogue import pool_collections
     from .corpus.driver import build_corpus, default_mix, pool_of
     from .corpus.extend import extend
     from .corpus.rerender import rerender
@@ -89,6 +91,7 @@ def corpus_command(out_dir, works, versions_per_work, seconds, seed, split, jobs
     extra = {"collections": collections.split(",")} if collections else {}
     start = time.perf_counter()
     try:
+        pool_collections(pool_of(demo, ood), **extra)  # refused before anything is written
         mix = dataclasses.replace(default_mix(pool_of(demo, ood)),
                                   **{k: v for k, v in given.items() if v is not None})
         if extend_metadata:

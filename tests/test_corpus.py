@@ -305,3 +305,26 @@ def test_demo_renders_as_generator_version_1_did(tmp_path):
         assert [v["youtube_id"] for v in versions] == [v["youtube_id"] for v in bundled[clique]]
         for v in versions:
             assert _sha256(tmp_path / v["audio_path"]) == _sha256(demo / v["audio_path"])
+
+
+@needs_render
+def test_a_corpus_whose_renders_all_fail_writes_no_metadata(tmp_path, monkeypatch):
+    import mirex_vi.corpus.driver as driver
+
+    monkeypatch.setattr(driver, "render_version", lambda task: None)
+    with pytest.raises(RuntimeError, match="no work kept two rendered versions"):
+        build_corpus(tmp_path, **TINY)
+    assert not list(tmp_path.glob(f"{NAME}*"))
+
+
+@needs_music21
+@pytest.mark.parametrize("args, message", [
+    (["--versions-per-work", "1"], "1 is not in the range x>=2"),
+    (["--seconds", "0"], "0.0 is not in the range x>=1"),
+    (["--collections", "bach,nosuch"], "collections nosuch: not among the generator's"),
+    (["--collections", "oneills1850"], "oneills1850 is held out of training corpora"),
+])
+def test_cli_refuses_options_that_would_render_an_empty_corpus(tmp_path, args, message):
+    result = CliRunner().invoke(cli_main, ["corpus", str(tmp_path / "out"), "--works", "2", *args])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "out").exists()

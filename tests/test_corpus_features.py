@@ -187,7 +187,10 @@ def test_held_out_collection_is_never_drawn_for_training():
     root = corpus_root()
     train = list_candidates(root, "train")
     assert train and all(ref.collection != HELD_OUT_COLLECTION for ref in train)
-    assert not list_candidates(root, "train", [HELD_OUT_COLLECTION])
+    with pytest.raises(ValueError, match=f"{HELD_OUT_COLLECTION} is held out of training"):
+        list_candidates(root, "train", [HELD_OUT_COLLECTION])
+    with pytest.raises(ValueError, match="collections ryansMammoth: not among the generator's"):
+        list_candidates(root, "train", ["bach", "ryansMammoth"])  # reserved: never listed
     ood = list_candidates(root, "ood")
     assert len(ood) >= 100 and {ref.collection for ref in ood} == {HELD_OUT_COLLECTION}
     demo = {ref.key for ref in list_candidates(root, "demo")}

@@ -113,11 +113,21 @@ def pool_collections(pool: str, collections: Iterable[str] = COLLECTION_WEIGHTS)
 
     ``collections`` limits "train" and "demo" (to a subset of COLLECTION_WEIGHTS); "train"
     never includes the held-out collection, and "ood" is only that collection.
+
+    Raises:
+        ValueError: a name outside COLLECTION_WEIGHTS, or "train" left with no collection.
     """
     if pool == "ood":
         return {HELD_OUT_COLLECTION}
-    allowed = set(collections) & set(COLLECTION_WEIGHTS)
-    return allowed - {HELD_OUT_COLLECTION} if pool == "train" else allowed
+    unknown = sorted(set(collections) - set(COLLECTION_WEIGHTS))
+    if unknown:
+        raise ValueError(f"collections {', '.join(unknown)}: not among the generator's "
+                         f"({', '.join(COLLECTION_WEIGHTS)})")
+    allowed = set(collections) - ({HELD_OUT_COLLECTION} if pool == "train" else set())
+    if not allowed:
+        raise ValueError(f"collections: {HELD_OUT_COLLECTION} is held out of training corpora "
+                         "(it makes the out-of-distribution set, --ood)")
+    return allowed
 
 
 def list_candidates(root: Path, pool: str, collections: Iterable[str] = COLLECTION_WEIGHTS) -> list[WorkRef]:

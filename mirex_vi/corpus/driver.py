@@ -235,7 +235,8 @@ def build_corpus(out_dir: Path, n_works: int, versions_per_work: int, seconds: f
                  collections: Iterable[str] = COLLECTION_WEIGHTS,
                  soundfont_dir: Path = soundfonts.SOUNDFONT_ROOT, ood: bool = False,
                  mix: Mix | None = None) -> dict[str, list[dict]]:
-    """Make a corpus in ``out_dir``; returns the clique -> versions mapping that was written.
+    """Make a corpus in ``out_dir``; returns the clique -> versions mapping that was written
+    (RuntimeError, and no metadata, if no work kept two rendered versions).
 
     Cliques keep at least two rendered versions (others are dropped and logged). ``demo``
     draws from the reserved demo pool, renders as generator version 1 did at 22.05 kHz mono
@@ -263,6 +264,9 @@ def build_corpus(out_dir: Path, n_works: int, versions_per_work: int, seconds: f
                  for i, work in enumerate(works) for k in range(versions_per_work)]
         records = render_tasks(tasks, mapper, quiet)
     cliques = group_cliques(tasks, records)
+    if not cliques:
+        raise RuntimeError(f"no work kept two rendered versions (the warnings say why): no "
+                           f"metadata written to {out_dir}")
     write_metadata(out_dir, name, cliques, split_cliques(list(cliques), fractions, seed, kept))
     if demo:
         write_demo_lists(out_dir, cliques)
