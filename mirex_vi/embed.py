@@ -182,8 +182,8 @@ class _Embedder:
     Inputs wait in ``pending`` (by length) until ``batch_size`` are ready. A track whose
     torch CQT is not finite or does not fit in device memory gets librosa's CQT here; a
     non-finite embedding under AMP is recomputed in fp32; a track that still fails is an
-    error. No non-finite vector is ever stored or cached, nor one of a file removed or
-    changed since its identity was taken (``identities``, before it was read).
+    error. No non-finite or zero vector is ever stored or cached, nor one of a file removed
+    or changed since its identity was taken (``identities``, before it was read).
     """
 
     model: CQTNet
@@ -290,6 +290,8 @@ class _Embedder:
                 self._fail(track, "the device ran out of memory in the model")
             elif not np.all(np.isfinite(vector)):
                 self._fail(track, "the embedding is not finite")
+            elif not np.any(vector):  # the model's output was zero: no direction to score
+                self._fail(track, "the embedding is zero")
             else:
                 done.append((track, vector))
         return done

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 # Why a CQT is refused: float16 storage overflows (above 65504) on audio far outside [-1, 1].
 NON_FINITE_CQT = "CQT is not finite (float16 overflow: is the audio scaled to [-1, 1]?)"
+# ... and why one is refused at the other end: audio so quiet (a float file around -150 dBFS)
+# that every magnitude rounds to zero in float16, so the model would see only zeros.
+ZERO_CQT = "too quiet: its CQT is zero once rounded to float16 (peak around -150 dBFS or lower)"
 
 
 def librosa_cqt(audio: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
@@ -67,15 +70,18 @@ def compute_cqt(audio: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
 
 
 def checked_cqt(audio: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
-    """:func:`compute_cqt`, refusing a result that is not finite.
+    """:func:`compute_cqt`, refusing a result that is not finite or is all zero.
 
     Raises:
-        AudioError: the float16 CQT overflowed (``NON_FINITE_CQT``).
+        AudioError: the float16 CQT overflowed (``NON_FINITE_CQT``) or underflowed to
+            zero everywhere (``ZERO_CQT``).
     """
     with np.errstate(over="ignore"):  # reported as the AudioError below
         cqt = compute_cqt(audio, cfg)
     if not np.all(np.isfinite(cqt)):
         raise AudioError(NON_FINITE_CQT)
+    if not np.any(cqt):
+        raise AudioError(ZERO_CQT)
     return cqt
 
 
@@ -244,8 +250,8 @@ class TorchFrontEnd:
             audio: ``PackedAudio``, or ``(N,)`` float32 samples.
 
         Raises:
-            AudioError: the float16 CQT is not finite (``NON_FINITE_CQT``), as
-                :func:`checked_cqt` refuses it.
+            AudioError: the float16 CQT is not finite (``NON_FINITE_CQT``) or all zero
+                (``ZERO_CQT``), as :func:`checked_cqt` refuses it.
         """
         import torch
 
@@ -256,4 +262,6 @@ class TorchFrontEnd:
             spec = self.cqt(wave[None])[0].T.half().float()  # (T, n_bins), float16 round trip
             if not bool(torch.isfinite(spec).all()):
                 raise AudioError(NON_FINITE_CQT)
+            if not bool(spec.any()):
+                raise AudioError(ZERO_CQT)
             return preprocess_tensor(spec, self.cfg)

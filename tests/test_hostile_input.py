@@ -1,0 +1,52 @@
+"""Hostile input found by trying it (issue #18's rules): every case ends in one ``error:``
+line naming the file and the cause, or a skipped track with its reason; never a traceback,
+an overwritten input, or a zero or non-finite embedding scored as if it were real."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from conftest import run_cli, write_list
+from mirex_vi.config import MODEL_SIZES, FeatureConfig
+from mirex_vi.mirex_io import read_distance_matrix
+from mirex_vi.model import CQTNet
+from mirex_vi.synth import melody
+from mirex_vi.weights import write_package
+
+
+def call(collection, output, package, *extra):
+    return run_cli("identify", collection, collection, output, "--weights", package,
+                   "--workers", "1", "--quiet", *extra)
+
+
+@pytest.mark.parametrize("cqt", ["librosa", "torch"])
+def test_audio_too_quiet_for_the_cqt_is_skipped_not_a_zero_embedding(tmp_path, tracks,
+                                                                      tiny_package, cqt):
+    """A float WAV far below 16-bit's last step (-190 dBFS) is not digital silence, but its
+    float16 CQT is all zero: the model would see zeros and give a zero vector."""
+    quiet = tmp_path / "quiet.wav"
+    sf.write(quiet, 1e-10 * melody([60, 62, 64, 65] * 4), 22050, subtype="FLOAT")
+    collection = write_list(tmp_path / "c.txt", [str(tracks[0]), str(quiet), str(tracks[1])])
+    code, out = call(collection, tmp_path / "o.txt", tiny_package, "--cqt", cqt)
+    assert code == 0 and f"skipped {quiet}: too quiet" in out and "Traceback" not in out, out
+    d = read_distance_matrix(tmp_path / "o.txt").distances
+    assert np.all(d[1, [0, 2]] == 2.0) and np.all(d[[0, 2], 1] == 2.0)
+    assert len(list((tmp_path / "o.txt.work").rglob("*.npy"))) == 2  # nothing cached for it
+
+
+def test_a_zero_embedding_is_never_scored_or_cached(tmp_path, tracks):
+    """Weights whose projection is zero give every track a zero vector (distance sqrt(2)
+    to all, silently): each track is skipped instead, and the cache stays empty."""
+    model = CQTNet(MODEL_SIZES["tiny"])
+    with torch.no_grad():
+        model.proj.lin.weight.zero_()
+    package = tmp_path / "zero"
+    write_package(package, model.state_dict(), model.cfg, FeatureConfig(), {}, "# zero\n")
+    collection = write_list(tmp_path / "c.txt", [str(p) for p in tracks[:2]])
+    code, out = call(collection, tmp_path / "o.txt", package)
+    assert code == 0 and out.count("the embedding is zero") == 2, out
+    assert np.all(read_distance_matrix(tmp_path / "o.txt").distances[0, 1] == 2.0)
+    assert not list((tmp_path / "o.txt.work").rglob("*.npy"))
