@@ -341,22 +341,23 @@ def evaluate(metadata, features_dir, excerpt, labels, matrix, weights_spec, devi
     recall@k through a catalogue index (--index)."""
     setup_logging(quiet)
     share_cores_with_workers()
-    if index_dir:
-        if not labels or plot_dir:
-            _fail("--index needs --labels, and takes no --plot (the exact path plots)")
-        evaluate_through_index(index_dir, labels, top_k, nprobe, weights_spec, device, workers,
-                               json_out, quiet)
-        return
+    if index_dir and (not labels or plot_dir):
+        _fail("--index needs --labels, and takes no --plot (the exact path plots)")
+    if excerpt is not None and (matrix or not metadata):
+        _fail("--excerpt needs --metadata with --features-dir")
     from . import evaluate as ev
     from .mirex_io import check_output_location
 
-    if excerpt is not None and (matrix or not metadata):
-        _fail("--excerpt needs --metadata with --features-dir")
     with interruptible():
         try:
             if json_out:  # checked first: the figures must not be lost for a bad name
                 inputs = [p for p in (matrix, labels, metadata) if p]
+                inputs += list(index_dir.iterdir()) if index_dir else []  # its manifest...
                 json_out = check_output_location(json_out, inputs)
+            if index_dir:
+                evaluate_through_index(index_dir, labels, top_k, nprobe, weights_spec, device,
+                                       workers, json_out, quiet)
+                return
             result, clique_of = _evaluation(ev, metadata, features_dir, excerpt, labels, matrix,
                                             weights_spec, device, not no_amp, workers, quiet)
         except ValueError as err:

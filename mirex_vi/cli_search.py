@@ -11,13 +11,14 @@ from pathlib import Path
 
 import click
 
-from .cli_common import fail, setup_logging, share_cores_with_workers
+from .cli_common import EXIT_OUTPUT, fail, setup_logging, share_cores_with_workers
 
 
 def evaluate_through_index(index_dir: Path, labels: Path, top_k: int, nprobe: int | None,
                            weights_spec: str | None, device: str, workers: int | None,
                            json_out: Path | None, quiet: bool) -> None:
-    """``evaluate --index``: print (and with ``json_out`` write) MAP@k and recall@k."""
+    """``evaluate --index``: print (and with ``json_out``, a checked location, write) MAP@k
+    and recall@k."""
     search = _search_module("search")
     try:
         figures = search.evaluate_labels(index_dir, labels, top_k, nprobe, weights_spec, device,
@@ -25,8 +26,12 @@ def evaluate_through_index(index_dir: Path, labels: Path, top_k: int, nprobe: in
     except ValueError as err:
         fail(str(err))
     click.echo(figures.lines())
-    if json_out:
-        figures.write_json(json_out)
+    try:
+        if json_out:
+            figures.write_json(json_out)
+    except OSError as err:
+        fail(f"{json_out}: cannot write the figures ({err.strerror or err}); they are above",
+             EXIT_OUTPUT)
 
 
 def _search_module(name: str):

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import run_cli, write_list
+from conftest import DiskFull, run_cli, write_list
 from mirex_vi.config import MODEL_SIZES, FeatureConfig
 from mirex_vi.mirex_io import read_distance_matrix
 from mirex_vi.model import CQTNet
@@ -50,3 +50,45 @@ def test_a_zero_embedding_is_never_scored_or_cached(tmp_path, tracks):
     assert code == 0 and out.count("the embedding is zero") == 2, out
     assert np.all(read_distance_matrix(tmp_path / "o.txt").distances[0, 1] == 2.0)
     assert not list((tmp_path / "o.txt.work").rglob("*.npy"))
+
+
+@pytest.fixture()
+def flat_index(tmp_path, tracks, tiny_package):
+    pytest.importorskip("faiss")
+    labels = tmp_path / "labels.tsv"
+    labels.write_text("".join(f"{p}\t{i // 2}\n" for i, p in enumerate(tracks)))
+    collection = write_list(tmp_path / "c.txt", [str(p) for p in tracks])
+    code, out = run_cli("index", "build", collection, tmp_path / "index", "--weights",
+                        tiny_package, "--workers", "1", "--quiet")
+    assert code == 0, out
+    return tmp_path / "index", labels
+
+
+@pytest.mark.parametrize("target", ["labels", "manifest"])
+def test_evaluate_index_json_never_replaces_an_input(flat_index, target):
+    index, labels = flat_index
+    output = labels if target == "labels" else index / "index.json"
+    before = output.read_bytes()
+    code, out = run_cli("evaluate", "--index", index, "--labels", labels, "--json", output, "--quiet")
+    assert code == 2 and "output is also an input" in out and "Traceback" not in out, out
+    assert output.read_bytes() == before
+
+
+def test_evaluate_index_json_in_a_missing_folder_is_refused_first(flat_index, tmp_path):
+    index, labels = flat_index
+    code, out = run_cli("evaluate", "--index", index, "--labels", labels, "--json",
+                        tmp_path / "missing" / "f.json", "--quiet")
+    assert code == 2 and "does not exist" in out and "Traceback" not in out, out
+    assert "MAP@10" not in out  # refused before the work
+
+
+def test_evaluate_index_json_on_a_full_disk_exits_3_after_the_figures(flat_index, tmp_path,
+                                                                      monkeypatch):
+    import mirex_vi.search
+
+    monkeypatch.setattr(mirex_vi.search, "atomic_open", DiskFull)
+    index, labels = flat_index
+    code, out = run_cli("evaluate", "--index", index, "--labels", labels, "--json",
+                        tmp_path / "f.json", "--quiet")
+    assert code == 3 and "cannot write the figures (No space left on device)" in out, out
+    assert "MAP@10" in out and "Traceback" not in out
