@@ -54,52 +54,84 @@ def read_metadata(path: str | Path) -> Cliques:
     ``clique_id`` key means JSONL, anything else is read as one JSON object. In the JSONL
     the YouTube id is the ``v=`` parameter of the first ``youtube_video`` URL; versions
     without a video are skipped (and counted in the log).
+
+    Raises:
+        ValueError: naming the file, when it is not UTF-8 JSON or JSONL of that shape (a
+            field missing or not a string, a YouTube id that cannot name a feature file).
     """
     path = Path(path)
-    with open(path, encoding="utf-8") as f:
-        first = f.readline()
     try:
-        head = json.loads(first)
-    except json.JSONDecodeError:
-        head = None
-    if isinstance(head, dict) and "clique_id" in head:
-        cliques = _read_jsonl(path)
-    else:
         with open(path, encoding="utf-8") as f:
-            cliques = _read_light(json.load(f))
+            first = f.readline()
+        try:
+            head = json.loads(first)
+        except json.JSONDecodeError:
+            head = None
+        if isinstance(head, dict) and "clique_id" in head:
+            cliques = _read_jsonl(path)
+        else:
+            with open(path, encoding="utf-8") as f:
+                cliques = _read_light(json.load(f))
+    except ValueError as err:  # not UTF-8, not JSON, or not of the shape above
+        raise ValueError(f"{path}: not Discogs-VI-YT metadata ({err})") from err
     log.info("%s: %d cliques, %d versions", path.name, len(cliques), count_versions(cliques))
     return cliques
 
 
-def _read_light(data: dict) -> Cliques:
+def _read_light(data: object) -> Cliques:
     if not isinstance(data, dict):
-        raise ValueError("light metadata: expected a JSON object {clique_id: [versions]}")
-    return {
-        cid: [Version(cid, v["version_id"], v["youtube_id"]) for v in versions]
-        for cid, versions in data.items()
-    }
+        raise ValueError("expected a JSON object {clique_id: [versions]}")
+    return {cid: [_version(cid, v, _text(v, "youtube_id", f"clique {cid!r}"))
+                  for v in _versions(cid, versions)]
+            for cid, versions in data.items()}
 
 
 def _read_jsonl(path: Path) -> Cliques:
     cliques: Cliques = {}
     skipped = 0
     with open(path, encoding="utf-8") as f:
-        for line in f:
+        for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            row = json.loads(line)
-            cid = row["clique_id"]
-            versions = []
-            for v in row["versions"]:
-                videos = v.get("youtube_video") or []
-                if not videos:
-                    skipped += 1
-                    continue
-                versions.append(Version(cid, v["version_id"], youtube_id_from_url(videos[0]["url"])))
-            cliques[cid] = versions
+            try:
+                row = json.loads(line)
+                cid = _text(row, "clique_id", "a row")
+                cliques[cid] = []
+                for v in _versions(cid, row.get("versions")):
+                    videos = v.get("youtube_video") if isinstance(v, dict) else None
+                    if not videos:
+                        skipped += 1
+                        continue
+                    url = _text(videos[0] if isinstance(videos, list) else None, "url",
+                                f"clique {cid!r}")
+                    cliques[cid].append(_version(cid, v, youtube_id_from_url(url)))
+            except ValueError as err:
+                raise ValueError(f"line {number}: {err}") from err
     if skipped:
         log.info("%s: %d versions have no YouTube video and were skipped", path.name, skipped)
     return cliques
+
+
+def _versions(clique_id: str, versions: object) -> list:
+    if not isinstance(versions, list):
+        raise ValueError(f"clique {clique_id!r}: expected a list of versions")
+    return versions
+
+
+def _text(record: object, key: str, where: str) -> str:
+    """``record[key]``, which must be a non-empty string (``where`` names the record)."""
+    value = record.get(key) if isinstance(record, dict) else None
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{where}: {key!r} missing or not a non-empty string")
+    return value
+
+
+def _version(clique_id: str, record: object, youtube_id: str) -> Version:
+    """The version ``record`` of a clique; its YouTube id must be usable as a file name
+    (features are stored as ``<id[:2]>/<id>.mm``): no ``/``, control character or leading dot."""
+    if youtube_id.startswith(".") or any(c in youtube_id for c in "/\0\t\n\r"):
+        raise ValueError(f"clique {clique_id!r}: youtube_id {youtube_id!r} cannot name a feature file")
+    return Version(clique_id, _text(record, "version_id", f"clique {clique_id!r}"), youtube_id)
 
 
 def youtube_id_from_url(url: str) -> str:

@@ -152,8 +152,8 @@ def _usable_cliques(cfg: TrainConfig, key: str, at_least: int) -> Cliques:
     path = getattr(cfg, key)
     try:
         cliques = filter_available(read_metadata(path), cfg.features_dir)
-    except ValueError as err:  # not JSON, not a light JSON or JSONL split
-        raise TrainInputError(f"{key} {path}: {err}") from err
+    except ValueError as err:  # not JSON, not a light JSON or JSONL split (err names path)
+        raise TrainInputError(f"{key}: {err}") from err
     if len(cliques) < at_least:
         raise TrainInputError(f"{key} {path}: {len(cliques)} cliques have two or more versions "
                               f"with features in {cfg.features_dir}; {at_least} needed")

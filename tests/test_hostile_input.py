@@ -92,3 +92,36 @@ def test_evaluate_index_json_on_a_full_disk_exits_3_after_the_figures(flat_index
                         tmp_path / "f.json", "--quiet")
     assert code == 3 and "cannot write the figures (No space left on device)" in out, out
     assert "MAP@10" in out and "Traceback" not in out
+
+
+# --- Discogs-VI-YT metadata ---------------------------------------------------------------
+
+BAD_METADATA = {
+    "not-json": (b"{bad", "Expecting property name"),
+    "empty": (b"", "Expecting value"),
+    "not-utf8": (b"\xff\xfe{}", "can't decode"),
+    "no-youtube-id": (b'{"C-1": [{"version_id": "V-1"}]}', "'youtube_id'"),
+    "versions-not-a-list": (b'{"C-1": 5}', "clique 'C-1': expected a list of versions"),
+    "version-not-an-object": (b'{"C-1": ["x"]}', "clique 'C-1': 'youtube_id' missing"),
+    "id-not-a-string": (b'{"C-1": [{"version_id": "V-1", "youtube_id": 5}]}', "'youtube_id'"),
+    "id-leaves-the-folder": (b'{"C-1": [{"version_id": "V-1", "youtube_id": "../../x"}]}',
+                             "youtube_id '../../x' cannot name a feature file"),
+    "jsonl-no-versions": (b'{"clique_id": "C-1"}\n', "line 1: clique 'C-1': expected a list"),
+    "jsonl-bad-second-line": (b'{"clique_id": "C-1", "versions": []}\nnot json\n', "line 2: "),
+    "jsonl-video-no-url": (b'{"clique_id": "C-1", "versions": [{"version_id": "V-1", '
+                           b'"youtube_video": [{}]}]}\n', "line 1: clique 'C-1': 'url'"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_METADATA))
+def test_metadata_that_is_not_discogs_vi_yt_is_named_in_one_line(tmp_path, name):
+    content, cause = BAD_METADATA[name]
+    metadata = tmp_path / "meta.json"
+    metadata.write_bytes(content)
+    (tmp_path / "features").mkdir()
+    for args in (("evaluate", "--metadata", metadata, "--features-dir", tmp_path / "features"),
+                 ("extract", tmp_path / "out", "--metadata", metadata, "--audio-root", tmp_path)):
+        code, out = run_cli(*args)
+        assert code == 2 and "Traceback" not in out, out
+        assert out.startswith(f"error: {metadata}: not Discogs-VI-YT metadata (") and cause in out, out
+        assert len(out.strip().splitlines()) == 1 and not (tmp_path / "out").exists()

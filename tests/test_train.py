@@ -341,7 +341,7 @@ def test_train_quiet_shows_no_progress_bar(dataset_dir, tmp_path, quiet):
     ("unset", "train_metadata is not set: --set train_metadata=PATH"),
     ("no features", "features_dir {root}/nothere: no such folder"),
     ("no val file", "val_metadata {root}/nothere.json: no such file"),
-    ("not json", "train_metadata {root}/bad.json: Expecting value"),
+    ("not json", "train_metadata: {root}/bad.json: not Discogs-VI-YT metadata (Expecting value"),
     ("empty features", "0 cliques have two or more versions with features in {root}/empty; 4 needed"),
     ("output under a file", "output_dir {root}/bad.json/run: cannot write the run folder"),
 ])
