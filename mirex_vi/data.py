@@ -130,7 +130,8 @@ def _version(clique_id: str, record: object, youtube_id: str) -> Version:
     """The version ``record`` of a clique; its YouTube id must be usable as a file name
     (features are stored as ``<id[:2]>/<id>.mm``): no ``/``, control character or leading dot."""
     if youtube_id.startswith(".") or any(c in youtube_id for c in "/\0\t\n\r"):
-        raise ValueError(f"clique {clique_id!r}: youtube_id {youtube_id!r} cannot name a feature file")
+        raise ValueError(f"clique {clique_id!r}: youtube_id {youtube_id!r} cannot name a "
+                         "feature file")
     return Version(clique_id, _text(record, "version_id", f"clique {clique_id!r}"), youtube_id)
 
 

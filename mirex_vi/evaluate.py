@@ -106,6 +106,9 @@ def embed_cliques(model: CQTNet, cfg: FeatureConfig, cliques: Cliques, features_
     Each whole track, or with ``excerpt`` its first ``round(excerpt * cfg.frame_rate)`` CQT
     frames (on the pooling grid), becomes a model input as in validation
     (``data.FullTrackDataset``) and is embedded on ``device``.
+
+    Raises:
+        InputError: naming the versions whose embedding is zero or not finite.
     """
     from tqdm import tqdm
 
@@ -121,7 +124,22 @@ def embed_cliques(model: CQTNet, cfg: FeatureConfig, cliques: Cliques, features_
     with tqdm(total=len(dataset), desc="embed", unit="track", disable=not progress) as bar:
         emb = embed_stream(model.to(device), inputs, device, amp_enabled(device, amp),
                            on_chunk=bar.update)
+    unusable = [v.youtube_id for v, ok in zip(dataset.versions, _usable(emb)) if not ok]
+    if unusable:  # never scored as if real: a zero vector ties with everything
+        cause = "a stored CQT that is all zero or not finite"
+        if amp_enabled(device, amp):
+            cause += ", or an fp16 overflow: try --no-amp"
+        more = ", ..." if len(unusable) > 10 else ""
+        raise InputError(f"{features_dir}: {len(unusable)} stored version(s) give a zero or "
+                         f"non-finite embedding ({cause}): {', '.join(unusable[:10])}{more}")
     return emb, [v.clique_id for v in dataset.versions]
+
+
+def _usable(emb: torch.Tensor) -> list[bool]:
+    """Per ``(N, D)`` embedding row: finite and not zero."""
+    import torch
+
+    return (torch.isfinite(emb).all(dim=1) & emb.ne(0).any(dim=1)).tolist()
 
 
 def evaluate_audio(labels_tsv: Path, weights: str | None, device: str, amp: bool,

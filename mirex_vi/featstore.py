@@ -24,9 +24,16 @@ def has_feature(features_dir: str | Path, track_id: str) -> bool:
 
 
 def load_feature(features_dir: str | Path, track_id: str) -> np.ndarray:
-    """A stored CQT as a read-only ``(T, n_bins)`` float16 memmap."""
+    """A stored CQT as a read-only ``(T, n_bins)`` float16 memmap.
+
+    Raises:
+        ValueError: a damaged shape or CQT file, naming it.
+    """
     mm_path, shape_path = feature_paths(features_dir, track_id)
-    shape = tuple(int(s) for s in np.load(shape_path))
+    try:
+        shape = tuple(int(s) for s in np.load(shape_path))
+    except (ValueError, TypeError, EOFError) as err:  # never numpy's advice to unpickle
+        raise ValueError(f"{shape_path}: not a feature shape file (a damaged .npy)") from err
     if len(shape) != 2 or shape[0] == 0:
         raise ValueError(f"{shape_path}: bad feature shape {shape}")
     expected = shape[0] * shape[1] * 2

@@ -103,7 +103,10 @@ class PooledStore:
         if len(found) != 1 or not (folder / INDEX_NAME).is_file():
             raise ValueError(f"{folder}: not a pooled store (expected {INDEX_NAME} and exactly "
                              f"one of {', '.join(rows_name(e) for e in ENCODINGS)})")
-        rows = np.load(found[0], mmap_mode="r")
+        try:
+            rows = np.load(found[0], mmap_mode="r")
+        except (ValueError, EOFError) as err:  # never numpy's advice to unpickle
+            raise ValueError(f"{found[0]}: not a readable array (a damaged .npy)") from err
         encoding = found[0].name.split(".")[1]
         if rows.ndim != 2 or rows.dtype != ENCODINGS[encoding]:
             raise ValueError(f"{found[0]}: expected a 2-D {ENCODINGS[encoding]} array, "

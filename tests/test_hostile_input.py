@@ -125,3 +125,59 @@ def test_metadata_that_is_not_discogs_vi_yt_is_named_in_one_line(tmp_path, name)
         assert code == 2 and "Traceback" not in out, out
         assert out.startswith(f"error: {metadata}: not Discogs-VI-YT metadata (") and cause in out, out
         assert len(out.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+# --- stored features (evaluate --metadata) ------------------------------------------------
+
+
+@pytest.fixture()
+def stored(tmp_path):
+    """Light metadata of two cliques of two versions, and a layout folder of their CQTs."""
+    import json
+
+    from mirex_vi.featstore import save_feature
+
+    rng = np.random.default_rng(0)
+    ids = {"C-1": ["aa1", "aa2"], "C-2": ["bb1", "bb2"]}
+    for yids in ids.values():
+        for yid in yids:
+            save_feature(tmp_path / "features", yid, rng.random((400, 84)).astype(np.float16))
+    metadata = tmp_path / "light.json"
+    metadata.write_text(json.dumps({c: [{"version_id": y, "youtube_id": y} for y in yids]
+                                    for c, yids in ids.items()}))
+    return metadata, tmp_path / "features"
+
+
+def evaluate_stored(metadata, features, package):
+    return run_cli("evaluate", "--metadata", metadata, "--features-dir", features, "--weights",
+                   package, "--device", "cpu", "--quiet")
+
+
+@pytest.mark.parametrize("value", [0.0, np.nan])
+def test_a_stored_cqt_that_is_zero_or_nan_is_named_not_scored(stored, tiny_package, value):
+    from mirex_vi.featstore import save_feature
+
+    metadata, features = stored
+    save_feature(features, "bb2", np.full((400, 84), value, np.float16))
+    code, out = evaluate_stored(metadata, features, tiny_package)
+    assert code == 2 and "Traceback" not in out and "MAP" not in out, out
+    assert f"{features}: 1 stored version(s) give a zero or non-finite embedding" in out
+    assert out.strip().endswith(": bb2")
+
+
+@pytest.mark.parametrize("damage", ["shape-file", "pooled-rows-truncated", "pooled-rows-junk"])
+def test_a_damaged_feature_file_is_named_without_advice_to_unpickle(stored, tiny_package, damage):
+    metadata, features = stored
+    if damage == "shape-file":
+        bad = features / "aa" / "aa1.npy"
+        bad.write_bytes(b"junk that is not an array")
+    else:
+        code, out = run_cli("extract", features.parent / "store", "--from-features", features,
+                            "--pooled", "u8")
+        assert code == 0, out
+        features, bad = features.parent / "store", features.parent / "store" / "pooled.u8.npy"
+        data = bad.read_bytes()
+        bad.write_bytes(data[: len(data) // 2] if damage == "pooled-rows-truncated" else b"junk")
+    code, out = evaluate_stored(metadata, features, tiny_package)
+    assert code == 2 and "Traceback" not in out and len(out.strip().splitlines()) == 1, out
+    assert out.startswith(f"error: {bad}: ") and "pickle" not in out
