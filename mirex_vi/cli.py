@@ -153,8 +153,7 @@ def _package_command(verb: str, help_text: str):
     def command(checkpoint, name, root, card) -> None:
         from .weights import import_checkpoint
 
-        _write_package_at(root, name, lambda folder: import_checkpoint(
-            checkpoint, folder, card.read_text("utf-8") if card else None))
+        _write_package_at(root, name, lambda folder: import_checkpoint(checkpoint, folder, card))
 
     return command
 
@@ -164,6 +163,8 @@ def _write_package_at(root: Path | None, name: str, write) -> None:
     reporting its sha256, or a bad source or an unwritable folder as a clean error."""
     from .weights import weights_root
 
+    if name in ("", ".", "..") or "/" in name:
+        _fail(f"{name!r}: not a package name (a folder name under the weights folder or --root)")
     folder = (root or weights_root()) / name
     try:
         sha = write(folder)

@@ -249,11 +249,13 @@ def write_package(
     features: FeatureConfig,
     provenance: dict[str, Any],
     card: str,
+    name: str | None = None,
 ) -> str:
     """Write a complete package (weights, config, card, checksums); return the model sha256.
 
     The state dict is checked by loading it into a fresh model with ``strict=True`` first.
-    Only inference weights are written: optimizer and training state are dropped.
+    Only inference weights are written: optimizer and training state are dropped. The
+    config's name is ``name`` (default: the folder's).
     """
     from safetensors.torch import save_file
 
@@ -264,7 +266,7 @@ def write_package(
     save_file(tensors, str(tmp), metadata={"format": "pt"})
     os.chmod(tmp, FILE_MODE)
     os.replace(tmp, folder / MODEL_FILE)
-    config = {"name": folder.name, "model": to_dict(model_cfg), "features": to_dict(features),
+    config = {"name": name or folder.name, "model": to_dict(model_cfg), "features": to_dict(features),
               "provenance": {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                              **provenance}}
     with atomic_open(folder / CARD_FILE, "w", encoding="utf-8") as f:
@@ -276,15 +278,29 @@ def copy_package(source: Path, folder: Path) -> str:
     """Copy the package at ``source`` to the new ``folder``, named after it in its config (the
     checksums follow); return the model sha256. The copy appears whole or not at all."""
     verify_package(source)
-    if folder.exists():
-        raise WeightsError(f"{folder} exists")
-    staging = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
+
+    def write(staging: Path) -> str:
         shutil.copytree(source, staging)
         config = _read_config(staging)
         config["name"] = folder.name
-        sha = _write_config_and_sums(staging, config)
+        return _write_config_and_sums(staging, config)
+
+    return _staged(folder, write)
+
+
+def _staged(folder: Path, write) -> str:
+    """``write(staging)`` into a hidden folder beside the new ``folder``, then moved into
+    place: the package appears whole or not at all, and never replaces one.
+
+    Raises:
+        WeightsError: ``folder`` exists.
+    """
+    if folder.exists():
+        raise WeightsError(f"{folder} exists (choose another name, or remove it first)")
+    staging = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        sha = write(staging)
         os.replace(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -302,11 +318,19 @@ def _write_config_and_sums(folder: Path, config: dict[str, Any]) -> str:
     return verify_package(folder)
 
 
-def import_checkpoint(checkpoint: Path, folder: Path, card: str | None = None) -> str:
-    """Turn a ``.pth`` checkpoint into a package at ``folder``; return the model sha256."""
+def import_checkpoint(checkpoint: Path, folder: Path, card_file: Path | None = None) -> str:
+    """Turn a ``.pth`` checkpoint into a package at the new ``folder`` (whole or not at all),
+    with the model card ``card_file`` (default: one made from the checkpoint); return the
+    model sha256."""
     state, model_cfg, features, provenance = read_checkpoint(checkpoint)
-    card = card or default_card(folder.name, model_cfg, provenance)
-    return write_package(folder, state, model_cfg, features, provenance, card)
+    try:
+        card = (card_file.read_text("utf-8") if card_file
+                else default_card(folder.name, model_cfg, provenance))
+    except (OSError, UnicodeDecodeError) as err:
+        reason = "not UTF-8" if isinstance(err, UnicodeDecodeError) else err.strerror
+        raise WeightsError(f"{card_file}: cannot read the model card ({reason})") from err
+    return _staged(folder, lambda staging: write_package(staging, state, model_cfg, features,
+                                                         provenance, card, folder.name))
 
 
 def default_card(name: str, model_cfg: ModelConfig, provenance: dict[str, Any]) -> str:

@@ -106,3 +106,47 @@ def test_a_checkpoint_holding_code_is_refused_without_advice_to_load_it(tmp_path
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     code, out = run_cli("weights", "import", tmp_path / "junk.pth", "--name", "y", "--root", tmp_path)
     assert code == 2 and "not a loadable checkpoint" in out and "weights_only" not in out
+
+
+def checkpoint_of(package, path):
+    """A checkpoint in the authors' format holding the weights of ``package``."""
+    from safetensors.torch import load_file
+
+    torch.save({"model_state_dict": load_file(package / "model.safetensors")}, path)
+    return path
+
+
+def test_import_never_replaces_a_package_and_names_stay_under_the_root(tmp_path, tiny_package):
+    checkpoint = checkpoint_of(tiny_package, tmp_path / "c.pth")
+    root = tmp_path / "weights"
+    shutil.copytree(tiny_package, root / "kept")
+    before = {p.name: p.read_bytes() for p in (root / "kept").iterdir()}
+    code, out = run_cli("weights", "import", checkpoint, "--name", "kept", "--root", root)
+    assert code == 2 and f"{root / 'kept'} exists" in out and "Traceback" not in out, out
+    assert {p.name: p.read_bytes() for p in (root / "kept").iterdir()} == before
+    for name in ("../outside", "", ".", "a/b"):
+        code, out = run_cli("weights", "export", checkpoint, "--name", name, "--root", root)
+        assert code == 2 and "not a package name" in out, (name, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pth", "weights"]
+    assert sorted(p.name for p in root.iterdir()) == ["kept"]
+
+
+def test_an_import_that_fails_midway_leaves_no_package(tmp_path, tiny_package, monkeypatch):
+    import mirex_vi.weights
+
+    from conftest import DiskFull
+
+    checkpoint = checkpoint_of(tiny_package, tmp_path / "c.pth")
+    monkeypatch.setattr(mirex_vi.weights, "atomic_open", DiskFull)  # the card, config, sums
+    code, out = run_cli("weights", "import", checkpoint, "--name", "new", "--root", tmp_path / "w")
+    assert code == 3 and "No space left on device" in out and "Traceback" not in out, out
+    assert not (tmp_path / "w").exists() or not list((tmp_path / "w").iterdir())
+
+
+def test_a_card_that_is_not_utf8_is_named(tmp_path, tiny_package):
+    checkpoint = checkpoint_of(tiny_package, tmp_path / "c.pth")
+    (tmp_path / "card.md").write_bytes(b"\xff\xfe# card")
+    code, out = run_cli("weights", "import", checkpoint, "--name", "p", "--root", tmp_path / "w",
+                        "--card", tmp_path / "card.md")
+    assert code == 2 and out.startswith(f"error: {tmp_path / 'card.md'}: ") and "UTF-8" in out, out
+    assert not (tmp_path / "w" / "p").exists()
