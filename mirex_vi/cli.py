@@ -215,6 +215,7 @@ _package_command("export", "Turn a training checkpoint (best.pt/last.pt) into a 
                    "Repeat it to merge folders: each version comes from the first that holds it.")
 @click.option("--workers", type=click.IntRange(1), help="Processes [default: CPU count].")
 @click.option("--quiet", is_flag=True)
+@interruptible("no partial file is left (an authors'-layout folder resumes where it stopped)")
 def extract(out_dir, metadata, audio_root, list_file, encoding, from_features, workers,
             quiet) -> None:
     """CQT features of a dataset: the authors' layout (OUT_DIR/<id[:2]>/<id>.mm + .npy), or

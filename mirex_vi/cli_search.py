@@ -11,7 +11,8 @@ from pathlib import Path
 
 import click
 
-from .cli_common import EXIT_OUTPUT, fail, setup_logging, share_cores_with_workers
+from .cli_common import (EXIT_OUTPUT, fail, interruptible, setup_logging,
+                         share_cores_with_workers)
 
 
 def evaluate_through_index(index_dir: Path, labels: Path, top_k: int, nprobe: int | None,
@@ -76,6 +77,11 @@ def _kind_options(command):
                              "(auto: ivfpq from 1,000,000 tracks).")(command)
 
 
+# What Ctrl-C or SIGTERM leaves of an index command (each write replaces the manifest last).
+UNCHANGED = "no index written or changed"
+INDEX_KEPT = f"{UNCHANGED}; finished embeddings are kept in the cache"
+
+
 def _report(summary) -> None:
     for path, reason in summary.errors:
         click.echo(f"skipped {path}: {reason}", err=True)
@@ -95,6 +101,7 @@ def index_group() -> None:
 @click.option("--shard", help="i/n: index only the i-th of n contiguous parts of SOURCE "
                               "(1 <= i <= n; a flat index, joined by `index merge`).")
 @_embedding_options
+@interruptible(INDEX_KEPT)
 def index_build(source, index_dir, audio_root, kind, nprobe, shard, weights_spec, device,
                 workers, cache_dir, quiet) -> None:
     """Embed every track of SOURCE (a list file or Discogs-VI-YT metadata) into a new
@@ -119,6 +126,7 @@ def index_build(source, index_dir, audio_root, kind, nprobe, shard, weights_spec
 @click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @_audio_root_option
 @_embedding_options
+@interruptible(INDEX_KEPT)
 def index_add(index_dir, source, audio_root, weights_spec, device, workers, cache_dir, quiet) -> None:
     """Append the tracks of SOURCE that INDEX_DIR does not hold yet (same weights only)."""
     setup_logging(quiet)
@@ -142,6 +150,7 @@ def index_add(index_dir, source, audio_root, weights_spec, device, workers, cach
                 type=click.Path(exists=True, file_okay=False, path_type=Path))
 @_kind_options
 @click.option("--quiet", is_flag=True)
+@interruptible(UNCHANGED)
 def index_merge(index_dir, inputs, kind, nprobe, quiet) -> None:
     """Join the flat indexes INPUTS (e.g. every shard of a list) into a new INDEX_DIR."""
     setup_logging(quiet)
@@ -178,6 +187,7 @@ def index_info(index_dir) -> None:
 @click.option("--nprobe", type=click.IntRange(1),
               help="ivfpq: cells a query scans [default: the index's].")
 @_embedding_options
+@interruptible()
 def search_command(index_dir, queries, top_k, fmt, exclude_self, nprobe, weights_spec, device,
                    workers, cache_dir, quiet) -> None:
     """Print the nearest indexed tracks of each track of QUERIES (a list file, or one audio

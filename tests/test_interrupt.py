@@ -209,3 +209,47 @@ def test_without_a_temporary_folder_files_are_done_in_process(tmp_path, monkeypa
     results = list(iter_files(paths, FeatureConfig(), workers=2))
     assert [r.index for r in results] == [0, 1, 2] and all(r.cqt is not None for r in results)
     assert "no temporary folder for worker processes" in caplog.text
+
+
+@pytest.mark.parametrize("signum, code, what", [(signal.SIGTERM, 143, "stopped by SIGTERM"),
+                                                (signal.SIGINT, 130, "interrupted (Ctrl-C)")])
+def test_extract_stopped_midway_ends_in_one_line_and_leaves_no_temporary(tmp_path, collection,
+                                                                         signum, code, what):
+    """The pooled store is one temporary file until the end: SIGTERM used to kill the run
+    outright, leaving it (hidden, but as big as the store), and Ctrl-C printed 'Aborted!'."""
+    out = tmp_path / "store"
+    cmd = [sys.executable, "-m", "mirex_vi", "extract", str(out), "--list", str(collection),
+           "--pooled", "u8", "--workers", "2", "--quiet"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=_default_sigint)
+    deadline = time.time() + 120
+    while not list(out.glob(".*.tmp")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it was signalled"
+    time.sleep(0.5)  # into the CQTs
+    os.killpg(proc.pid, signum) if signum == signal.SIGINT else proc.send_signal(signum)
+    stderr = proc.communicate(timeout=60)[1]
+    assert proc.returncode == code, stderr
+    assert stderr.splitlines() == [f"error: {what}; no partial file is left (an authors'-layout "
+                                   "folder resumes where it stopped)"]
+    assert not list(out.iterdir())
+
+
+def test_index_build_stopped_midway_writes_no_index_and_resumes(tmp_path, collection, tiny_package):
+    pytest.importorskip("faiss")
+    index = tmp_path / "index"
+    cmd = [sys.executable, "-m", "mirex_vi", "index", "build", str(collection), str(index),
+           "--weights", str(tiny_package), "--workers", "2", "--quiet"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(index.rglob("*.npy")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it was signalled"
+    proc.send_signal(signal.SIGTERM)
+    stderr = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 143 and stderr.splitlines() == [
+        "error: stopped by SIGTERM; no index written or changed; finished embeddings are kept "
+        "in the cache"], stderr
+    assert not (index / "index.json").exists() and not list(index.rglob(".*.tmp"))
+    resumed = subprocess.run(cmd, capture_output=True, text=True)
+    assert resumed.returncode == 0 and "0 embeddings from cache" not in resumed.stderr, resumed.stderr
