@@ -29,7 +29,8 @@ def read_labels(path: Path) -> dict[Path, str]:
     Lines are read as by :func:`~mirex_vi.mirex_io.read_lines` (BOM, ``\n`` only, no NUL).
 
     Raises:
-        InputError: naming the bad lines, or both lines of a path given two cliques.
+        InputError: naming the bad lines, or both lines of a path given two cliques; or no
+            clique holds two tracks (no query would have a version to find).
     """
     labels: dict[Path, str] = {}
     line_of: dict[Path, int] = {}
@@ -52,12 +53,16 @@ def read_labels(path: Path) -> dict[Path, str]:
         raise bad_lines(path, bad)
     if not labels:
         raise InputError(f"{path}: no labelled tracks")
+    if len(set(labels.values())) == len(labels):
+        raise InputError(f"{path}: no clique holds two tracks, so no query has a version to "
+                         "find; nothing to score")
     return labels
 
 
 def evaluate_matrix(matrix: Path, labels_tsv: Path) -> tuple[RetrievalResult, list[str]]:
-    """Figures of a MIREX distance matrix; every listed track must have a label. Relative
-    paths in the matrix are resolved against the matrix file's folder."""
+    """Figures of a MIREX distance matrix; every listed track must have a label, and some
+    query another track of its clique. Relative paths in the matrix are resolved against
+    the matrix file's folder."""
     labels = read_labels(labels_tsv)
     parts = iter_distance_matrix(matrix)
     next(parts)  # the system name
@@ -67,7 +72,11 @@ def evaluate_matrix(matrix: Path, labels_tsv: Path) -> tuple[RetrievalResult, li
         raise InputError(f"{labels_tsv}: no label for {len(missing)} track(s) of {matrix}, e.g. "
                          + ", ".join(missing[:5]))
     cliques = [labels[p] for p in paths]
-    return metrics_from_distances(parts, cliques), cliques
+    result = metrics_from_distances(parts, cliques)
+    if result.n_queries == 0:  # every figure would be NaN
+        raise InputError(f"{matrix}: no query has another track of its clique among the "
+                         f"matrix's tracks ({labels_tsv}); nothing to score")
+    return result, cliques
 
 
 def evaluate_features(metadata: Path, features_dir: Path, weights: str | None, device: str,

@@ -164,7 +164,8 @@ def evaluate_labels(folder: Path, labels_tsv: Path, k: int, nprobe: int | None,
     top ``k``.
 
     Raises:
-        ValueError: no index, other weights, or a labelled track that cannot be embedded.
+        ValueError: no index, other weights, a labelled track that cannot be embedded, or
+            no labelled track with another of its clique in the index.
     """
     from .evaluate import read_labels
     from .mirex_io import InputError
@@ -176,7 +177,11 @@ def evaluate_labels(folder: Path, labels_tsv: Path, k: int, nprobe: int | None,
     if errors:
         bad = "\n".join(f"  {path}: {reason}" for path, reason in errors)
         raise InputError(f"{len(errors)} labelled track(s) could not be embedded:\n{bad}")
-    return score_results(opened, labels, search(opened, queries, vectors, k, True, nprobe), k)
+    figures = score_results(opened, labels, search(opened, queries, vectors, k, True, nprobe), k)
+    if figures.n_queries == 0:  # every figure would be NaN
+        raise InputError(f"{folder}: no labelled track has another of its clique in the index "
+                         f"({labels_tsv}); nothing to score")
+    return figures
 
 
 def score_results(opened: OpenIndex, labels: dict[str, str], results: Iterable[QueryResult],

@@ -181,3 +181,44 @@ def test_a_damaged_feature_file_is_named_without_advice_to_unpickle(stored, tiny
     code, out = evaluate_stored(metadata, features, tiny_package)
     assert code == 2 and "Traceback" not in out and len(out.strip().splitlines()) == 1, out
     assert out.startswith(f"error: {bad}: ") and "pickle" not in out
+
+
+# --- labels that leave nothing to score -----------------------------------------------------
+
+
+def test_labels_where_no_clique_has_two_tracks_are_refused_before_the_work(tmp_path, tracks,
+                                                                          tiny_package):
+    """Every figure would be NaN (and the JSON not JSON): nothing can be found."""
+    labels = tmp_path / "labels.tsv"
+    labels.write_text("".join(f"{p}\tC{i}\n" for i, p in enumerate(tracks)))
+    collection = write_list(tmp_path / "c.txt", [str(p) for p in tracks])
+    assert call(collection, tmp_path / "m.txt", tiny_package)[0] == 0
+    for how in (("--matrix", tmp_path / "m.txt"), ("--weights", tiny_package)):
+        code, out = run_cli("evaluate", *how, "--labels", labels, "--json", tmp_path / "f.json",
+                            "--quiet")
+        assert code == 2 and f"{labels}: no clique holds two tracks" in out, out
+        assert "MAP" not in out and not (tmp_path / "f.json").exists()
+
+
+def test_a_matrix_whose_queries_have_no_version_in_it_is_refused(tmp_path, tracks, tiny_package):
+    labels = tmp_path / "labels.tsv"
+    labels.write_text("".join(f"{p}\tC{i % 2}\n" for i, p in enumerate(tracks)))
+    collection = write_list(tmp_path / "c.txt", [str(p) for p in tracks[:2]])  # C0 and C1
+    assert call(collection, tmp_path / "m.txt", tiny_package)[0] == 0
+    code, out = run_cli("evaluate", "--matrix", tmp_path / "m.txt", "--labels", labels, "--json",
+                        tmp_path / "f.json")
+    assert code == 2 and f"{tmp_path / 'm.txt'}: no query has another track of its clique" in out, out
+    assert "MAP" not in out and not (tmp_path / "f.json").exists()
+
+
+def test_an_index_that_holds_no_other_version_of_any_query_is_refused(flat_index, tmp_path):
+    index, labels = flat_index  # cliques 0 and 1, two tracks each, all indexed
+    folder = tmp_path / "elsewhere"  # a clique of two tracks, neither in the index
+    folder.mkdir()
+    for i in range(2):
+        sf.write(folder / f"x{i}.wav", melody([60 + i, 64, 67] * 4), 22050)
+    others = tmp_path / "others.tsv"
+    others.write_text("".join(f"{folder / f'x{i}.wav'}\t0\n" for i in range(2)))
+    code, out = run_cli("evaluate", "--index", index, "--labels", others, "--quiet")
+    assert code == 2 and f"{index}: no labelled track has another of its clique in the index" in out, out
+    assert "MAP@10" not in out
