@@ -153,6 +153,18 @@ def evaluate_stored(metadata, features, package):
                    package, "--device", "cpu", "--quiet")
 
 
+def test_evaluate_json_never_replaces_a_file_of_the_pooled_store(stored, tiny_package):
+    metadata, features = stored
+    store = features.parent / "store"
+    assert run_cli("extract", store, "--from-features", features, "--pooled", "u8")[0] == 0
+    index = store / "pooled.index.tsv"
+    before = index.read_bytes()
+    code, out = run_cli("evaluate", "--metadata", metadata, "--features-dir", store, "--weights",
+                        tiny_package, "--json", index, "--quiet")
+    assert code == 2 and "output is also an input" in out and "MAP" not in out, out
+    assert index.read_bytes() == before
+
+
 @pytest.mark.parametrize("value", [0.0, np.nan])
 def test_a_stored_cqt_that_is_zero_or_nan_is_named_not_scored(stored, tiny_package, value):
     from mirex_vi.featstore import save_feature
