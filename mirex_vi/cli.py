@@ -20,6 +20,7 @@ from .cli_common import (EXIT_CODES, EXIT_OUTPUT, EXIT_STRICT, interruptible,
 from .cli_common import fail as _fail
 from .cli_corpus import corpus_command
 from .cli_search import evaluate_through_index, index_group, search_command
+from .cli_weights import weights_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -92,106 +93,6 @@ def warmup() -> None:
     loaded = load_weights()
     click.echo(f"warm: CQT compiled, weights {loaded.name} verified (sha256 {loaded.sha256})")
 
-
-
-# --- weight packages -------------------------------------------------------------------
-
-
-@main.group()
-def weights() -> None:
-    """List, verify, copy, import and export weight packages.
-
-    \b
-    `import` and `export` are one command under two names: each turns a .pth checkpoint
-    (the authors' model_checkpoint.pth, or a training run's best.pt / last.pt) into a
-    package of the inference weights, its config and provenance.
-    """
-
-
-@weights.command("list")
-def weights_list() -> None:
-    """Show the packages under the weights folder."""
-    from .weights import DEFAULT_WEIGHTS, list_packages, weights_root
-
-    packages = list_packages()
-    if not packages:
-        click.echo(f"no weight packages under {weights_root()}")
-    for folder in packages:
-        marker = " (default)" if folder.name == DEFAULT_WEIGHTS else ""
-        click.echo(f"{folder.name}{marker}\t{folder}")
-
-
-@weights.command("verify")
-@click.argument("names", nargs=-1)
-def weights_verify(names) -> None:
-    """Check the sha256 of NAMES (folders or names; default: every package), and that each
-    loads: config fields in range, tensors readable, the model built."""
-    from .weights import list_packages, load_package, resolve_weights
-
-    specs = names or list_packages()
-    if not specs:
-        _fail("no weight packages to verify")
-    failed = 0
-    for spec in specs:
-        try:
-            click.echo(f"OK\t{Path(spec).name}\t{load_package(resolve_weights(spec)).sha256}")
-        except ValueError as err:
-            click.echo(f"FAILED\t{Path(spec).name}\t{err}", err=True)
-            failed += 1
-    if failed:
-        _fail(f"{failed} package(s) failed verification")
-
-
-def _package_command(verb: str, help_text: str):
-    @weights.command(verb, help=help_text)
-    @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-    @click.option("--name", required=True, help="Package name (a folder under --root).")
-    @click.option("--root", type=click.Path(file_okay=False, path_type=Path),
-                  help="Where to create the package [default: the weights folder].")
-    @click.option("--card", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                  help="MODEL_CARD.md to ship [default: generated from the checkpoint].")
-    def command(checkpoint, name, root, card) -> None:
-        from .weights import import_checkpoint
-
-        _write_package_at(root, name, lambda folder: import_checkpoint(checkpoint, folder, card))
-
-    return command
-
-
-def _write_package_at(root: Path | None, name: str, write) -> None:
-    """Run ``write(folder)`` for the package NAME under ROOT (default: the weights folder),
-    reporting its sha256, or a bad source or an unwritable folder as a clean error."""
-    from .weights import weights_root
-
-    if name in ("", ".", "..") or "/" in name:
-        _fail(f"{name!r}: not a package name (a folder name under the weights folder or --root)")
-    folder = (root or weights_root()) / name
-    try:
-        sha = write(folder)
-    except ValueError as err:
-        _fail(str(err))
-    except OSError as err:
-        _fail(f"{folder}: cannot write the package ({err.strerror or err})", EXIT_OUTPUT)
-    click.echo(f"wrote {folder} (model.safetensors sha256 {sha})")
-
-
-@weights.command("copy")
-@click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("name")
-@click.option("--root", type=click.Path(file_okay=False, path_type=Path),
-              help="Where to create the copy [default: the weights folder].")
-def weights_copy(source, name, root) -> None:
-    """Copy the package SOURCE (a folder) as NAME: its config takes the new name and its
-    checksums follow."""
-    from .weights import copy_package
-
-    _write_package_at(root, name, lambda folder: copy_package(source, folder))
-
-
-_package_command("import", "Turn the authors' model_checkpoint.pth into a weight package "
-                           "(the same command as `weights export`).")
-_package_command("export", "Turn a training checkpoint (best.pt/last.pt) into a weight package "
-                           "(the same command as `weights import`).")
 
 
 # --- dataset features, training, evaluation ---------------------------------------------
@@ -396,5 +297,6 @@ def _evaluation(ev, metadata, features_dir, excerpt, labels, matrix, weights_spe
 
 
 main.add_command(corpus_command)
+main.add_command(weights_group)
 main.add_command(index_group)
 main.add_command(search_command)
