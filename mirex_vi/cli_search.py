@@ -204,5 +204,7 @@ def search_command(index_dir, queries, top_k, fmt, exclude_self, nprobe, weights
     ok, vectors, errors = search.embed_queries(paths, embedder)
     for path, reason in errors:
         click.echo(f"skipped query {path}: {reason}", err=True)
+    if not ok:
+        fail(f"none of the {len(paths)} queries could be searched")
     results = search.search(opened, [str(paths[i]) for i in ok], vectors, top_k, exclude_self, nprobe)
     (search.write_json if fmt == "json" else search.write_tsv)(results, sys.stdout)

@@ -101,6 +101,20 @@ def test_extract_from_plain_list(tmp_path, tracks):
     assert has_feature(tmp_path / "f", "a up 3")
 
 
+def test_extract_pooled_where_every_track_fails_says_where_the_reasons_are(tmp_path):
+    broken = [tmp_path / "x.wav", tmp_path / "y.flac"]
+    for path in broken:
+        path.write_bytes(b"not audio")
+    lst = tmp_path / "list.txt"
+    lst.write_text("\n".join(map(str, broken)))
+    out = tmp_path / "store"
+    code, text = invoke("extract", out, "--list", lst, "--pooled", "u8", "--workers", "1", "--quiet")
+    assert code == 1 and "Traceback" not in text, text
+    assert f"extracted 0, already there 0, failed 2 (reasons in {out / 'extract_errors.tsv'})" in text
+    assert not (out / "pooled.u8.npy").exists() and not (out / "pooled.index.tsv").exists()
+    assert sorted(line.split("\t")[0] for line in (out / "extract_errors.tsv").read_text().splitlines()) == ["x", "y"]
+
+
 def test_extract_interrupted_leaves_no_partial_files(tmp_path, dataset):
     meta, root = dataset
     out = tmp_path / "features"

@@ -314,3 +314,16 @@ def test_without_faiss_search_says_how_to_install_it(tmp_path, monkeypatch):
     assert code == 2 and "pip install 'mirex-vi[search]'" in out
     code, out = run_cli("index", "build", tmp_path / "q.txt", tmp_path / "i")
     assert code == 2 and "mirex-vi[search]" in out
+
+
+def test_a_search_where_no_query_can_be_read_exits_2(tmp_path, tracks, tiny_package):
+    index = tmp_path / "index"
+    assert build(write_list(tmp_path / "c.txt", tracks[:2]), index, tiny_package)[0] == 0
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF not really")
+    code, out = run_cli("search", index, broken, "--workers", "1", "--quiet")
+    assert code == 2 and f"skipped query {broken}" in out, out
+    assert "none of the 1 queries could be searched" in out and "Traceback" not in out
+    queries = write_list(tmp_path / "q.txt", [broken, tracks[0]])  # one good query: it is answered
+    code, out = run_cli("search", index, queries, "--workers", "1", "--quiet")
+    assert code == 0 and f"{tracks[0]}\t1\t{tracks[0]}" in out, out
