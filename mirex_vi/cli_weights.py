@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .cli_common import EXIT_OUTPUT
+from .cli_common import EXIT_OUTPUT, interruptible
 from .cli_common import fail as _fail
 
 
@@ -108,3 +108,33 @@ _package_command("import", "Turn the authors' model_checkpoint.pth into a weight
                            "(the same command as `weights export`).")
 _package_command("export", "Turn a training checkpoint (best.pt/last.pt) into a weight package "
                            "(the same command as `weights import`).")
+
+
+@weights_group.command("recalibrate")
+@click.argument("source")
+@click.option("--metadata", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Light JSON whose versions to average over (training data, not the test set).")
+@click.option("--features-dir", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--name", required=True, help="Package name (a folder under --root).")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path),
+              help="Where to create the package [default: the weights folder].")
+@click.option("--tracks", type=click.IntRange(1), default=4096, show_default=True,
+              help="Whole tracks drawn from --metadata (all, if it has fewer).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def weights_recalibrate(source, metadata, features_dir, name, root, tracks, seed, device) -> None:
+    """Re-estimate the BatchNorm statistics of the package SOURCE (a folder or name) on clean
+    whole tracks, and write the result as NAME ("precise BN"; the weights are unchanged)."""
+    from .recalibrate import recalibrate_package
+    from .runtime import resolve_device
+
+    def write(folder: Path) -> str:
+        sha, used = recalibrate_package(source, folder, metadata, features_dir, tracks, seed,
+                                        device=resolve_device(device))
+        click.echo(f"BatchNorm statistics averaged over {used} tracks of {metadata}")
+        return sha
+
+    with interruptible("no package written"):
+        _write_package_at(root, name, write)
