@@ -48,13 +48,18 @@ def items_from_list(list_file: Path) -> list[tuple[str, Path]]:
     """``(stem, path)`` per line of a plain list (relative paths against the list's folder).
 
     Raises:
-        ValueError: two files share a stem, so their features would collide.
+        ValueError: two files share a stem, so their features would collide; or a stem
+            starts with ``..``, which would store its features above the output folder
+            (the layout's ``<id[:2]>/``).
     """
     from .mirex_io import read_list
 
     paths = read_list(list_file).paths
     seen: dict[str, Path] = {}
     for path in paths:
+        if path.stem.startswith(".."):
+            raise ValueError(f"{list_file}: {path}: the id {path.stem!r} cannot name features "
+                             "(it starts with '..'); rename the file")
         if path.stem in seen:
             raise ValueError(f"{list_file}: {seen[path.stem]} and {path} share the id {path.stem!r}")
         seen[path.stem] = path

@@ -289,3 +289,17 @@ def test_evaluate_refuses_a_path_with_two_cliques_naming_both_lines(tmp_path):
     labels.write_text(labels.read_text() + "t1.wav\tA\n./t0.wav\tB\n")  # a repeat is fine
     code, text = invoke("evaluate", "--matrix", matrix, "--labels", labels)
     assert code == 2 and "line 6: ./t0.wav is in clique 'B', but line 1 puts it in 'A'" in text, text
+
+
+def test_extract_refuses_a_list_name_that_would_store_features_above_the_folder(tmp_path, tracks):
+    name = "..x.wav"  # the layout's folder for it would be id[:2] = ".."
+    odd = tmp_path / "in" / name
+    odd.parent.mkdir()
+    odd.write_bytes(tracks[0].read_bytes())
+    lst = tmp_path / "in" / "list.txt"
+    lst.write_text(f"{tracks[1]}\n{odd}\n")
+    for pooled in ([], ["--pooled", "u8"]):
+        code, text = invoke("extract", tmp_path / "in" / "f", "--list", lst, "--workers", "1",
+                            "--quiet", *pooled)
+        assert code == 2 and "cannot name features" in text and repr(odd.stem) in text, text
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == sorted(["list.txt", name])
