@@ -61,7 +61,8 @@ from mirex_vi.runtime import (FFT_PLAN_CACHE_SIZE, disable_tf32_without_amp, res
 from mirex_vi.selfcheck import measure_agreement
 from mirex_vi.synth import SR, piano_like, random_melody, write_audio
 from mirex_vi.model import CQTNet
-from mirex_vi.weights import LoadedWeights, load_weights, write_package
+from mirex_vi.packaging import write_package
+from mirex_vi.weights import LoadedWeights, load_weights
 
 from gpu_check_training import amp_training, ddp_one_rank, resume_from_cpu  # beside this script
 

@@ -26,7 +26,8 @@ from mirex_vi.config import TrainConfig, load_yaml, with_overrides
 from mirex_vi.pooled import write_store
 from mirex_vi.train import (Ranks, build_train_loader, build_training_state, run_training,
                             train_epoch)
-from mirex_vi.weights import import_checkpoint, load_weights
+from mirex_vi.packaging import import_checkpoint
+from mirex_vi.weights import load_weights
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -67,7 +67,7 @@ def _package_command(verb: str, help_text: str):
     @click.option("--card", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                   help="MODEL_CARD.md to ship [default: generated from the checkpoint].")
     def command(checkpoint, name, root, card) -> None:
-        from .weights import import_checkpoint
+        from .packaging import import_checkpoint
 
         _write_package_at(root, name, lambda folder: import_checkpoint(checkpoint, folder, card))
 
@@ -99,7 +99,7 @@ def _write_package_at(root: Path | None, name: str, write) -> None:
 def weights_copy(source, name, root) -> None:
     """Copy the package SOURCE (a folder) as NAME: its config takes the new name and its
     checksums follow."""
-    from .weights import copy_package
+    from .packaging import copy_package
 
     _write_package_at(root, name, lambda folder: copy_package(source, folder))
 

@@ -19,7 +19,8 @@ from torch import nn
 
 from .data import FullTrackDataset, filter_available, read_metadata
 from .model import CQTNet
-from .weights import derive_package, load_package, resolve_weights
+from .packaging import derive_package
+from .weights import load_package, resolve_weights
 
 
 def recalibrate_batchnorm(model: CQTNet, tracks: Sequence[np.ndarray], batch_size: int = 64,

@@ -11,24 +11,22 @@ A package ``weights/<name>/`` holds
 - ``SHA256SUMS``: ``sha256sum`` lines for the two files above, checked before every load.
 
 The authors' pickled ``model_checkpoint.pth`` (and this project's training checkpoints,
-which use the same keys) are read with ``torch.load(weights_only=True)`` only.
+which use the same keys) are read with ``torch.load(weights_only=True)`` only. This module
+finds, verifies and loads packages; :mod:`.packaging` writes them.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .atomic import FILE_MODE, atomic_open
-from .config import FeatureConfig, ModelConfig, from_dict, to_dict
+from .config import FeatureConfig, ModelConfig, from_dict
 from .model import CQTNet
 
 MODEL_FILE = "model.safetensors"
@@ -139,7 +137,7 @@ def load_weights(spec: str | Path | None = None) -> LoadedWeights:
     path = resolve_weights(spec)
     if path.is_file():
         state, model_cfg, features, _ = read_checkpoint(path)
-        model = _build(state, model_cfg, path)
+        model = build_model(state, model_cfg, path)
         _check_fit(model, features, path)
         return LoadedWeights(model, features, path.stem, sha256_file(path))
     return load_package(path)
@@ -154,7 +152,7 @@ def load_package(folder: Path) -> LoadedWeights:
     sha = verify_package(folder)
     from safetensors.torch import load_file
 
-    cfg = _read_config(folder)
+    cfg = read_package_config(folder)
     try:
         model_cfg = from_dict(ModelConfig, cfg["model"])
         features = from_dict(FeatureConfig, cfg["features"])
@@ -166,7 +164,7 @@ def load_package(folder: Path) -> LoadedWeights:
         raise WeightsError(f"{folder / MODEL_FILE}: not a readable safetensors file ({err}); "
                            f"its {SUMS_FILE} entry matches, so the package was made from a "
                            "damaged file") from err
-    model = _build(state, model_cfg, folder)
+    model = build_model(state, model_cfg, folder)
     _check_fit(model, features, folder)
     return LoadedWeights(model, features, cfg.get("name", folder.name), sha)
 
@@ -242,124 +240,9 @@ def _refusal(path: Path) -> str:
     return f"{path}: not a loadable checkpoint (not a PyTorch file, or a damaged one)"
 
 
-def write_package(
-    folder: Path,
-    state: dict[str, torch.Tensor],
-    model_cfg: ModelConfig,
-    features: FeatureConfig,
-    provenance: dict[str, Any],
-    card: str,
-    name: str | None = None,
-) -> str:
-    """Write a complete package (weights, config, card, checksums); return the model sha256.
-
-    The state dict is checked by loading it into a fresh model with ``strict=True`` first.
-    Only inference weights are written: optimizer and training state are dropped. The
-    config's name is ``name`` (default: the folder's).
-    """
-    from safetensors.torch import save_file
-
-    _build(state, model_cfg, folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    tmp = folder / f".{MODEL_FILE}.tmp"
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    os.chmod(tmp, FILE_MODE)
-    os.replace(tmp, folder / MODEL_FILE)
-    config = {"name": name or folder.name, "model": to_dict(model_cfg), "features": to_dict(features),
-              "provenance": {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                             **provenance}}
-    with atomic_open(folder / CARD_FILE, "w", encoding="utf-8") as f:
-        f.write(card)
-    return _write_config_and_sums(folder, config)
-
-
-def copy_package(source: Path, folder: Path) -> str:
-    """Copy the package at ``source`` to the new ``folder``, named after it in its config (the
-    checksums follow); return the model sha256. The copy appears whole or not at all."""
-    verify_package(source)
-
-    def write(staging: Path) -> str:
-        shutil.copytree(source, staging)
-        config = _read_config(staging)
-        config["name"] = folder.name
-        return _write_config_and_sums(staging, config)
-
-    return _staged(folder, write)
-
-
-def derive_package(source: Path, folder: Path, state: dict[str, torch.Tensor],
-                   provenance: dict[str, Any], card_addition: str) -> str:
-    """A new package at ``folder`` (whole or not at all): the weights ``state`` with the
-    package ``source``'s configs, its provenance updated by ``provenance`` and its card
-    followed by ``card_addition``; return the model sha256."""
-    verify_package(source)
-    cfg = _read_config(source)
-    card = (source / CARD_FILE).read_text("utf-8") if (source / CARD_FILE).is_file() else ""
-    model_cfg = from_dict(ModelConfig, cfg["model"])
-    features = from_dict(FeatureConfig, cfg["features"])
-    merged = {**cfg.get("provenance", {}), **provenance}
-    return _staged(folder, lambda staging: write_package(
-        staging, state, model_cfg, features, merged, card + card_addition, folder.name))
-
-
-def _staged(folder: Path, write) -> str:
-    """``write(staging)`` into a hidden folder beside the new ``folder``, then moved into
-    place: the package appears whole or not at all, and never replaces one.
-
-    Raises:
-        WeightsError: ``folder`` exists.
-    """
-    if folder.exists():
-        raise WeightsError(f"{folder} exists (choose another name, or remove it first)")
-    staging = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        sha = write(staging)
-        os.replace(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return sha
-
-
-def _write_config_and_sums(folder: Path, config: dict[str, Any]) -> str:
-    with atomic_open(folder / CONFIG_FILE, "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2, sort_keys=True)
-        f.write("\n")
-    sums = "".join(f"{sha256_file(folder / name)}  {name}\n" for name in CHECKED_FILES)
-    with atomic_open(folder / SUMS_FILE, "w", encoding="utf-8") as f:
-        f.write(sums)
-    return verify_package(folder)
-
-
-def import_checkpoint(checkpoint: Path, folder: Path, card_file: Path | None = None) -> str:
-    """Turn a ``.pth`` checkpoint into a package at the new ``folder`` (whole or not at all),
-    with the model card ``card_file`` (default: one made from the checkpoint); return the
-    model sha256."""
-    state, model_cfg, features, provenance = read_checkpoint(checkpoint)
-    try:
-        card = (card_file.read_text("utf-8") if card_file
-                else default_card(folder.name, model_cfg, provenance))
-    except (OSError, UnicodeDecodeError) as err:
-        reason = "not UTF-8" if isinstance(err, UnicodeDecodeError) else err.strerror
-        raise WeightsError(f"{card_file}: cannot read the model card ({reason})") from err
-    return _staged(folder, lambda staging: write_package(staging, state, model_cfg, features,
-                                                         provenance, card, folder.name))
-
-
-def default_card(name: str, model_cfg: ModelConfig, provenance: dict[str, Any]) -> str:
-    """A minimal model card for an imported checkpoint, stating where it came from."""
-    lines = [f"# {name}", "",
-             f"CQT-Net (c={model_cfg.channels}, {model_cfg.embedding_dim}-d embeddings), "
-             f"imported from `{provenance.get('source_file')}` "
-             f"(sha256 `{provenance.get('source_sha256')}`) with `mirex-vi weights import`.", "",
-             "## Provenance", ""]
-    lines += [f"- {k}: {json.dumps(v)}" for k, v in provenance.items() if k != "config"]
-    return "\n".join(lines) + "\n"
-
-
-def _build(state: dict[str, torch.Tensor], model_cfg: ModelConfig, where: Path) -> CQTNet:
+def build_model(state: dict[str, torch.Tensor], model_cfg: ModelConfig, where: Path) -> CQTNet:
+    """An eval-mode CQT-Net holding ``state`` (``strict=True``); ``where`` names the source in
+    the error."""
     model = CQTNet(model_cfg)
     try:
         model.load_state_dict(state, strict=True)
@@ -368,7 +251,8 @@ def _build(state: dict[str, torch.Tensor], model_cfg: ModelConfig, where: Path) 
     return model.eval()
 
 
-def _read_config(folder: Path) -> dict[str, Any]:
+def read_package_config(folder: Path) -> dict[str, Any]:
+    """The package's ``config.json`` as a dict with ``model`` and ``features`` objects."""
     try:
         cfg = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8-sig"))
         if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict) \

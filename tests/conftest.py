@@ -19,7 +19,7 @@ from mirex_vi.cli import main
 from mirex_vi.config import MODEL_SIZES, FeatureConfig
 from mirex_vi.model import CQTNet
 from mirex_vi.synth import melody, write_audio
-from mirex_vi.weights import write_package
+from mirex_vi.packaging import write_package
 
 
 def write_list(path: Path, lines: list[str]) -> Path:

@@ -14,7 +14,7 @@ from mirex_vi.config import MODEL_SIZES, FeatureConfig
 from mirex_vi.mirex_io import read_distance_matrix
 from mirex_vi.model import CQTNet
 from mirex_vi.synth import melody
-from mirex_vi.weights import write_package
+from mirex_vi.packaging import write_package
 
 
 def call(collection, output, package, *extra):

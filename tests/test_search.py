@@ -24,7 +24,7 @@ from mirex_vi.config import MODEL_SIZES, FeatureConfig  # noqa: E402
 from mirex_vi.mirex_io import read_distance_matrix  # noqa: E402
 from mirex_vi.model import CQTNet  # noqa: E402
 from mirex_vi.scoring import distance_rows  # noqa: E402
-from mirex_vi.weights import write_package  # noqa: E402
+from mirex_vi.packaging import write_package  # noqa: E402
 
 
 def run_cli(*args):

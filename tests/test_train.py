@@ -21,7 +21,8 @@ from mirex_vi.cli import main
 from mirex_vi.featstore import save_feature
 from mirex_vi.train import (Ranks, build_train_loader, build_training_state, init_distributed,
                             lr_at, run_training, train_epoch)
-from mirex_vi.weights import WeightsError, import_checkpoint, load_weights, sha256_file
+from mirex_vi.packaging import import_checkpoint
+from mirex_vi.weights import WeightsError, load_weights, sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = "configs/tiny.yaml"

@@ -132,12 +132,12 @@ def test_import_never_replaces_a_package_and_names_stay_under_the_root(tmp_path,
 
 
 def test_an_import_that_fails_midway_leaves_no_package(tmp_path, tiny_package, monkeypatch):
-    import mirex_vi.weights
+    import mirex_vi.packaging
 
     from conftest import DiskFull
 
     checkpoint = checkpoint_of(tiny_package, tmp_path / "c.pth")
-    monkeypatch.setattr(mirex_vi.weights, "atomic_open", DiskFull)  # the card, config, sums
+    monkeypatch.setattr(mirex_vi.packaging, "atomic_open", DiskFull)  # the card, config, sums
     code, out = run_cli("weights", "import", checkpoint, "--name", "new", "--root", tmp_path / "w")
     assert code == 3 and "No space left on device" in out and "Traceback" not in out, out
     assert not (tmp_path / "w").exists() or not list((tmp_path / "w").iterdir())
