@@ -23,10 +23,10 @@ import torch.distributed as torch_dist
 
 from mirex_vi.checkpoint import BEST, LAST, METRICS, checkpoint_payload
 from mirex_vi.config import TrainConfig, load_yaml, with_overrides
-from mirex_vi.pooled import write_store
-from mirex_vi.train import (Ranks, build_train_loader, build_training_state, run_training,
-                            train_epoch)
+from mirex_vi.distributed import Ranks
 from mirex_vi.packaging import import_checkpoint
+from mirex_vi.pooled import write_store
+from mirex_vi.train import build_train_loader, build_training_state, run_training, train_epoch
 from mirex_vi.weights import load_weights
 
 REPO = Path(__file__).resolve().parent.parent

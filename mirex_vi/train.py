@@ -1,10 +1,9 @@
 """The training loop (docs/REFERENCE.md §3): online triplet mining over clique batches.
 
-One process on CPU or one GPU, or several processes launched by ``torchrun`` (one per GPU):
-the process group is then initialised from the environment (NCCL on CUDA, gloo on CPU), the
-model is wrapped in DistributedDataParallel and each epoch's batches are split across the
-ranks; only rank 0 validates, logs and writes files. BatchNorm stays plain (per-process
-statistics), as in the report; DDP keeps the running statistics of rank 0.
+One process on CPU or one GPU, or several processes launched by ``torchrun`` (one per GPU,
+``distributed.py``): each epoch's batches are then split across the ranks; only rank 0
+validates, logs and writes files. BatchNorm stays plain (per-process statistics), as in the
+report; DDP keeps the running statistics of rank 0.
 
 Schedule: the learning rate is set once per epoch by ``lr_at`` (the report's "5 warm-up
 steps" are epochs). Randomness is re-seeded from ``(seed, epoch, rank)`` at every epoch,
@@ -18,10 +17,8 @@ weights' sha256. Those weights, the run folder and checkpoints are in ``checkpoi
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,10 +36,11 @@ from .checkpoint import (BEST, LAST, METRICS, TrainingState, append_metrics, che
 from .config import TrainConfig
 from .data import (Cliques, CliqueBatchSampler, FullTrackDataset, TrainDataset,
                    filter_available, make_train_loader, read_metadata)
+from .distributed import Ranks, barrier, distribute, init_distributed
 from .heads import ClassificationHead, classification_loss
 from .losses import NegativeMemory, triplet_loss
 from .model import CQTNet, build_model
-from .runtime import amp_enabled, autocast, disable_tf32_without_amp, resolve_device
+from .runtime import amp_enabled, autocast, disable_tf32_without_amp
 
 log = logging.getLogger(__name__)
 
@@ -60,48 +58,6 @@ def lr_at(epoch: float, cfg: TrainConfig) -> float:
     span = max(cfg.epochs - cfg.warmup_epochs, 1)
     progress = (e - cfg.warmup_epochs) / span
     return cfg.lr_end + 0.5 * (cfg.lr_peak - cfg.lr_end) * (1.0 + math.cos(math.pi * progress))
-
-
-# --- processes and devices -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Ranks:
-    """Where this process stands: ``rank`` of ``world_size`` (1 when not distributed)."""
-
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_spec: str = "auto") -> tuple[Ranks, torch.device]:
-    """Join the torchrun process group when ``WORLD_SIZE`` > 1; else a single process.
-
-    Under torchrun each process takes GPU ``LOCAL_RANK`` (NCCL), or runs on the CPU with
-    gloo when CUDA is unavailable or ``device_spec`` is ``cpu``.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Ranks(), resolve_device(device_spec)
-    use_cuda = device_spec != "cpu" and torch.cuda.is_available()
-    if use_cuda:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    if not torch_dist.is_initialized():
-        # Long timeout: the other ranks wait while rank 0 validates on full tracks.
-        torch_dist.init_process_group("nccl" if use_cuda else "gloo",
-                                      timeout=dt.timedelta(hours=3))
-    return Ranks(torch_dist.get_rank(), torch_dist.get_world_size()), device
-
-
-def _barrier(ranks: Ranks) -> None:
-    if ranks.world_size > 1:
-        torch_dist.barrier()
 
 
 def _seed(cfg: TrainConfig, epoch: int, ranks: Ranks) -> torch.Generator:
@@ -201,14 +157,14 @@ def build_training_state(cfg: TrainConfig, device: torch.device, ranks: Ranks,
         model, init_sha256 = initial_model(cfg)
     else:
         model, init_sha256 = build_model(cfg.model), None
-    model = _distribute(model.to(device), device, ranks)
+    model = distribute(model.to(device), device, ranks)
     params = list(model.parameters())
     head = None
     if cfg.cls_weight > 0:
         if n_classes < 2:
             raise ValueError(f"cls_weight={cfg.cls_weight} needs >= 2 training cliques")
         head = ClassificationHead(cfg.model_config.embedding_dim, n_classes)
-        head = _distribute(head.to(device), device, ranks)
+        head = distribute(head.to(device), device, ranks)
         params += [p for p in head.parameters() if p.requires_grad]
     memory = (NegativeMemory(cfg.memory_size, cfg.model_config.embedding_dim, device)
               if cfg.memory_size else None)
@@ -217,14 +173,6 @@ def build_training_state(cfg: TrainConfig, device: torch.device, ranks: Ranks,
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_at(e, cfg) / cfg.lr_peak)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_enabled(device, cfg.amp))
     return TrainingState(model, optimizer, scheduler, scaler, device, head, memory, init_sha256)
-
-
-def _distribute(module: nn.Module, device: torch.device, ranks: Ranks) -> nn.Module:
-    """``module`` in DistributedDataParallel when there are several processes."""
-    if ranks.world_size == 1:
-        return module
-    return nn.parallel.DistributedDataParallel(
-        module, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 # --- one step, one epoch -------------------------------------------------------------------
@@ -348,7 +296,7 @@ def run_training(cfg: TrainConfig, resume: bool = False, device: str = "auto",
         check_inputs(cfg)
         if ranks.is_main:
             prepare_run_dir(cfg, resume)
-        _barrier(ranks)
+        barrier(ranks)
         torch.backends.cudnn.benchmark = True
         loader, sampler = build_train_loader(cfg, ranks, dev)
         # A resumed run takes its weights, and their lineage, from last.pt.
@@ -400,4 +348,4 @@ def _run_epoch(state: TrainingState, run: RunContext) -> None:
                  state.epoch, cfg.epochs, train["loss"], train["active"], lr,
                  val.get("map", math.nan), val.get("mr1", math.nan),
                  "best " if improved else "", seconds)
-    _barrier(ranks)
+    barrier(ranks)

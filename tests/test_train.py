@@ -18,10 +18,10 @@ from mirex_vi import checkpoint, train
 from mirex_vi.checkpoint import BEST, LAST, METRICS
 from mirex_vi.config import TrainConfig, load_yaml, with_overrides
 from mirex_vi.cli import main
+from mirex_vi.distributed import Ranks, init_distributed
 from mirex_vi.featstore import save_feature
-from mirex_vi.train import (Ranks, build_train_loader, build_training_state, init_distributed,
-                            lr_at, run_training, train_epoch)
 from mirex_vi.packaging import import_checkpoint
+from mirex_vi.train import build_train_loader, build_training_state, lr_at, run_training, train_epoch
 from mirex_vi.weights import WeightsError, load_weights, sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
