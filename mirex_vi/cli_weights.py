@@ -133,7 +133,7 @@ def weights_recalibrate(source, metadata, features_dir, name, root, tracks, seed
     def write(folder: Path) -> str:
         sha, used = recalibrate_package(source, folder, metadata, features_dir, tracks, seed,
                                         device=resolve_device(device))
-        click.echo(f"BatchNorm statistics averaged over {used} tracks of {metadata}")
+        click.echo(f"BatchNorm statistics averaged over {used} track{'s' * (used != 1)} of {metadata}")
         return sha
 
     with interruptible("no package written"):
