@@ -1,4 +1,4 @@
-"""The ``weights`` commands: list, verify, copy, import/export and recalibrate packages.
+"""The ``weights`` commands: list, verify, copy, import/export, recalibrate and whiten packages.
 
 Only click is imported here; torch and the package code load inside the commands.
 """
@@ -110,31 +110,72 @@ _package_command("export", "Turn a training checkpoint (best.pt/last.pt) into a 
                            "(the same command as `weights import`).")
 
 
-@weights_group.command("recalibrate")
-@click.argument("source")
-@click.option("--metadata", required=True,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Light JSON whose versions to average over (training data, not the test set).")
-@click.option("--features-dir", required=True,
-              type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--name", required=True, help="Package name (a folder under --root).")
-@click.option("--root", type=click.Path(file_okay=False, path_type=Path),
-              help="Where to create the package [default: the weights folder].")
-@click.option("--tracks", type=click.IntRange(1), default=4096, show_default=True,
-              help="Whole tracks drawn from --metadata (all, if it has fewer).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True)
-def weights_recalibrate(source, metadata, features_dir, name, root, tracks, seed, device) -> None:
-    """Re-estimate the BatchNorm statistics of the package SOURCE (a folder or name) on clean
-    whole tracks, and write the result as NAME ("precise BN"; the weights are unchanged)."""
-    from .recalibrate import recalibrate_package
+def _derived_command(verb: str, metadata_help: str):
+    """Declare ``weights VERB``: a copy of the package SOURCE with some weights measured
+    anew on the tracks of --metadata, written as NAME (the options both such commands take;
+    their own come after)."""
+    shared = [
+        click.argument("source"),
+        click.option("--metadata", required=True, help=metadata_help,
+                     type=click.Path(exists=True, dir_okay=False, path_type=Path)),
+        click.option("--features-dir", required=True,
+                     type=click.Path(exists=True, file_okay=False, path_type=Path)),
+        click.option("--name", required=True, help="Package name (a folder under --root)."),
+        click.option("--root", type=click.Path(file_okay=False, path_type=Path),
+                     help="Where to create the package [default: the weights folder]."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--device", default="auto", show_default=True),
+    ]
+
+    def decorate(command):
+        for option in reversed(shared):
+            command = option(command)
+        return weights_group.command(verb)(command)
+
+    return decorate
+
+
+def _write_derived(root: Path | None, name: str, device: str, make, done: str,
+                   metadata: Path) -> None:
+    """Write the package NAME with ``make(folder, device) -> (sha256, tracks used)``; report
+    ``done`` and how many tracks of ``metadata`` it used."""
     from .runtime import resolve_device
 
     def write(folder: Path) -> str:
-        sha, used = recalibrate_package(source, folder, metadata, features_dir, tracks, seed,
-                                        device=resolve_device(device))
-        click.echo(f"BatchNorm statistics averaged over {used} track{'s' * (used != 1)} of {metadata}")
+        sha, used = make(folder, resolve_device(device))
+        click.echo(f"{done} {used} track{'s' * (used != 1)} of {metadata}")
         return sha
 
     with interruptible("no package written"):
         _write_package_at(root, name, write)
+
+
+@_derived_command("recalibrate", "Light JSON whose versions to average over (training data, "
+                                 "not the test set).")
+@click.option("--tracks", type=click.IntRange(1), default=4096, show_default=True,
+              help="Whole tracks drawn from --metadata (all, if it has fewer).")
+def weights_recalibrate(source, metadata, features_dir, name, root, seed, device, tracks) -> None:
+    """Re-estimate the BatchNorm statistics of the package SOURCE (a folder or name) on clean
+    whole tracks, and write the result as NAME ("precise BN"; the weights are unchanged)."""
+    from .recalibrate import recalibrate_package
+
+    _write_derived(root, name, device, lambda folder, dev: recalibrate_package(
+        source, folder, metadata, features_dir, tracks, seed, device=dev),
+        "BatchNorm statistics averaged over", metadata)
+
+
+@_derived_command("whiten", "Light JSON of the cliques to measure on (training data, not the "
+                            "test set).")
+@click.option("--shrinkage", type=click.FloatRange(0, min_open=True), default=0.1,
+              show_default=True, help="Weight of the mean variance added to the covariance.")
+@click.option("--tracks", type=click.IntRange(2),
+              help="Whole cliques drawn until this many tracks [default: every version].")
+def weights_whiten(source, metadata, features_dir, name, root, seed, device, shrinkage,
+                   tracks) -> None:
+    """Fold within-clique covariance normalisation (WCCN) into the last layer of the package
+    SOURCE (a folder or name), measured on --metadata's embeddings, and write it as NAME."""
+    from .whiten import whiten_package
+
+    _write_derived(root, name, device, lambda folder, dev: whiten_package(
+        source, folder, metadata, features_dir, tracks, shrinkage, seed, device=dev),
+        "within-clique covariance measured on", metadata)

@@ -1,9 +1,11 @@
-"""Shared fixtures: synthetic tracks (from ``mirex_vi.synth``), a tiny weight package, the
-leftovers of a killed writer, and running the command line in-process."""
+"""Shared fixtures: synthetic tracks (from ``mirex_vi.synth``), a tiny weight package, a
+random pooled store, the leftovers of a killed writer, and running the command line
+in-process."""
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -18,8 +20,9 @@ from click.testing import CliRunner
 from mirex_vi.cli import main
 from mirex_vi.config import MODEL_SIZES, FeatureConfig
 from mirex_vi.model import CQTNet
-from mirex_vi.synth import melody, write_audio
 from mirex_vi.packaging import write_package
+from mirex_vi.pooled import write_store
+from mirex_vi.synth import melody, write_audio
 
 
 def write_list(path: Path, lines: list[str]) -> Path:
@@ -46,6 +49,22 @@ class DiskFull:
 
     def __exit__(self, *exc) -> bool:
         return False
+
+
+def random_store(folder: Path, clique_sizes: list[int], seed: int = 2) -> Path:
+    """``folder/store``, a u8 pooled store of random CQTs (150 frames), and
+    ``folder/meta.json``, light metadata of cliques ``C-0, C-1, ...`` of the given sizes;
+    returns ``folder``."""
+    rng = np.random.default_rng(seed)
+    ids = [f"v{i}xxxxxxxxx" for i in range(sum(clique_sizes))]
+    write_store(folder / "store", ((yt, 10 ** rng.uniform(-4, 0, (150, 84)).astype(np.float32))
+                                   for yt in ids), "u8")
+    versions = iter(range(len(ids)))
+    cliques = {f"C-{c}": [{"version_id": f"V-{i}", "youtube_id": ids[i]}
+                          for i in (next(versions) for _ in range(size))]
+               for c, size in enumerate(clique_sizes)}
+    (folder / "meta.json").write_text(json.dumps(cliques))
+    return folder
 
 
 def leave_temporaries(folder: Path) -> tuple[Path, Path]:

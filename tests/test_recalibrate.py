@@ -7,11 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import random_store, run_cli
 
 from mirex_vi.config import MODEL_SIZES
 from mirex_vi.model import CQTNet
-from mirex_vi.pooled import write_store
 from mirex_vi.recalibrate import recalibrate_batchnorm
 from mirex_vi.weights import load_package
 
@@ -68,15 +67,8 @@ def test_only_batchnorm_buffers_change_and_the_mode_and_momentum_are_kept():
 
 @pytest.fixture()
 def store(tmp_path):
-    """A u8 store and light metadata of three cliques of two versions (random CQTs)."""
-    rng = np.random.default_rng(2)
-    ids = [f"v{i}xxxxxxxxx" for i in range(6)]
-    write_store(tmp_path / "store", ((yt, 10 ** rng.uniform(-4, 0, (150, 84)).astype(np.float32))
-                                     for yt in ids), "u8")
-    cliques = {f"C-{c}": [{"version_id": f"V-{i}", "youtube_id": ids[i]} for i in (2 * c, 2 * c + 1)]
-               for c in range(3)}
-    (tmp_path / "meta.json").write_text(json.dumps(cliques))
-    return tmp_path
+    """A u8 store and light metadata: three cliques of two versions (random CQTs)."""
+    return random_store(tmp_path, [2, 2, 2])
 
 
 def test_the_command_writes_a_new_package_with_its_provenance(store, tiny_package):
