@@ -73,14 +73,15 @@ def copy_package(source: Path, folder: Path) -> str:
 def derive_package(source: Path, folder: Path, state: dict[str, torch.Tensor],
                    provenance: dict[str, Any], card_addition: str) -> str:
     """A new package at ``folder`` (whole or not at all): the weights ``state`` with the
-    package ``source``'s configs, its provenance updated by ``provenance`` and its card
-    followed by ``card_addition``; return the model sha256."""
+    package ``source``'s configs, its provenance updated by ``provenance`` (and dated now)
+    and its card followed by ``card_addition``; return the model sha256."""
     verify_package(source)
     cfg = read_package_config(source)
     card = (source / CARD_FILE).read_text("utf-8") if (source / CARD_FILE).is_file() else ""
     model_cfg = from_dict(ModelConfig, cfg["model"])
     features = from_dict(FeatureConfig, cfg["features"])
-    merged = {**cfg.get("provenance", {}), **provenance}
+    kept = {k: v for k, v in cfg.get("provenance", {}).items() if k != "created"}  # it is new
+    merged = {**kept, **provenance}
     return _staged(folder, lambda staging: write_package(
         staging, state, model_cfg, features, merged, card + card_addition, folder.name))
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from mirex_vi.config import MODEL_SIZES
+from mirex_vi.config import MODEL_SIZES, FeatureConfig
 from mirex_vi.embed import embed_inputs
 from mirex_vi.model import CQTNet, build_model, count_parameters
-from mirex_vi.packaging import copy_package, import_checkpoint
+from mirex_vi.packaging import copy_package, derive_package, import_checkpoint, write_package
 from mirex_vi.weights import WeightsError, load_weights, verify_package
 
 AUTHORS_CONV = [0, 3, 7, 10, 14, 17, 21, 24, 28, 31]
@@ -137,6 +137,21 @@ def test_a_copied_package_takes_its_new_name_and_a_bad_source_leaves_nothing(tmp
     with pytest.raises(WeightsError, match="sha256 mismatch"):
         copy_package(tmp_path / "exported", tmp_path / "weights" / "other")
     assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == ["shipped"]
+
+
+def test_a_derived_package_keeps_the_provenance_but_is_dated_anew(tmp_path):
+    model = CQTNet(MODEL_SIZES["tiny"])
+    old = {"created": "2000-01-01T00:00:00+00:00", "epoch": 7}
+    write_package(tmp_path / "src", model.state_dict(), model.cfg, FeatureConfig(), old, "# src\n")
+    state = {k: v + 1 if k == "proj.lin.weight" else v for k, v in model.state_dict().items()}
+    derive_package(tmp_path / "src", tmp_path / "new", state, {"step": "x"}, "more\n")
+    config = json.loads((tmp_path / "new" / "config.json").read_text())
+    assert config["name"] == "new"
+    assert config["provenance"]["epoch"] == 7 and config["provenance"]["step"] == "x"
+    assert not config["provenance"]["created"].startswith("2000")
+    assert (tmp_path / "new" / "MODEL_CARD.md").read_text() == "# src\nmore\n"
+    loaded = load_weights(tmp_path / "new").model.state_dict()
+    assert torch.equal(loaded["proj.lin.weight"], state["proj.lin.weight"])
 
 
 def test_unknown_weights_name_lists_known_packages():
