@@ -20,7 +20,7 @@ import torch
 from .atomic import FILE_MODE, atomic_open
 from .config import FeatureConfig, ModelConfig, from_dict, to_dict
 from .weights import (CARD_FILE, CHECKED_FILES, CONFIG_FILE, MODEL_FILE, SUMS_FILE, WeightsError,
-                      build_model, read_checkpoint, read_package_config, sha256_file,
+                      model_with_state, read_checkpoint, read_package_config, sha256_file,
                       verify_package)
 
 
@@ -41,7 +41,7 @@ def write_package(
     """
     from safetensors.torch import save_file
 
-    build_model(state, model_cfg, folder)
+    model_with_state(state, model_cfg, folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     tmp = folder / f".{MODEL_FILE}.tmp"

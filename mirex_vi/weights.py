@@ -137,7 +137,7 @@ def load_weights(spec: str | Path | None = None) -> LoadedWeights:
     path = resolve_weights(spec)
     if path.is_file():
         state, model_cfg, features, _ = read_checkpoint(path)
-        model = build_model(state, model_cfg, path)
+        model = model_with_state(state, model_cfg, path)
         _check_fit(model, features, path)
         return LoadedWeights(model, features, path.stem, sha256_file(path))
     return load_package(path)
@@ -164,7 +164,7 @@ def load_package(folder: Path) -> LoadedWeights:
         raise WeightsError(f"{folder / MODEL_FILE}: not a readable safetensors file ({err}); "
                            f"its {SUMS_FILE} entry matches, so the package was made from a "
                            "damaged file") from err
-    model = build_model(state, model_cfg, folder)
+    model = model_with_state(state, model_cfg, folder)
     _check_fit(model, features, folder)
     return LoadedWeights(model, features, cfg.get("name", folder.name), sha)
 
@@ -240,7 +240,8 @@ def _refusal(path: Path) -> str:
     return f"{path}: not a loadable checkpoint (not a PyTorch file, or a damaged one)"
 
 
-def build_model(state: dict[str, torch.Tensor], model_cfg: ModelConfig, where: Path) -> CQTNet:
+def model_with_state(state: dict[str, torch.Tensor], model_cfg: ModelConfig,
+                     where: Path) -> CQTNet:
     """An eval-mode CQT-Net holding ``state`` (``strict=True``); ``where`` names the source in
     the error."""
     model = CQTNet(model_cfg)
