@@ -2,7 +2,7 @@
 
     python benchmarks/baselines.py --metadata CORPUS/Synth-VI-YT-light.json.test \
         --features-dir FEATURES --audio-root CORPUS [--weights NAME] [--skip-chroma] \
-        [--excerpt SECONDS] [--exclude EARLIER.json.test] [--queries-per-clique K]
+        [--excerpt SECONDS] [--exclude EARLIER.json.test] [--queries-per-clique K] [--expand K]
 
 Systems (the same queries, candidates and metrics for all):
 
@@ -15,7 +15,8 @@ Systems (the same queries, candidates and metrics for all):
 
 The two CQT-Net systems are scored by the package's ``evaluate_cliques``, on the CPU in fp32,
 so the ``weights`` figures are those of ``mirex-vi evaluate --metadata ... --features-dir ...
-[--excerpt SECONDS] --device cpu --no-amp``.
+[--excerpt SECONDS] [--expand K] --device cpu --no-amp``; ``--expand`` expands their
+embeddings among all versions (every one stays a candidate), and leaves chroma as it is.
 """
 
 from __future__ import annotations
@@ -139,6 +140,8 @@ def parse_args() -> argparse.Namespace:
                         help="query only K versions of each clique (rotating which), every "
                              "version still a candidate: all systems on the same queries, and "
                              "chroma's O(N^2) alignments cut to K/versions of them")
+    parser.add_argument("--expand", type=int, default=0, metavar="K",
+                        help="score the CQT-Nets as `evaluate --expand K` does")
     parser.add_argument("--json", type=Path)
     return parser.parse_args()
 
@@ -162,7 +165,8 @@ def main() -> None:
 
     def embed_and_score(model, cfg):
         result, order = evaluate_cliques(model, cfg, cliques, args.features_dir, device, amp=False,
-                                         excerpt=args.excerpt, progress=False)
+                                         excerpt=args.excerpt, progress=False,
+                                         expand=args.expand)
         assert order == labels
         return result.of_queries(queries).summary()
 

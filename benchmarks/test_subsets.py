@@ -2,7 +2,7 @@
 
     python benchmarks/test_subsets.py --metadata CORPUS/Synth-VI-YT-light.json.test \
         --features-dir FEATURES --weights A [--weights B ...] [--excerpt 20] \
-        [--bounds 360,1000,2000] [--json OUT.json]
+        [--bounds 360,1000,2000] [--expand K] [--json OUT.json]
 
 `mirex-vi corpus` numbers its works in the order it makes them (clique ``C-0000031`` is work
 31), and a corpus grown in place keeps every earlier work's split. So the test cliques
@@ -23,7 +23,9 @@ from pathlib import Path
 import torch
 from split_embedding import embed_split, read_split, split_parser  # beside this script
 
-from mirex_vi.metrics import metrics_from_embeddings
+from mirex_vi.evaluate import score_embeddings
+
+CPU = torch.device("cpu")
 
 
 def work_number(clique_id: str) -> int:
@@ -44,16 +46,17 @@ def subsets(bounds: list[int]) -> dict[str, tuple[int, float]]:
     return ranges
 
 
-def score_subsets(emb: torch.Tensor, labels: list[str],
-                  ranges: dict[str, tuple[int, float]]) -> dict[str, dict]:
+def score_subsets(emb: torch.Tensor, labels: list[str], ranges: dict[str, tuple[int, float]],
+                  expand: int = 0) -> dict[str, dict]:
     """Figures of the ``(N, D)`` embeddings ``emb`` within each subset of their ``(N,)``
-    clique ``labels``."""
+    clique ``labels`` (each subset scored alone, as ``evaluate --expand`` scores it)."""
     works = [work_number(c) for c in labels]
     figures = {}
     for name, (lo, hi) in ranges.items():
         rows = [i for i, w in enumerate(works) if lo <= w < hi]
         if rows:
-            figures[name] = metrics_from_embeddings(emb[rows], [labels[i] for i in rows]).summary()
+            subset = [labels[i] for i in rows]
+            figures[name] = score_embeddings(emb[rows], subset, CPU, expand).summary()
     return figures
 
 
@@ -65,6 +68,8 @@ def main() -> None:
                         help="use only the first SECONDS of every version")
     parser.add_argument("--bounds", default="360,1000,2000",
                         help="corpus sizes the split was grown through (default: %(default)s)")
+    parser.add_argument("--expand", type=int, default=0, metavar="K",
+                        help="score as `evaluate --expand K` does (default: plain scoring)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -73,9 +78,10 @@ def main() -> None:
     results: dict[str, dict] = {}
     for weights in args.weights:
         _, emb, labels = embed_split(weights, cliques, args.features_dir, args.excerpt)
-        results[weights] = score_subsets(emb, labels, ranges)
+        results[weights] = score_subsets(emb, labels, ranges, args.expand)
 
-    print(f"{args.metadata}" + (f", first {args.excerpt:g} s" if args.excerpt else ", whole clips"))
+    print(f"{args.metadata}" + (f", first {args.excerpt:g} s" if args.excerpt else ", whole clips")
+          + (f", expanded by {args.expand} neighbours" if args.expand else ""))
     print("| weights | works | queries | MAP | MR1 | MRR | Top-1 rate |\n|---|---|---|---|---|---|---|")
     for weights, by_subset in results.items():
         for name, f in by_subset.items():

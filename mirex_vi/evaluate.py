@@ -80,10 +80,11 @@ def evaluate_matrix(matrix: Path, labels_tsv: Path) -> tuple[RetrievalResult, li
 
 
 def evaluate_features(metadata: Path, features_dir: Path, weights: str | None, device: str,
-                      amp: bool, excerpt: float | None = None,
-                      progress: bool = True) -> tuple[RetrievalResult, list[str]]:
+                      amp: bool, excerpt: float | None = None, progress: bool = True,
+                      expand: int = 0) -> tuple[RetrievalResult, list[str]]:
     """Figures of a model on a Discogs-VI split whose CQTs are stored under ``features_dir``
-    (of their first ``excerpt`` seconds only, when given)."""
+    (of their first ``excerpt`` seconds only, when given), scored as
+    :func:`score_embeddings` with ``expand``."""
     from .data import filter_available, read_metadata
     from .weights import load_weights
 
@@ -92,17 +93,33 @@ def evaluate_features(metadata: Path, features_dir: Path, weights: str | None, d
         raise InputError(f"{metadata}: no clique with >= 2 versions has features in {features_dir}")
     loaded = load_weights(weights)
     return evaluate_cliques(loaded.model, loaded.features, cliques, features_dir,
-                            resolve_device(device), amp, excerpt, progress)
+                            resolve_device(device), amp, excerpt, progress, expand)
 
 
 def evaluate_cliques(model: CQTNet, cfg: FeatureConfig, cliques: Cliques, features_dir: Path,
                      device: torch.device, amp: bool, excerpt: float | None = None,
-                     progress: bool = True) -> tuple[RetrievalResult, list[str]]:
+                     progress: bool = True, expand: int = 0) -> tuple[RetrievalResult, list[str]]:
     """Figures of ``model`` on the stored features of ``cliques`` (see :func:`embed_cliques`):
     every version a query against all others. Returns the result and the ``(N,)`` clique ids
     in embedding order."""
     emb, labels = embed_cliques(model, cfg, cliques, features_dir, device, amp, excerpt, progress)
-    return metrics_from_embeddings(emb, labels, device=device, progress=progress), labels
+    return score_embeddings(emb, labels, device, expand, progress), labels
+
+
+def score_embeddings(emb: torch.Tensor, labels: list[str], device: torch.device, expand: int = 0,
+                     progress: bool = False) -> RetrievalResult:
+    """Figures of ``(N, D)`` unit-norm embeddings with their ``(N,)`` clique ids, every one a
+    query against all others; with ``expand`` > 0, after each is expanded by that many
+    nearest neighbours (``scoring.expand_by_neighbours``), as ``identify --expand`` does."""
+    import numpy as np
+    import torch
+
+    from .scoring import expand_by_neighbours
+
+    if expand:
+        emb = torch.from_numpy(expand_by_neighbours(emb.cpu().numpy(), np.ones(len(emb), bool),
+                                                    expand, device))
+    return metrics_from_embeddings(emb, labels, device=device, progress=progress)
 
 
 def embed_cliques(model: CQTNet, cfg: FeatureConfig, cliques: Cliques, features_dir: Path,
@@ -152,8 +169,10 @@ def _usable(emb: torch.Tensor) -> list[bool]:
 
 
 def evaluate_audio(labels_tsv: Path, weights: str | None, device: str, amp: bool,
-                   workers: int | None, progress: bool = True) -> tuple[RetrievalResult, list[str]]:
-    """Figures of a model on the audio files of a labels TSV (decoded and embedded here)."""
+                   workers: int | None, progress: bool = True,
+                   expand: int = 0) -> tuple[RetrievalResult, list[str]]:
+    """Figures of a model on the audio files of a labels TSV (decoded and embedded here),
+    scored as :func:`score_embeddings` with ``expand``."""
     import torch
     from tqdm import tqdm
 
@@ -172,7 +191,8 @@ def evaluate_audio(labels_tsv: Path, weights: str | None, device: str, amp: bool
         bad = "\n".join(f"  {paths[i]}: {reason}" for i, reason in sorted(run.errors.items()))
         raise InputError(f"{len(run.errors)} labelled track(s) could not be embedded:\n{bad}")
     cliques = [labels[p] for p in paths]
-    return metrics_from_embeddings(torch.from_numpy(run.embeddings), cliques, device=dev, progress=progress), cliques
+    emb = torch.from_numpy(run.embeddings)
+    return score_embeddings(emb, cliques, dev, expand, progress), cliques
 
 
 def format_figures(figures: dict) -> str:

@@ -24,7 +24,7 @@ from .mirex_io import (InputError, OutputError, TrackList, check_accepts_files,
                        check_output_location, find_same_file, query_positions, read_list,
                        write_distance_matrix)
 from .runtime import amp_enabled, disable_tf32_without_amp, resolve_device
-from .scoring import distance_rows
+from .scoring import distance_rows, expand_by_neighbours
 from .weights import LoadedWeights, load_weights, weight_files
 from .workers import default_workers
 
@@ -102,8 +102,11 @@ def prepare(collection: Path, queries: Path, output: str | Path, workdir: Path |
 
 def identify(job: IdentifyJob, amp: bool = True, batch_size: int | None = None,
              workers: int | None = None, strict: bool = False, progress: bool = True,
-             name: str | None = None, cqt_backend: str = "auto") -> IdentifySummary:
+             name: str | None = None, cqt_backend: str = "auto",
+             expand: int = 0) -> IdentifySummary:
     """Embed every collection track (cached in the workdir), score, write the matrix.
+    With ``expand`` > 0, each embedding is first expanded by that many nearest neighbours
+    in the collection (``scoring.expand_by_neighbours``).
 
     Without ``amp`` on CUDA, TF32 is off (true fp32). Before the torch CQT is used on CUDA
     it must pass the self-check (``selfcheck.torch_cqt_agrees``); if it does not, the CQTs
@@ -138,8 +141,10 @@ def identify(job: IdentifyJob, amp: bool = True, batch_size: int | None = None,
     _write_errors(summary.errors_file, summary.errors)
     valid = np.ones(len(paths), dtype=bool)
     valid[list(run.errors)] = False
-    rows = distance_rows(run.embeddings, job.query_indices, valid, job.device)
-    header = name or f"{SYSTEM_NAME}, weights {job.weights.name}"
+    embeddings = expand_by_neighbours(run.embeddings, valid, expand, job.device)
+    rows = distance_rows(embeddings, job.query_indices, valid, job.device)
+    header = name or f"{SYSTEM_NAME}, weights {job.weights.name}" + (
+        f", expanded by {expand} neighbours" if expand else "")
     try:
         write_distance_matrix(job.output, header, paths, job.query_indices, rows)
     except OSError as err:
