@@ -1,0 +1,49 @@
+"""Time of ``--expand K`` beside the scoring it precedes, on random unit embeddings.
+
+    python benchmarks/expand_cost.py [--n 5000 20000] [--k 2] [--threads 2] [--device cpu]
+
+For each collection size N it times ``scoring.expand_by_neighbours`` (N x N inner products
+and a top-K per row) and then what every ``identify`` run does after embedding: the
+distance rows of all N queries, formatted as the matrix's text (``mirex_io.format_row``;
+the file itself is not written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from mirex_vi.mirex_io import format_row
+from mirex_vi.scoring import distance_rows, expand_by_neighbours
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, nargs="+", default=[5000, 20000])
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--k", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    print("| tracks | expand (s) | distances + text (s) |\n|---|---|---|")
+    for n in args.n:
+        emb = np.random.default_rng(0).standard_normal((n, args.dim)).astype(np.float32)
+        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+        valid = np.ones(n, dtype=bool)
+        start = time.perf_counter()
+        expand_by_neighbours(emb, valid, args.k, device)
+        expand_s = time.perf_counter() - start
+        start = time.perf_counter()
+        for row in distance_rows(emb, list(range(n)), valid, device):
+            format_row(row)
+        print(f"| {n} | {expand_s:.1f} | {time.perf_counter() - start:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
