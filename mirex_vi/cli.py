@@ -25,9 +25,10 @@ from .cli_weights import weights_group
 # Off by default: the authors' scoring is the plain inner product of the embeddings.
 expand_option = click.option(
     "--expand", type=click.IntRange(0), default=0, show_default=True, metavar="K",
-    help="Before scoring, add to each embedding its K nearest neighbours among the tracks "
-         "scored, weighted by similarity (database-side augmentation): higher MAP, but a "
-         "worse mean rank of the first version found (model card). 0: plain scoring.")
+    help="Before scoring, add to each embedding those of its K nearest neighbours among "
+         "the tracks scored that have it among their K nearest too, weighted by similarity "
+         "(database-side augmentation): higher MAP, but a worse mean rank of the first "
+         "version found (model card). 0: plain scoring.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -43,6 +43,25 @@ def distance_rows(
         yield from dist.cpu().numpy()
 
 
+def nearest_neighbours(
+    embeddings: torch.Tensor, k: int, chunk_size: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(N, k)`` similarities and indices of each row's ``k`` nearest other rows.
+
+    Args:
+        embeddings: ``(N, D)`` unit-norm rows, ``k < N``.
+    """
+    sims_out, index_out = [], []
+    for start in range(0, len(embeddings), chunk_size):
+        sims = embeddings[start : start + chunk_size] @ embeddings.T  # (q, N)
+        own = torch.arange(len(sims), device=sims.device)
+        sims[own, start + own] = -torch.inf  # a track is not its own neighbour
+        top = sims.topk(k, dim=1)
+        sims_out.append(top.values)
+        index_out.append(top.indices)
+    return torch.cat(sims_out), torch.cat(index_out)
+
+
 def expand_by_neighbours(
     embeddings: np.ndarray,
     valid: np.ndarray,
@@ -50,14 +69,16 @@ def expand_by_neighbours(
     device: torch.device = torch.device("cpu"),
     chunk_size: int = 1024,
 ) -> np.ndarray:
-    """Database-side augmentation (Arandjelovic & Zisserman, 2012): each valid track's
-    embedding becomes the unit-length sum of itself and its ``k`` nearest other valid
-    tracks, each weighted by its similarity to the track (negative ones by 0).
+    """Database-side augmentation (Arandjelovic & Zisserman, 2012) over mutual neighbours:
+    each valid track's embedding becomes the unit-length sum of itself and those of its
+    ``k`` nearest other valid tracks that count it among their own ``k`` nearest, each
+    weighted by its similarity to the track (negative ones by 0).
 
     Versions of a work that share a close neighbour move towards each other, so a version
-    that resembles its work's other versions only through a third one is found sooner; a
-    track whose nearest neighbour is another work is pulled towards that work, so the mean
-    rank of the first version found can get worse while MAP improves (model card).
+    that resembles its work's other versions only through a third one is found sooner. A
+    track pulled towards another work's version can be found later by its own, so the mean
+    rank of the first version found can get worse while MAP improves; asking for mutual
+    neighbours leaves out many such pulls (model card: a better MR1 than without).
 
     Args:
         embeddings: ``(N, D)`` float32, unit-norm rows (rows of invalid tracks are ignored).
@@ -73,16 +94,15 @@ def expand_by_neighbours(
     k = min(k, int(valid.sum()) - 1)
     if k <= 0:
         return emb
-    source = torch.from_numpy(emb).to(device)
     pool = torch.from_numpy(np.flatnonzero(valid)).to(device)
-    candidates = source[pool]  # (V, D)
-    expanded = source.clone()
+    candidates = torch.from_numpy(emb).to(device)[pool]  # (V, D)
+    sims, nearest = nearest_neighbours(candidates, k, chunk_size)  # (V, k) each
+    mutual = (nearest[nearest] == torch.arange(len(pool), device=device)[:, None, None]).any(2)
+    weights = torch.where(mutual, sims.clamp(min=0), torch.zeros_like(sims))
+    expanded = emb.copy()
     for start in range(0, len(pool), chunk_size):
-        rows = pool[start : start + chunk_size]
-        sims = source[rows] @ candidates.T  # (q, V)
-        own = torch.arange(len(rows), device=device)
-        sims[own, start + own] = -torch.inf  # a track is not its own neighbour
-        weights, nearest = sims.topk(k, dim=1)
-        summed = source[rows] + (weights.clamp(min=0).unsqueeze(2) * candidates[nearest]).sum(1)
-        expanded[rows] = torch.nn.functional.normalize(summed, dim=1)
-    return expanded.cpu().numpy()
+        rows = slice(start, start + chunk_size)
+        summed = candidates[rows] + (weights[rows, :, None] * candidates[nearest[rows]]).sum(1)
+        unit = torch.nn.functional.normalize(summed, dim=1)
+        expanded[pool[rows].cpu().numpy()] = unit.cpu().numpy()
+    return expanded

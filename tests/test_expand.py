@@ -22,13 +22,16 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def _expected_gram(gram: np.ndarray, k: int) -> np.ndarray:
     """Cosines after expansion, from the cosines before it alone: expanded track i is
-    ``c_i @ E`` up to scale, with ``c_i`` 1 at i and the clipped cosine at each of its k
-    nearest others."""
-    coef = np.eye(len(gram))
-    for i, row in enumerate(gram):
-        others = np.where(np.arange(len(gram)) == i, -np.inf, row)
-        for j in np.argsort(-others, kind="stable")[:k]:
-            coef[i, j] = max(0.0, row[j])
+    ``c_i @ E`` up to scale, with ``c_i`` 1 at i and the clipped cosine at each j among its
+    k nearest others that has i among its own k nearest."""
+    n = len(gram)
+    nearest = [np.argsort(-np.where(np.arange(n) == i, -np.inf, gram[i]), kind="stable")[:k]
+               for i in range(n)]
+    coef = np.eye(n)
+    for i in range(n):
+        for j in nearest[i]:
+            if i in nearest[j]:
+                coef[i, j] = max(0.0, gram[i, j])
     inner = coef @ gram @ coef.T
     norms = np.sqrt(np.diag(inner))
     return inner / np.outer(norms, norms)
@@ -54,16 +57,25 @@ def test_zero_or_no_possible_neighbour_leaves_the_embeddings_as_they_are():
     np.testing.assert_array_equal(expand_by_neighbours(x, lone, 2), x)
 
 
+def test_a_neighbour_that_is_not_mutual_adds_nothing():
+    """b's nearest is a, but a's nearest is c: a and c move towards each other, b stays."""
+    angles = np.radians([0, 20, -30])  # a, c, b
+    x = np.stack([np.cos(angles), np.sin(angles)], 1).astype(np.float32)
+    got = expand_by_neighbours(x, np.ones(3, bool), 1)
+    np.testing.assert_array_equal(got[2], x[2])
+    assert got[0] @ got[1] > x[0] @ x[1]
+
+
 def test_a_neighbour_pointing_away_adds_nothing():
     x = np.array([[1, 0], [-0.6, 0.8]], dtype=np.float32)  # cosine -0.6
     np.testing.assert_array_equal(expand_by_neighbours(x, np.ones(2, bool), 1), x)
 
 
 def test_versions_linked_through_a_third_are_found_first():
-    """On a circle, a1 (0 deg) and a2 (70 deg) are far apart but both near a3 (35 deg), and b
+    """On a circle, a1 (0 deg) and a2 (70 deg) are far apart but both near a3 (34 deg), and b
     (-50 deg) is nearer to a1 than a2 is: plainly a1 finds b before a2. Expanded by one
-    neighbour, a1 and a2 both move towards a3, b towards a1 but less, and a1 finds a2 first."""
-    angles = np.radians([0, 70, 35, -50])
+    mutual neighbour, a1 and a3 move towards each other, and a1 finds a2 before b."""
+    angles = np.radians([0, 70, 34, -50])
     x = np.stack([np.cos(angles), np.sin(angles)], 1).astype(np.float32)
     labels = ["a", "a", "a", "b"]
     cpu = torch.device("cpu")
