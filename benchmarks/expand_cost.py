@@ -1,6 +1,6 @@
 """Time of ``--expand K`` beside the scoring it precedes, on random unit embeddings.
 
-    python benchmarks/expand_cost.py [--n 5000 20000] [--k 2] [--threads 2] [--device cpu]
+    python benchmarks/expand_cost.py [--n 5000 20000] [--k 3] [--threads 2] [--device cpu]
 
 For each collection size N it times ``scoring.expand_by_neighbours`` (N x N inner products
 and a top-K per row) and then what every ``identify`` run does after embedding: the
@@ -25,7 +25,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, nargs="+", default=[5000, 20000])
     parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--k", type=int, default=2)
+    parser.add_argument("--k", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
