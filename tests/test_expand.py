@@ -1,9 +1,11 @@
-"""Database-side augmentation (``--expand K``): each embedding plus its K nearest neighbours,
-weighted by similarity, before scoring."""
+"""Database-side augmentation (``--expand K``): each embedding plus those of its K nearest
+neighbours that have it among their K nearest too, weighted by similarity, before scoring."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -104,9 +106,6 @@ def test_identify_expand_scores_the_expanded_embeddings(tmp_path, tracks, tiny_p
 
 
 def test_evaluate_and_test_subsets_expand_alike_and_matrix_refuses_it(tmp_path, tiny_package):
-    import subprocess
-    import sys
-
     meta, store = _split(tmp_path, n_cliques=5)
     code, text = run_cli("evaluate", "--metadata", meta, "--features-dir", store, "--weights",
                          tiny_package, "--device", "cpu", "--expand", "2", "--json",
