@@ -1,6 +1,6 @@
-"""Shared fixtures: synthetic tracks (from ``mirex_vi.synth``), a tiny weight package, a
-random pooled store, the leftovers of a killed writer, and running the command line
-in-process."""
+"""Shared fixtures: synthetic tracks (from ``mirex_vi.synth``), a tiny weight package,
+random and patterned pooled stores, the leftovers of a killed writer, and running the
+command line in-process (``mirex-vi weights`` commands on a store, ``test_subsets.py``)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from mirex_vi.model import CQTNet
 from mirex_vi.packaging import write_package
 from mirex_vi.pooled import write_store
 from mirex_vi.synth import melody, write_audio
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def write_list(path: Path, lines: list[str]) -> Path:
@@ -65,6 +68,44 @@ def random_store(folder: Path, clique_sizes: list[int], seed: int = 2) -> Path:
                for c, size in enumerate(clique_sizes)}
     (folder / "meta.json").write_text(json.dumps(cliques))
     return folder
+
+
+def derive_with_cli(verb: str, package: Path, store: Path, name: str, root: Path,
+                    *options: str | Path, metadata: Path | None = None) -> tuple[int, str]:
+    """``mirex-vi weights VERB PACKAGE`` on a :func:`random_store` folder (its ``meta.json``,
+    or ``metadata``), written as ``name`` under ``root``: exit code and output."""
+    return run_cli("weights", verb, package, "--metadata", metadata or store / "meta.json",
+                   "--features-dir", store / "store", "--name", name, "--root", root, *options)
+
+
+def patterned_split(folder: Path, n_cliques: int = 4, n_versions: int = 3) -> tuple[Path, Path]:
+    """A light JSON split of works ``C-0000000`` ... and a u8 store of their pooled CQTs, each
+    clique a noisy copy of its own random pattern."""
+    rng = np.random.default_rng(0)
+    meta, versions = {}, {}
+    for c in range(n_cliques):
+        pattern = rng.random((180, 84))
+        clique = f"C-{c:07d}"
+        meta[clique] = [{"version_id": f"{clique}-V{v}", "youtube_id": f"yt{c:04d}v{v:04d}"}
+                        for v in range(n_versions)]
+        for record in meta[clique]:
+            noise = rng.random((180, 84))
+            versions[record["youtube_id"]] = (0.6 * pattern + 0.4 * noise).astype(np.float32)
+    path = folder / "split-light.json"
+    path.write_text(json.dumps(meta))
+    write_store(folder / "store", versions.items(), "u8")
+    return path, folder / "store"
+
+
+def run_test_subsets(meta: Path, store: Path, package: Path, out: Path,
+                     *options: str) -> dict[str, dict]:
+    """``benchmarks/test_subsets.py``'s figures of ``package`` on a split, by subset (its
+    ``--json``, written to ``out``)."""
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "test_subsets.py"), "--metadata", meta,
+                           "--features-dir", store, "--weights", package, *options,
+                           "--json", out], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(out.read_text())[str(package)]
 
 
 def leave_temporaries(folder: Path) -> tuple[Path, Path]:

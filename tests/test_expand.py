@@ -4,18 +4,15 @@ neighbours that have it among their K nearest too, weighted by similarity, befor
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli, write_list
+from conftest import patterned_split, run_cli, run_test_subsets, write_list
 from mirex_vi.evaluate import evaluate_features, score_embeddings
 from mirex_vi.mirex_io import read_distance_matrix
 from mirex_vi.scoring import expand_by_neighbours
-from test_benchmark_splits import BENCHMARKS, _split
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -106,7 +103,7 @@ def test_identify_expand_scores_the_expanded_embeddings(tmp_path, tracks, tiny_p
 
 
 def test_evaluate_and_test_subsets_expand_alike_and_matrix_refuses_it(tmp_path, tiny_package):
-    meta, store = _split(tmp_path, n_cliques=5)
+    meta, store = patterned_split(tmp_path, n_cliques=5)
     code, text = run_cli("evaluate", "--metadata", meta, "--features-dir", store, "--weights",
                          tiny_package, "--device", "cpu", "--expand", "2", "--json",
                          tmp_path / "e.json", "--quiet")
@@ -117,11 +114,8 @@ def test_evaluate_and_test_subsets_expand_alike_and_matrix_refuses_it(tmp_path, 
     plain = evaluate_features(meta, store, str(tiny_package), "cpu", amp=False,
                               progress=False)[0].summary()
     assert from_cli["map"] == pytest.approx(expected["map"]) and expected != plain
-    out = tmp_path / "subsets.json"
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / "test_subsets.py"), "--metadata", meta,
-                           "--features-dir", store, "--weights", tiny_package, "--bounds", "",
-                           "--expand", "2", "--json", out], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(out.read_text())[str(tiny_package)]["all"]["map"] == expected["map"]
+    figures = run_test_subsets(meta, store, tiny_package, tmp_path / "subsets.json",
+                               "--bounds", "", "--expand", "2")
+    assert figures["all"]["map"] == expected["map"]
     code, text = run_cli("evaluate", "--matrix", meta, "--labels", meta, "--expand", "1")
     assert code == 2 and "--expand" in text

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import random_store, run_cli
+from conftest import derive_with_cli, random_store
 
 from mirex_vi.config import MODEL_SIZES
 from mirex_vi.model import CQTNet
@@ -73,9 +73,8 @@ def store(tmp_path):
 
 def test_the_command_writes_a_new_package_with_its_provenance(store, tiny_package):
     out = store / "weights"
-    code, text = run_cli("weights", "recalibrate", tiny_package, "--metadata", store / "meta.json",
-                         "--features-dir", store / "store", "--name", "recal", "--root", out,
-                         "--tracks", "4", "--device", "cpu")
+    code, text = derive_with_cli("recalibrate", tiny_package, store, "recal", out,
+                                 "--tracks", "4", "--device", "cpu")
     assert code == 0, text
     assert "averaged over 4 tracks" in text
     new, old = load_package(out / "recal"), load_package(tiny_package)
@@ -90,17 +89,15 @@ def test_the_command_writes_a_new_package_with_its_provenance(store, tiny_packag
     card = (out / "recal" / "MODEL_CARD.md").read_text()
     assert card.startswith("# tiny-test") and "## BatchNorm statistics" in card
 
-    code, text = run_cli("weights", "recalibrate", tiny_package, "--metadata", store / "meta.json",
-                         "--features-dir", store / "store", "--name", "recal", "--root", out)
+    code, text = derive_with_cli("recalibrate", tiny_package, store, "recal", out)
     assert code == 2 and "exists" in text  # never replaced
 
 
 def test_metadata_without_features_is_one_line_and_leaves_no_package(store, tiny_package, tmp_path):
     (tmp_path / "other.json").write_text(json.dumps({"C-9": [{"version_id": "V-9",
                                                               "youtube_id": "absentxxxxx"}]}))
-    code, text = run_cli("weights", "recalibrate", tiny_package, "--metadata",
-                         tmp_path / "other.json", "--features-dir", store / "store",
-                         "--name", "recal", "--root", store / "weights")
+    code, text = derive_with_cli("recalibrate", tiny_package, store, "recal", store / "weights",
+                                 metadata=tmp_path / "other.json")
     assert code == 2 and "no version has features" in text and "Traceback" not in text
     assert not (store / "weights" / "recal").exists()
     assert not (store / "weights").exists() or not any((store / "weights").iterdir())

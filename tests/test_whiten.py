@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import random_store, run_cli
+from conftest import derive_with_cli, random_store
 
 from mirex_vi.data import read_metadata
 from mirex_vi.evaluate import embed_cliques
@@ -43,9 +43,8 @@ def store(tmp_path):
 
 def test_the_command_folds_the_transform_into_the_last_layer_only(store, tiny_package):
     out = store / "weights"
-    code, text = run_cli("weights", "whiten", tiny_package, "--metadata", store / "meta.json",
-                         "--features-dir", store / "store", "--name", "w", "--root", out,
-                         "--shrinkage", "0.5", "--device", "cpu")
+    code, text = derive_with_cli("whiten", tiny_package, store, "w", out,
+                                 "--shrinkage", "0.5", "--device", "cpu")
     assert code == 0, text
     assert "measured on 9 tracks" in text  # the one-version clique is left out
     new, old = load_package(out / "w"), load_package(tiny_package)
@@ -69,16 +68,15 @@ def test_the_command_folds_the_transform_into_the_last_layer_only(store, tiny_pa
     card = (out / "w" / "MODEL_CARD.md").read_text()
     assert "## Within-clique covariance normalisation" in card
 
-    code, text = run_cli("weights", "whiten", tiny_package, "--metadata", store / "meta.json",
-                         "--features-dir", store / "store", "--name", "w", "--root", out)
+    code, text = derive_with_cli("whiten", tiny_package, store, "w", out)
     assert code == 2 and "exists" in text  # never replaced
 
 
 def test_metadata_without_a_clique_of_two_is_one_line_and_leaves_no_package(store, tiny_package):
     singles = store / "singles.json"
     singles.write_text(json.dumps({"C-3": [{"version_id": "V-9", "youtube_id": "v9xxxxxxxxx"}]}))
-    code, text = run_cli("weights", "whiten", tiny_package, "--metadata", singles,
-                         "--features-dir", store / "store", "--name", "w", "--root", store / "out")
+    code, text = derive_with_cli("whiten", tiny_package, store, "w", store / "out",
+                                 metadata=singles)
     assert code == 2 and "no clique has two versions" in text and "Traceback" not in text
     assert not (store / "out" / "w").exists()
 
