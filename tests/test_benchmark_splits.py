@@ -9,7 +9,10 @@ import sys
 import torch
 from conftest import BENCHMARKS, patterned_split, run_test_subsets
 
-from mirex_vi.evaluate import evaluate_features
+from mirex_vi.data import read_metadata
+from mirex_vi.evaluate import embed_cliques, evaluate_features
+from mirex_vi.metrics import metrics_from_embeddings
+from mirex_vi.weights import load_weights
 
 sys.path.insert(0, str(BENCHMARKS))
 from pair_breakdown import ranks_of_pairs  # noqa: E402
@@ -28,6 +31,27 @@ def test_test_subsets_scores_each_subset_as_evaluate_does(tmp_path, tiny_package
                                      progress=False)[0].summary()
         assert figures[name]["n_queries"] == expected["n_queries"]
         assert figures[name]["map"] == expected["map"]
+
+
+def test_distractors_join_every_gallery_and_are_never_queries(tmp_path, tiny_package):
+    meta, store = patterned_split(tmp_path)
+    plain = run_test_subsets(meta, store, tiny_package, tmp_path / "plain.json", "--bounds", "2")
+    figures = run_test_subsets(meta, store, tiny_package, tmp_path / "figures.json",
+                               "--bounds", "2", "--distractors", meta)
+    # The same split's first versions again, each a clique of its own: copies that tie with
+    # a true version and rank just after it, so MAP must fall while the queries stay.
+    cliques = json.loads(meta.read_text())
+    with_singletons = tmp_path / "with-singletons.json"
+    with_singletons.write_text(json.dumps(
+        {**cliques, **{f"distractor {c}": versions[:1] for c, versions in cliques.items()}}))
+    loaded = load_weights(str(tiny_package))
+    emb, labels = embed_cliques(loaded.model, loaded.features, read_metadata(with_singletons),
+                                store, torch.device("cpu"), amp=False, progress=False)
+    expected = metrics_from_embeddings(emb, labels).summary()
+    assert figures["all"]["n_queries"] == plain["all"]["n_queries"] == expected["n_queries"]
+    assert figures["all"]["map"] == expected["map"] < plain["all"]["map"]
+    assert figures["< 2"]["n_queries"] == plain["< 2"]["n_queries"]
+    assert figures["< 2"]["map"] < plain["< 2"]["map"]
 
 
 def test_pair_ranks_count_only_other_works_above():
