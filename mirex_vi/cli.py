@@ -268,6 +268,7 @@ def evaluate(metadata, features_dir, excerpt, labels, matrix, weights_spec, devi
             if json_out:  # checked first: the figures must not be lost for a bad name
                 inputs = [p for p in (matrix, labels, metadata) if p]
                 inputs += [p for d in (index_dir, features_dir) if d for p in d.iterdir()]
+                inputs += list(ev.read_labels(labels)) if labels else []  # the audio tracks
                 json_out = check_output_location(json_out, inputs)
             if index_dir:
                 evaluate_through_index(index_dir, labels, top_k, nprobe, weights_spec, device,

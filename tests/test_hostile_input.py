@@ -52,6 +52,17 @@ def test_a_zero_embedding_is_never_scored_or_cached(tmp_path, tracks):
     assert not list((tmp_path / "o.txt.work").rglob("*.npy"))
 
 
+def test_evaluate_json_never_replaces_a_labelled_track(tmp_path, tracks, tiny_package):
+    """The tracks a labels file names are inputs too: --json on one is refused first."""
+    labels = tmp_path / "labels.tsv"
+    labels.write_text("".join(f"{p}\t{i // 2}\n" for i, p in enumerate(tracks)))
+    before = tracks[0].read_bytes()
+    code, out = run_cli("evaluate", "--labels", labels, "--weights", tiny_package, "--workers",
+                        "1", "--quiet", "--json", tracks[0])
+    assert code == 2 and "output is also an input" in out and "MAP" not in out, out
+    assert tracks[0].read_bytes() == before
+
+
 @pytest.fixture()
 def flat_index(tmp_path, tracks, tiny_package):
     pytest.importorskip("faiss")
