@@ -16,23 +16,6 @@ import numpy as np
 from .config import AugmentConfig
 
 
-def check_config(cfg: AugmentConfig) -> None:
-    """Raises ValueError naming the first setting outside its range."""
-    for name in ("pitch", "stretch", "envelope", "gain", "noise", "time_mask", "freq_mask"):
-        p = getattr(cfg, f"{name}_prob")
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"augment.{name}_prob={p} is not a probability")
-    if not 0.0 < cfg.stretch_min <= cfg.stretch_max:
-        raise ValueError(f"augment: need 0 < stretch_min={cfg.stretch_min} "
-                         f"<= stretch_max={cfg.stretch_max}")
-    for name in ("pitch_max_bins", "time_mask_max", "freq_mask_max"):
-        if getattr(cfg, name) < 0:
-            raise ValueError(f"augment.{name}={getattr(cfg, name)} must be >= 0")
-    for name in ("envelope_terms", "gain_terms"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"augment.{name}={getattr(cfg, name)} must be >= 1")
-
-
 def augment(x: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
     """Apply each op of ``cfg`` with its probability, in a fixed order.
 

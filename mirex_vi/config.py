@@ -3,8 +3,9 @@
 A ``FeatureConfig`` and a ``ModelConfig`` are saved beside every set of weights, so that
 training and inference cannot disagree. Unknown keys are an error at load time, not a
 silent ``None`` later (the fault that broke the authors' MIREX script), and so is a value
-of the wrong type or, for every feature and model field, out of range (``FEATURE_BOUNDS``,
-``MODEL_BOUNDS``): the message names the field.
+of the wrong type or, for every numeric feature, model and training field and every
+augmentation setting, out of range (``FEATURE_BOUNDS``, ``MODEL_BOUNDS``, ``TRAIN_BOUNDS``,
+``AugmentConfig``): the message names the field.
 
 A YAML config may start from another: ``base: other.yaml`` (a path relative to the
 including file) loads that file first, and this file's keys override its values; nested
@@ -60,7 +61,25 @@ FEATURE_BOUNDS = {
     "eps": Bounds(0, low_open=True),
 }
 MODEL_BOUNDS = {"channels": Bounds(1), "embedding_dim": Bounds(1)}
-TRAIN_BOUNDS = {"memory_size": Bounds(0)}  # the other training fields are checked where used
+# Every numeric training field, so that a bad value is refused as the config is read, not
+# met as a traceback (a division by zero, a NaN loss) once the run folder is written.
+TRAIN_BOUNDS = {
+    "cliques_per_batch": Bounds(1),
+    "versions_per_clique": Bounds(1),
+    "epochs": Bounds(1),
+    "warmup_epochs": Bounds(0),
+    "lr_start": Bounds(0),
+    "lr_peak": Bounds(0, low_open=True),  # the schedule is expressed as a fraction of it
+    "lr_end": Bounds(0),
+    "margin": Bounds(0),
+    "seed": Bounds(0),  # numpy's generators take no negative seed
+    "num_workers": Bounds(0),
+    "val_chunk_size": Bounds(1),
+    "max_val_frames": Bounds(0),
+    "cls_weight": Bounds(0),
+    "label_smoothing": Bounds(0, 1),
+    "memory_size": Bounds(0),
+}
 
 
 def _check_bounds(obj: Any, bounds: dict[str, Bounds]) -> None:
@@ -165,6 +184,23 @@ class AugmentConfig:
     freq_mask_prob: float = 0.0
     freq_mask_max: int = 12
 
+    def __post_init__(self) -> None:
+        """Raises ValueError naming the first setting of the wrong type or out of range."""
+        _check_types(self)
+        for name in ("pitch", "stretch", "envelope", "gain", "noise", "time_mask", "freq_mask"):
+            p = getattr(self, f"{name}_prob")
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"augment.{name}_prob={p} is not a probability")
+        if not 0.0 < self.stretch_min <= self.stretch_max:
+            raise ValueError(f"augment: need 0 < stretch_min={self.stretch_min} "
+                             f"<= stretch_max={self.stretch_max}")
+        for name in ("pitch_max_bins", "time_mask_max", "freq_mask_max"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"augment.{name}={getattr(self, name)} must be >= 0")
+        for name in ("envelope_terms", "gain_terms"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"augment.{name}={getattr(self, name)} must be >= 1")
+
 
 # Named sizes. "mirex" is the submitted model, "ismir2024" the paper's Discogs-VINet,
 # "tiny" a fast model for tests.
@@ -207,6 +243,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_bounds(self, TRAIN_BOUNDS)
+        if self.model not in MODEL_SIZES:
+            raise ValueError(f"TrainConfig.model must be one of {', '.join(MODEL_SIZES)}, "
+                             f"got {self.model!r}")
 
     @property
     def model_config(self) -> ModelConfig:

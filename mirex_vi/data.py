@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .augment import augment, check_config
+from .augment import augment
 from .config import AugmentConfig, FeatureConfig
 from .features import model_input
 from .featstore import random_crop
@@ -199,8 +199,6 @@ class TrainDataset(Dataset):
                  augment_cfg: AugmentConfig | None = None):
         self.source = open_features(features, cfg.downsample_factor)
         self.cfg = cfg
-        if augment_cfg is not None:
-            check_config(augment_cfg)
         self.augment_cfg = augment_cfg
         self.versions: list[Version] = []
         self.members: list[list[int]] = []

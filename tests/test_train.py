@@ -365,3 +365,23 @@ def test_train_refuses_unusable_data_in_one_line(dataset_dir, tmp_path, case, ex
     assert expected.format(root=tmp_path) in result.output
     assert isinstance(result.exception, SystemExit)  # an error line, not a traceback
     assert not (tmp_path / "run" / LAST).exists()
+
+
+@pytest.mark.parametrize("setting, expected", [
+    ("cliques_per_batch=0", "TrainConfig.cliques_per_batch must be >= 1, got 0"),
+    ("lr_peak=0", "TrainConfig.lr_peak must be > 0, got 0.0"),
+    ("lr_start=.nan", "TrainConfig.lr_start must be >= 0, got nan"),
+    ("epochs=-1", "TrainConfig.epochs must be >= 1, got -1"),
+    ("seed=-1", "TrainConfig.seed must be >= 0, got -1"),
+    ("label_smoothing=2", "TrainConfig.label_smoothing must be in [0, 1], got 2.0"),
+    ("model=huge", "TrainConfig.model must be one of mirex, ismir2024, tiny, got 'huge'"),
+    ("augment.pitch_prob=2", "augment.pitch_prob=2.0 is not a probability"),
+])
+def test_train_settings_out_of_range_are_refused_before_the_run_folder(tmp_path, setting,
+                                                                        expected):
+    """Each of these once ended in a traceback (a division by zero, a NaN loss, numpy's
+    refusal of the seed), or trained nothing and exited 0 (epochs -1)."""
+    result = CliRunner().invoke(main, ["train", "--config", str(REPO / TINY), "--quiet", "--set",
+                                       f"output_dir={tmp_path / 'run'}", "--set", setting])
+    assert result.exit_code == 2 and f"error: {expected}" in result.output, result.output
+    assert isinstance(result.exception, SystemExit) and not (tmp_path / "run").exists()
