@@ -295,8 +295,13 @@ def _resolve_chain(path: Path, cls: type, seen: tuple[Path, ...]) -> dict[str, A
     if path in seen:
         chain = " -> ".join(str(p) for p in (*seen, path))
         raise ValueError(f"{path}: base chain is a cycle: {chain}")
-    with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        reason = err.strerror if isinstance(err, OSError) else _one_line(err)
+        base_of = f" (the base of {seen[-1]})" if seen else ""
+        raise ValueError(f"{path}{base_of}: not a readable YAML config ({reason})") from err
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
     base = data.pop(BASE_KEY, None)
@@ -309,6 +314,11 @@ def _resolve_chain(path: Path, cls: type, seen: tuple[Path, ...]) -> dict[str, A
     if not isinstance(base, str) or not base:
         raise ValueError(f"{path}: {BASE_KEY} must be a file name, got {base!r}")
     return _merge(_resolve_chain(path.parent / base, cls, (*seen, path)), data)
+
+
+def _one_line(err: Exception) -> str:
+    """A parser's message (YAML's spans lines, with a caret under the column) on one line."""
+    return " ".join(str(err).split())
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -337,7 +347,10 @@ def with_overrides(cfg: T, assignments: list[str]) -> T:
             node = node[p]
         if leaf not in node:
             raise ValueError(f"override {item!r}: unknown key {key!r}")
-        node[leaf] = yaml.safe_load(raw)
+        try:
+            node[leaf] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ValueError(f"override {item!r}: not a YAML value ({_one_line(err)})") from err
     return from_dict(type(cfg), data)
 
 

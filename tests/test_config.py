@@ -109,3 +109,20 @@ def test_unknown_keys_and_bad_values_name_their_file(tmp_path):
     _write(tmp_path / "leaf.yaml", "base: [root.yaml]\n")
     with pytest.raises(ValueError, match=r"leaf\.yaml: base must be a file name"):
         load_yaml(leaf)
+
+
+def test_yaml_that_cannot_be_read_is_named_in_one_line(tmp_path):
+    """Broken YAML, bytes that are not UTF-8 and a missing base were tracebacks or named no
+    file; a --set value that is not YAML was a traceback."""
+    bad = _write(tmp_path / "bad.yaml", "epochs: [\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml: not a readable YAML config \(while parsing"):
+        load_yaml(bad)
+    (tmp_path / "bin.yaml").write_bytes(b"epochs: \xff\n")
+    with pytest.raises(ValueError, match=r"bin\.yaml: not a readable YAML config \('utf-8'"):
+        load_yaml(tmp_path / "bin.yaml")
+    leaf = _write(tmp_path / "leaf.yaml", "base: gone.yaml\n")
+    with pytest.raises(ValueError, match=r"gone\.yaml \(the base of .*leaf\.yaml\): not a "
+                                         r"readable YAML config \(No such file or directory\)"):
+        load_yaml(leaf)
+    with pytest.raises(ValueError, match=r"override 'epochs=\[': not a YAML value"):
+        with_overrides(TrainConfig(), ["epochs=["])
