@@ -121,6 +121,7 @@ def import_checkpoint(checkpoint: Path, folder: Path, card_file: Path | None = N
     with the model card ``card_file`` (default: one made from the checkpoint); return the
     model sha256."""
     state, model_cfg, features, provenance = read_checkpoint(checkpoint)
+    model_with_state(state, model_cfg, checkpoint)  # refused naming it, not the staging folder
     try:
         card = (card_file.read_text("utf-8") if card_file
                 else default_card(folder.name, model_cfg, provenance))

@@ -204,6 +204,8 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig, F
     if not isinstance(ckpt, dict):
         raise WeightsError(f"{path}: expected a dict, got {type(ckpt).__name__}")
     state = ckpt.get("model_state_dict", ckpt)
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path}: model_state_dict is a {type(state).__name__}, not a state dict")
     state = {_strip_prefixes(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if "front_end.0.weight" not in state or "proj.lin.weight" not in state:
         raise WeightsError(f"{path}: no CQT-Net weights (front_end.0.weight / proj.lin.weight)")
@@ -243,7 +245,12 @@ def _refusal(path: Path) -> str:
 def model_with_state(state: dict[str, torch.Tensor], model_cfg: ModelConfig,
                      where: Path) -> CQTNet:
     """An eval-mode CQT-Net holding ``state`` (``strict=True``); ``where`` names the source in
-    the error."""
+    the error. A NaN or infinite weight is refused: it makes every embedding non-finite, so
+    every track would be skipped."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise WeightsError(f"{where}: {len(bad)} tensor(s) hold NaN or infinite values "
+                           f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
     model = CQTNet(model_cfg)
     try:
         model.load_state_dict(state, strict=True)

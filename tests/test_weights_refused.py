@@ -150,3 +150,28 @@ def test_a_card_that_is_not_utf8_is_named(tmp_path, tiny_package):
                         "--card", tmp_path / "card.md")
     assert code == 2 and out.startswith(f"error: {tmp_path / 'card.md'}: ") and "UTF-8" in out, out
     assert not (tmp_path / "w" / "p").exists()
+
+
+def test_a_checkpoint_whose_state_dict_is_no_dict_is_named(tmp_path):
+    torch.save({"model_state_dict": "weights"}, tmp_path / "odd.pth")  # was an AttributeError
+    code, out = run_cli("weights", "import", tmp_path / "odd.pth", "--name", "x", "--root", tmp_path)
+    assert code == 2 and "odd.pth: model_state_dict is a str, not a state dict" in out, out
+
+
+def test_non_finite_weights_are_refused_on_import_and_load(tmp_path, tracks, tiny_package):
+    """NaN weights made a package whose every embedding was NaN: a matrix of 2.0s, exit 0."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(tiny_package / "model.safetensors")
+    state["front_end.0.weight"][0, 0, 0, 0] = float("nan")
+    torch.save({"model_state_dict": state}, tmp_path / "nan.pth")
+    code, out = run_cli("weights", "import", tmp_path / "nan.pth", "--name", "x", "--root", tmp_path)
+    assert code == 2 and "nan.pth: 1 tensor(s) hold NaN or infinite values" in out, out
+    assert not (tmp_path / "x").exists()
+    folder = tmp_path / "pkg"
+    shutil.copytree(tiny_package, folder)
+    save_file(state, folder / "model.safetensors")
+    reseal(folder)
+    collection = write_list(tmp_path / "c.txt", [str(p) for p in tracks[:2]])
+    code, out = run_cli("identify", collection, collection, tmp_path / "o.txt", "--weights", folder)
+    assert code == 2 and "front_end.0.weight" in out and not (tmp_path / "o.txt").exists(), out
