@@ -60,11 +60,10 @@ def copy_package(source: Path, folder: Path) -> str:
     """Copy the package at ``source`` to the new ``folder``, named after it in its config (the
     checksums follow); return the model sha256. The copy appears whole or not at all."""
     verify_package(source)
+    config = {**read_package_config(source), "name": folder.name}  # errors name the source
 
     def write(staging: Path) -> str:
         shutil.copytree(source, staging)
-        config = read_package_config(staging)
-        config["name"] = folder.name
         return _write_config_and_sums(staging, config)
 
     return _staged(folder, write)

@@ -175,3 +175,13 @@ def test_non_finite_weights_are_refused_on_import_and_load(tmp_path, tracks, tin
     collection = write_list(tmp_path / "c.txt", [str(p) for p in tracks[:2]])
     code, out = run_cli("identify", collection, collection, tmp_path / "o.txt", "--weights", folder)
     assert code == 2 and "front_end.0.weight" in out and not (tmp_path / "o.txt").exists(), out
+
+
+def test_copy_of_a_package_with_a_broken_config_names_the_source(tmp_path, tiny_package):
+    folder = tmp_path / "src"
+    shutil.copytree(tiny_package, folder)
+    (folder / "config.json").write_text('{"model": ')
+    reseal(folder)
+    code, out = run_cli("weights", "copy", folder, "c", "--root", tmp_path / "w")
+    assert code == 2 and out.startswith(f"error: {folder / 'config.json'}: invalid"), out
+    assert not (tmp_path / "w" / "c").exists()
