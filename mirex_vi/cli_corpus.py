@@ -106,6 +106,8 @@ def corpus_command(out_dir, works, versions_per_work, seconds, seed, split, jobs
                                    demo, name, overwrite, quiet, ood=ood, mix=mix, **extra)
     except (RuntimeError, ValueError) as err:  # missing fluidsynth, a folder made otherwise
         _fail(str(err))
+    except OSError as err:  # OUT_DIR under a file, no permission, a full disk
+        _fail(f"{out_dir}: cannot write the corpus ({err.strerror or err}: {err.filename})")
     n_versions = sum(len(v) for v in cliques.values())
     click.echo(f"{len(cliques)} cliques, {n_versions} versions in {out_dir} "
                f"({time.perf_counter() - start:.1f} s)", err=True)

@@ -283,6 +283,15 @@ def test_cli_without_music21_says_how_to_install_it(tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
+@needs_music21
+def test_cli_out_dir_under_a_file_is_one_error_line(tmp_path):
+    (tmp_path / "file").write_text("x")  # mkdir's NotADirectoryError was a traceback
+    result = CliRunner().invoke(cli_main, ["corpus", str(tmp_path / "file" / "out"), "--works",
+                                           "1", "--jobs", "1", "--quiet"])
+    assert result.exit_code == 2 and "cannot write the corpus (Not a directory" in result.output
+    assert isinstance(result.exception, SystemExit)
+
+
 @pytest.mark.parametrize("split", ["0.8,0.2", "0.5,0.3,0.3", "a,b,c"])
 def test_cli_rejects_a_bad_split(tmp_path, split):
     result = CliRunner().invoke(cli_main, ["corpus", str(tmp_path / "out"), "--split", split])
