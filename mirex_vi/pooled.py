@@ -324,7 +324,7 @@ def convert_features(sources: Sequence[str | Path], ids: Iterable[str], out: str
     if any(Path(out).resolve() == Path(source).resolve() for source in sources):
         raise ValueError(f"{out}: the store would replace one it reads; write it elsewhere")
     opened = [open_features(source, downsample_factor) for source in sources]
-    skipped: list[str] = []
+    ids, skipped = list(ids), []
 
     def items() -> Iterator[tuple[str, np.ndarray]]:
         for yt in ids:
@@ -335,7 +335,14 @@ def convert_features(sources: Sequence[str | Path], ids: Iterable[str], out: str
                 continue
             yield yt, pooled
 
-    written = write_store(out, items(), encoding)
+    try:
+        written = write_store(out, items(), encoding)
+    except ValueError as err:  # write_store's "no versions to write": say which and why
+        if len(skipped) < len(ids):
+            raise
+        held = f"none of the {len(ids)} versions asked for" if ids else "no versions"
+        raise ValueError(f"{', '.join(map(str, sources))}: holds {held} (at least one pool of "
+                         f"{downsample_factor} frames long); nothing to write") from err
     if skipped:
         log.warning("%d versions without features or shorter than %d frames were skipped, "
                     "e.g. %s", len(skipped), downsample_factor, ", ".join(skipped[:5]))

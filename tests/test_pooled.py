@@ -101,6 +101,16 @@ def test_convert_layout_pools_every_version(tmp_path):
                           store.pooled("aaaaaaaaaaa"))
 
 
+def test_a_conversion_with_nothing_to_write_says_which_folder_lacks_what(tmp_path):
+    """It said only "no versions to write", naming neither the sources nor the versions."""
+    write_store(tmp_path / "kept", _versions().items(), "u8")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=f"{tmp_path / 'kept'}: holds none of the 2 versions"):
+        convert_features([tmp_path / "kept"], ["zzzzzzzzzzz", "yyyyyyyyyyy"], tmp_path / "a", "u8")
+    with pytest.raises(ValueError, match=f"{tmp_path / 'empty'}: holds no versions"):
+        convert_features([tmp_path / "empty"], [], tmp_path / "b", "u8")
+
+
 def _codes(folder: Path) -> dict[str, np.ndarray]:
     """youtube_id -> its stored uint8 rows, as the file holds them."""
     store = PooledStore.open(folder)
