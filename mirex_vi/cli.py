@@ -270,6 +270,10 @@ def evaluate(metadata, features_dir, excerpt, labels, matrix, weights_spec, devi
                 inputs += [p for d in (index_dir, features_dir) if d for p in d.iterdir()]
                 inputs += list(ev.read_labels(labels)) if labels else []  # the audio tracks
                 json_out = check_output_location(json_out, inputs)
+            if plot_dir:  # so are matplotlib and the plot folder
+                from .plots import check_can_plot
+
+                check_can_plot(plot_dir)
             if index_dir:
                 evaluate_through_index(index_dir, labels, top_k, nprobe, weights_spec, device,
                                        workers, json_out, quiet)

@@ -29,6 +29,23 @@ def _figure_class():
     return Figure
 
 
+def check_can_plot(out_dir: str | os.PathLike) -> None:
+    """Fail now, before the work whose figures are plotted, where :func:`write_plots` would
+    fail after it: no matplotlib, or a folder that cannot be made (under a file, no
+    permission). The folder is made.
+
+    Raises:
+        ValueError: saying which.
+    """
+    try:
+        _figure_class()
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    except ImportError as err:
+        raise ValueError(str(err)) from err
+    except OSError as err:
+        raise ValueError(f"{out_dir}: cannot make the plot folder ({err.strerror})") from err
+
+
 def _save(fig, path: Path) -> Path:
     """Write ``fig`` as PNG to ``path`` atomically."""
     with atomic_open(path, "wb") as f:

@@ -272,6 +272,19 @@ def test_evaluate_checks_the_json_path_before_the_work(tmp_path):
     assert matrix.read_text().startswith("system\n") and labels.read_text().startswith("t0.wav")
 
 
+def test_evaluate_checks_the_plot_folder_and_matplotlib_before_the_work(tmp_path, monkeypatch):
+    """Both failed after the work: a folder under a file exited 3, a missing matplotlib
+    ended in an ImportError traceback."""
+    matrix, labels = write_matrix(tmp_path)
+    code, text = invoke("evaluate", "--matrix", matrix, "--labels", labels, "--plot",
+                        tmp_path / "m.txt" / "plots")
+    assert code == 2 and "cannot make the plot folder (Not a directory)" in text, text
+    assert "MAP" not in text
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if not installed
+    code, text = invoke("evaluate", "--matrix", matrix, "--labels", labels, "--plot", tmp_path / "p")
+    assert code == 2 and "writing plots needs matplotlib" in text and "MAP" not in text, text
+
+
 def test_evaluate_that_cannot_write_its_json_exits_3_after_the_figures(tmp_path, monkeypatch):
     import mirex_vi.evaluate
 
