@@ -293,12 +293,14 @@ def run_training(cfg: TrainConfig, resume: bool = False, device: str = "auto",
     try:
         if not resume:  # the weights first: the one refusal a config's comments explain
             check_init_pin(cfg)
-        check_inputs(cfg)
+        # Both splits are read and checked before the run folder is made: a refusal leaves
+        # nothing behind.
+        loader, sampler = build_train_loader(cfg, ranks, dev)
+        val_set = build_val_set(cfg) if ranks.is_main else None
         if ranks.is_main:
             prepare_run_dir(cfg, resume)
         barrier(ranks)
         torch.backends.cudnn.benchmark = True
-        loader, sampler = build_train_loader(cfg, ranks, dev)
         # A resumed run takes its weights, and their lineage, from last.pt.
         state = build_training_state(cfg, dev, ranks, initial_weights=not resume,
                                      n_classes=len(sampler.members))
@@ -306,8 +308,7 @@ def run_training(cfg: TrainConfig, resume: bool = False, device: str = "auto",
             restore_checkpoint(run_dir / LAST, state, cfg)
             if ranks.is_main:
                 truncate_metrics(run_dir / METRICS, state.epoch)
-        run = RunContext(cfg, ranks, run_dir, loader, sampler,
-                         build_val_set(cfg) if ranks.is_main else None, progress)
+        run = RunContext(cfg, ranks, run_dir, loader, sampler, val_set, progress)
         log.info("training %s on %s x %d: %d batches of %d x %d per epoch and rank",
                  cfg.model, dev, ranks.world_size, len(sampler), cfg.cliques_per_batch,
                  cfg.versions_per_clique)

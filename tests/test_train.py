@@ -364,7 +364,7 @@ def test_train_refuses_unusable_data_in_one_line(dataset_dir, tmp_path, case, ex
     assert result.exit_code == 2, result.output
     assert expected.format(root=tmp_path) in result.output
     assert isinstance(result.exception, SystemExit)  # an error line, not a traceback
-    assert not (tmp_path / "run" / LAST).exists()
+    assert not (tmp_path / "run").exists()  # not even a run folder holding only config.yaml
 
 
 @pytest.mark.parametrize("setting, expected", [
