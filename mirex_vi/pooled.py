@@ -185,9 +185,9 @@ def write_store(out: str | Path, items: Iterable[tuple[str, np.ndarray]],
         The number of versions written.
 
     Raises:
-        ValueError: an unknown encoding, a folder holding a store of another encoding, no
-            items, a duplicate id, or a version that is empty, not finite or of another
-            width (naming the id).
+        ValueError: an unknown encoding, a folder that already holds a store (it is never
+            replaced: a failed rewrite would lose it), no items, a duplicate id, or a version
+            that is empty, not finite or of another width (naming the id).
     """
     if encoding not in ENCODINGS:
         raise ValueError(f"unknown encoding {encoding!r}; known: {', '.join(ENCODINGS)}")
@@ -196,7 +196,10 @@ def write_store(out: str | Path, items: Iterable[tuple[str, np.ndarray]],
     other = [rows_name(e) for e in ENCODINGS if e != encoding and (folder / rows_name(e)).is_file()]
     if other:
         raise ValueError(f"{folder} already holds {other[0]}; a store has one rows file")
-    # An interrupted rewrite must not leave the old index beside new rows.
+    if is_store(folder):
+        raise ValueError(f"{folder} already holds a pooled store; write to a new folder")
+    # Rows without an index (a writer killed between the two) are rewritten; an index
+    # without rows is removed, so that it never stands beside the new rows.
     (folder / INDEX_NAME).unlink(missing_ok=True)
     lines: list[str] = []
     with atomic_open(folder / rows_name(encoding)) as f:

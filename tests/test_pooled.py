@@ -140,6 +140,28 @@ def test_a_merge_never_writes_over_a_store_it_reads(tmp_path):
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
+def test_a_store_is_never_replaced(tmp_path):
+    """A conversion into a folder holding another store replaced it; one that failed half way
+    (here on a duplicate id) left its rows without an index: the store was lost."""
+    write_store(tmp_path / "kept", _versions(0).items(), "u8")
+    write_store(tmp_path / "other", _versions(1).items(), "u8")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "kept").iterdir()}
+    with pytest.raises(ValueError, match="already holds a pooled store; write to a new folder"):
+        convert_features([tmp_path / "other"], list(_versions(1)), tmp_path / "kept", "u8")
+    twice = [("zzzzzzzzzzz", np.ones((2, 84)))] * 2
+    with pytest.raises(ValueError, match="already holds a pooled store"):
+        write_store(tmp_path / "kept", iter(twice), "u8")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "kept").iterdir()} == before
+
+
+def test_rows_left_without_an_index_are_written_again(tmp_path):
+    """A writer killed between the rows and the index leaves no store; a rerun completes it."""
+    write_store(tmp_path, _versions().items(), "u8")
+    (tmp_path / INDEX_NAME).unlink()
+    assert write_store(tmp_path, _versions().items(), "u8") == 3
+    assert sorted(PooledStore.open(tmp_path).entries) == sorted(_versions())
+
+
 # --- bad stores ------------------------------------------------------------------------------
 
 
