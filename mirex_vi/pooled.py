@@ -19,6 +19,7 @@ A *feature source* is anything with ``has(youtube_id)`` and ``pooled(youtube_id)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Iterable, Iterator, Sequence
@@ -338,9 +339,13 @@ def convert_features(sources: Sequence[str | Path], ids: Iterable[str], out: str
                 continue
             yield yt, pooled
 
+    created = not Path(out).exists()
     try:
         written = write_store(out, items(), encoding)
     except ValueError as err:  # write_store's "no versions to write": say which and why
+        if created:  # a refused write leaves no empty folder behind (rmdir: only if empty)
+            with contextlib.suppress(OSError):
+                Path(out).rmdir()
         if len(skipped) < len(ids):
             raise
         held = f"none of the {len(ids)} versions asked for" if ids else "no versions"

@@ -109,6 +109,7 @@ def test_a_conversion_with_nothing_to_write_says_which_folder_lacks_what(tmp_pat
         convert_features([tmp_path / "kept"], ["zzzzzzzzzzz", "yyyyyyyyyyy"], tmp_path / "a", "u8")
     with pytest.raises(ValueError, match=f"{tmp_path / 'empty'}: holds no versions"):
         convert_features([tmp_path / "empty"], [], tmp_path / "b", "u8")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # no empty folders
 
 
 def _codes(folder: Path) -> dict[str, np.ndarray]:
