@@ -102,8 +102,17 @@ def verify_package(folder: Path) -> str:
 
 
 def resolve_weights(spec: str | Path | None) -> Path:
-    """A package folder, a package name under :func:`weights_root`, or a ``.pth`` file."""
-    spec = str(spec or DEFAULT_WEIGHTS)
+    """A package folder, a package name under :func:`weights_root`, or a ``.pth`` file
+    (None: the default package).
+
+    Raises:
+        WeightsError: ``spec`` names none of these, or is empty (an unset shell variable
+            would otherwise pass for the default).
+    """
+    if spec is not None and not str(spec).strip():
+        raise WeightsError(f"weights {str(spec)!r}: empty; leave the option out for the "
+                           f"default package ({DEFAULT_WEIGHTS})")
+    spec = str(spec if spec is not None else DEFAULT_WEIGHTS)
     path = Path(spec)
     if os.path.isfile(path) and path.suffix in (".pth", ".pt"):  # os.path: a bad name is False
         return path

@@ -75,6 +75,16 @@ def test_verify_an_unknown_name_exits_2(tmp_path):
     assert code == 2 and "not found" in out and "Traceback" not in out
 
 
+def test_empty_weights_are_refused_not_taken_for_the_default(tmp_path, tracks):
+    """``--weights "$UNSET"`` quietly identified with the default package."""
+    lst = write_list(tmp_path / "list.txt", [str(t) for t in tracks[:2]])
+    code, out = run_cli("identify", lst, lst, tmp_path / "out.txt", "--weights", "", "--quiet")
+    assert code == 2 and "weights '': empty; leave the option out" in out, out
+    assert not (tmp_path / "out.txt").exists()
+    with pytest.raises(WeightsError, match="empty"):
+        load_weights(" ")
+
+
 def test_a_truncated_model_whose_checksum_matches_is_refused(tmp_path, tracks, tiny_package):
     package = package_with(tmp_path, tiny_package)
     model = package / "model.safetensors"
