@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash or a kill never leaves a partial file at the final path."""
+"""Atomic file writes: a crash or a kill never leaves a partial file at the final path; and
+the folders they go into, made with an error a user can act on."""
 
 from __future__ import annotations
 
@@ -97,3 +98,20 @@ def remove_stale_temporaries(folder: str | Path, older_than_s: float = 3600.0,
             log.warning("cannot remove the leftover %s (%s)", tmp, err.strerror)
     if removed:
         log.info("removed %d temporary files left by an interrupted run in %s", removed, folder)
+
+
+def make_folder(folder: str | Path, what: str) -> None:
+    """Create ``folder`` and its parents.
+
+    Raises:
+        OSError: one line naming ``folder`` as ``what`` ("work folder") and why: the file
+            that stands where a folder must be, else the system's reason.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()),
+                       None)
+        why = f"{blocker} is a file, not a folder" if blocker else err.strerror
+        raise OSError(f"{folder}: cannot create the {what} ({why})") from err

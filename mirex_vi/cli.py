@@ -134,6 +134,7 @@ def extract(out_dir, metadata, audio_root, list_file, encoding, from_features, w
     if from_features:
         _convert_features(from_features, out_dir, metadata, encoding)
         return
+    from .atomic import make_folder
     from .config import FeatureConfig
     from .extract import extract_features, extract_pooled, items_from_list, items_from_metadata
     from .workers import default_workers
@@ -142,7 +143,7 @@ def extract(out_dir, metadata, audio_root, list_file, encoding, from_features, w
         _fail("give either --metadata with --audio-root, or --list")
     try:
         items = items_from_metadata(metadata, audio_root) if metadata else items_from_list(list_file)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(out_dir, "output folder")
         workers = workers or default_workers()
         if encoding:
             summary = extract_pooled(items, out_dir, FeatureConfig(), workers, encoding,

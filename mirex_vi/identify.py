@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import atomic_open, remove_stale_temporaries
+from .atomic import atomic_open, make_folder, remove_stale_temporaries
 from .cache import EmbeddingCache, inference_settings, uses_torch_cqt
 from .embed import TrackError, embed_tracks
 from .mirex_io import (InputError, OutputError, TrackList, check_accepts_files,
@@ -90,9 +90,9 @@ def prepare(collection: Path, queries: Path, output: str | Path, workdir: Path |
     if find_same_file(workdir, [output]):
         raise InputError(f"{workdir}: the work folder cannot be the output")
     try:
-        workdir.mkdir(parents=True, exist_ok=True)
+        make_folder(workdir, "work folder")
     except OSError as err:
-        raise InputError(f"{workdir}: cannot create the work folder ({err.strerror})") from err
+        raise InputError(str(err)) from err
     if not os.access(workdir, os.W_OK | os.X_OK):
         raise InputError(f"{workdir}: work folder is not writable")
     check_accepts_files(workdir, "work folder")

@@ -249,3 +249,19 @@ def test_a_really_full_disk_under_the_workdir(tmp_path, tracks, tiny_package, fu
     code, out = call(collection, tmp_path / "o.txt", tiny_package, "--workdir", full_tmpfs / "w")
     assert code == 0 and len(cache_warnings(caplog)) == 1, out
     assert read_distance_matrix(tmp_path / "o.txt").distances.shape == (2, 2)
+
+
+def test_a_file_where_a_folder_must_be_is_named(tmp_path, tracks, tiny_package):
+    """identify's --workdir and extract's OUT_DIR under (or being) a file said only "File
+    exists" or "[Errno 20] Not a directory: ..."."""
+    collection = write_list(tmp_path / "c.txt", [str(t) for t in tracks])
+    (tmp_path / "plain").write_text("a file\n")
+    for workdir in (tmp_path / "plain", tmp_path / "plain" / "w"):
+        code, out = call(collection, tmp_path / "o.txt", tiny_package, "--workdir", workdir)
+        assert code == 2, out
+        assert (f"{workdir}: cannot create the work folder ({tmp_path / 'plain'} is a file, "
+                "not a folder)") in out
+    code, out = run_cli("extract", tmp_path / "plain" / "feats", "--list", collection,
+                        "--workers", "1", "--quiet")
+    assert code == 2 and f"({tmp_path / 'plain'} is a file, not a folder)" in out, out
+    assert not (tmp_path / "o.txt").exists()
