@@ -27,6 +27,17 @@ def split_parser(doc: str | None) -> argparse.ArgumentParser:
     return parser
 
 
+def add_scoring_options(parser: argparse.ArgumentParser, weights_help: str) -> None:
+    """The options of the scripts that score packages as ``mirex-vi evaluate`` does:
+    ``--weights`` (repeated), ``--excerpt SECONDS``, ``--expand K`` and ``--json OUT``."""
+    parser.add_argument("--weights", action="append", required=True, help=weights_help)
+    parser.add_argument("--excerpt", type=float, metavar="SECONDS",
+                        help="use only the first SECONDS of every version")
+    parser.add_argument("--expand", type=int, default=0, metavar="K",
+                        help="score as `evaluate --expand K` does (default: plain scoring)")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+
+
 def read_split(metadata: Path, features_dir: Path) -> Cliques:
     """The cliques of ``metadata`` whose versions have stored features."""
     return filter_available(read_metadata(metadata), features_dir)

@@ -27,7 +27,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from split_embedding import embed_split, read_split, split_parser  # beside this script
+from split_embedding import (  # beside this script
+    add_scoring_options, embed_split, read_split, split_parser)
 
 from mirex_vi.data import Cliques
 from mirex_vi.evaluate import score_embeddings
@@ -80,18 +81,12 @@ def score_subsets(emb: torch.Tensor, labels: list[str], ranges: dict[str, tuple[
 
 def main() -> None:
     parser = split_parser(__doc__)
-    parser.add_argument("--weights", action="append", required=True,
-                        help="a weight package (folder or name); repeat to compare")
-    parser.add_argument("--excerpt", type=float, metavar="SECONDS",
-                        help="use only the first SECONDS of every version")
+    add_scoring_options(parser, "a weight package (folder or name); repeat to compare")
     parser.add_argument("--bounds", default="360,1000,2000",
                         help="corpus sizes the split was grown through (default: %(default)s)")
-    parser.add_argument("--expand", type=int, default=0, metavar="K",
-                        help="score as `evaluate --expand K` does (default: plain scoring)")
     parser.add_argument("--distractors", type=Path, metavar="OTHER.json",
                         help="add the first version of each clique of this split (same "
                              "--features-dir) to every gallery, as a clique of its own")
-    parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
     ranges = subsets(sorted(int(b) for b in args.bounds.split(",") if b.strip()))

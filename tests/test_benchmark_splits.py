@@ -4,7 +4,10 @@ its users): their figures are ``mirex-vi evaluate``'s on the same cliques."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+
+import numpy as np
 
 import torch
 from conftest import BENCHMARKS, patterned_split, run_test_subsets
@@ -15,6 +18,7 @@ from mirex_vi.metrics import metrics_from_embeddings
 from mirex_vi.weights import load_weights
 
 sys.path.insert(0, str(BENCHMARKS))
+from paired import clique_bootstrap  # noqa: E402
 from pair_breakdown import ranks_of_pairs  # noqa: E402
 
 
@@ -64,3 +68,28 @@ def test_pair_ranks_count_only_other_works_above():
     assert ranks[(2, 3)] == 3  # 0.6 < 0.8 and 0.96
     assert ranks[(3, 2)] == 2  # 0.6 < 0.8 (version 1, work a)
     assert len(pairs) == 4
+
+
+def test_the_paired_interval_resamples_cliques_not_queries():
+    # Two cliques of 50 queries: B gains 1 on every query of one, loses 1 on every query of
+    # the other. Resampling single queries would put the mean within ~0.2 of 0; cliques
+    # drawn whole give {a, a} = +1, {a, b} = 0, {b, b} = -1.
+    diff = np.array([1.0] * 50 + [-1.0] * 50)
+    assert clique_bootstrap(diff, ["a"] * 50 + ["b"] * 50) == (-1.0, 1.0)
+    assert clique_bootstrap(np.full(6, 0.25), list("aabbcc")) == (0.25, 0.25)
+
+
+def test_paired_compares_a_package_with_itself_as_equal(tmp_path, tiny_package):
+    meta, store = patterned_split(tmp_path)
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "paired.py"), "--metadata", meta,
+                           "--features-dir", store, "--weights", tiny_package, "--weights",
+                           tiny_package, "--resamples", "200", "--json", tmp_path / "p.json"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads((tmp_path / "p.json").read_text())
+    expected = evaluate_features(meta, store, str(tiny_package), "cpu", amp=False,
+                                 progress=False)[0].summary()
+    assert figures["map_a"] == figures["map_b"] == expected["map"]
+    assert figures["difference"] == 0 and figures["interval_95"] == [0, 0]
+    assert figures["queries"] == {"better": 0, "worse": 0, "equal": expected["n_queries"]}
+    assert figures["cliques"]["total"] == 4
