@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_open
+from .atomic import atomic_open, make_folder
 from .metrics import RetrievalResult
 
 log = logging.getLogger(__name__)
@@ -39,11 +39,9 @@ def check_can_plot(out_dir: str | os.PathLike) -> None:
     """
     try:
         _figure_class()
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-    except ImportError as err:
+        make_folder(out_dir, "plot folder")
+    except (ImportError, OSError) as err:
         raise ValueError(str(err)) from err
-    except OSError as err:
-        raise ValueError(f"{out_dir}: cannot make the plot folder ({err.strerror})") from err
 
 
 def _save(fig, path: Path) -> Path:

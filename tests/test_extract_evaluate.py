@@ -278,7 +278,7 @@ def test_evaluate_checks_the_plot_folder_and_matplotlib_before_the_work(tmp_path
     matrix, labels = write_matrix(tmp_path)
     code, text = invoke("evaluate", "--matrix", matrix, "--labels", labels, "--plot",
                         tmp_path / "m.txt" / "plots")
-    assert code == 2 and "cannot make the plot folder (Not a directory)" in text, text
+    assert code == 2 and f"cannot create the plot folder ({matrix} is a file" in text, text
     assert "MAP" not in text
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if not installed
     code, text = invoke("evaluate", "--matrix", matrix, "--labels", labels, "--plot", tmp_path / "p")
