@@ -193,21 +193,28 @@ def write_store(out: str | Path, items: Iterable[tuple[str, np.ndarray]],
     if encoding not in ENCODINGS:
         raise ValueError(f"unknown encoding {encoding!r}; known: {', '.join(ENCODINGS)}")
     folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
     other = [rows_name(e) for e in ENCODINGS if e != encoding and (folder / rows_name(e)).is_file()]
     if other:
         raise ValueError(f"{folder} already holds {other[0]}; a store has one rows file")
     if is_store(folder):
         raise ValueError(f"{folder} already holds a pooled store; write to a new folder")
-    # Rows without an index (a writer killed between the two) are rewritten; an index
-    # without rows is removed, so that it never stands beside the new rows.
-    (folder / INDEX_NAME).unlink(missing_ok=True)
-    lines: list[str] = []
-    with atomic_open(folder / rows_name(encoding)) as f:
-        total = _write_rows(f, items, encoding, lines)
-    with atomic_open(folder / INDEX_NAME, "w", encoding="utf-8") as f:
-        f.write("\t".join(INDEX_HEADER) + "\n")
-        f.writelines(lines)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        # Rows without an index (a writer killed between the two) are rewritten; an index
+        # without rows is removed, so that it never stands beside the new rows.
+        (folder / INDEX_NAME).unlink(missing_ok=True)
+        lines: list[str] = []
+        with atomic_open(folder / rows_name(encoding)) as f:
+            total = _write_rows(f, items, encoding, lines)
+        with atomic_open(folder / INDEX_NAME, "w", encoding="utf-8") as f:
+            f.write("\t".join(INDEX_HEADER) + "\n")
+            f.writelines(lines)
+    except BaseException:
+        if created:  # a failed write leaves no folder it made (rmdir takes only an empty one)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     log.info("%s: %d versions, %d rows (%s)", folder, len(lines), total, encoding)
     return len(lines)
 
@@ -339,13 +346,9 @@ def convert_features(sources: Sequence[str | Path], ids: Iterable[str], out: str
                 continue
             yield yt, pooled
 
-    created = not Path(out).exists()
     try:
         written = write_store(out, items(), encoding)
     except ValueError as err:  # write_store's "no versions to write": say which and why
-        if created:  # a refused write leaves no empty folder behind (rmdir: only if empty)
-            with contextlib.suppress(OSError):
-                Path(out).rmdir()
         if len(skipped) < len(ids):
             raise
         held = f"none of the {len(ids)} versions asked for" if ids else "no versions"

@@ -217,6 +217,9 @@ def test_write_rejects_bad_versions_and_leaves_no_store(tmp_path, items, message
     with pytest.raises(ValueError, match=message):
         write_store(tmp_path, iter(items), "f16")
     assert not any(tmp_path.iterdir())  # the temporaries are gone and nothing was published
+    with pytest.raises(ValueError, match=message):
+        write_store(tmp_path / "new" / "store", iter(items), "f16")
+    assert not (tmp_path / "new" / "store").exists()  # nor the folder the write made
 
 
 # --- the shared corpus ------------------------------------------------------------------------
