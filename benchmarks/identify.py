@@ -6,7 +6,8 @@ Makes N synthetic tracks (``mirex_vi.synth.write_tracks``: harmonic melodies + n
 22.05 kHz mono 16-bit WAV, as MIREX provides) once under --data, then times
 
 (a) a serial reference that follows the authors' recipe literally: one track at a time,
-    load, librosa CQT, batch-1 forward, then all-pairs scoring and a plain-Python writer;
+    load, librosa CQT, batch-1 forward (one per tempo scale of the package), then all-pairs
+    scoring and a plain-Python writer;
 (b) ``mirex-vi identify`` (a fresh process and workdir, so nothing is cached),
 
 prints a table, the speed ratio, the peak memory of each, and checks that the two give the
@@ -29,6 +30,7 @@ import torch
 from mirex_vi.audio import file_identity, load_audio
 from mirex_vi.config import FeatureConfig
 from mirex_vi.cache import EmbeddingCache, inference_settings
+from mirex_vi.embed import embed_batch
 from mirex_vi.features import compute_cqt, preprocess
 from mirex_vi.mirex_io import write_distance_matrix
 from mirex_vi.runtime import resolve_device
@@ -53,7 +55,8 @@ def serial_reference(paths: list[Path], weights: str | None, device: torch.devic
         x = preprocess(compute_cqt(audio, CFG), CFG)
         t2 = time.perf_counter()
         with torch.inference_mode():
-            emb = model(torch.from_numpy(x)[None, None].to(device))
+            emb = embed_batch(model, torch.from_numpy(x)[None, None].to(device),
+                              loaded.features.tempo_scales)
         embeddings.append(emb[0].float().cpu().numpy())
         t3 = time.perf_counter()
         stages["decode+resample"] += t1 - t0

@@ -91,17 +91,30 @@ def _write_package_at(root: Path | None, name: str, write) -> None:
     click.echo(f"wrote {folder} (model.safetensors sha256 {sha})")
 
 
+def _tempo_scales(ctx, param, value: str | None) -> tuple[float, ...] | None:
+    """``--tempo-scales 0.7,1,1.4`` as a tuple of floats (ranges are the config's check)."""
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers") from None
+
+
 @weights_group.command("copy")
 @click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("name")
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path),
               help="Where to create the copy [default: the weights folder].")
-def weights_copy(source, name, root) -> None:
+@click.option("--tempo-scales", callback=_tempo_scales, metavar="S1,S2,...",
+              help="Embed at each of these tempi and average the embeddings, e.g. 0.7,1,1.4 "
+                   "(1: one plain pass) [default: the source's].")
+def weights_copy(source, name, root, tempo_scales) -> None:
     """Copy the package SOURCE (a folder) as NAME: its config takes the new name and its
-    checksums follow."""
+    checksums follow; --tempo-scales changes how it embeds (the weights stay the same)."""
     from .packaging import copy_package
 
-    _write_package_at(root, name, lambda folder: copy_package(source, folder))
+    _write_package_at(root, name, lambda folder: copy_package(source, folder, tempo_scales))
 
 
 _package_command("import", "Turn the authors' model_checkpoint.pth into a weight package "

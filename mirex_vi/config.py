@@ -60,6 +60,7 @@ FEATURE_BOUNDS = {
     "min_crop_frames": Bounds(0),
     "eps": Bounds(0, low_open=True),
 }
+TEMPO_SCALE_BOUNDS = Bounds(0.25, 4)  # each of FeatureConfig.tempo_scales
 MODEL_BOUNDS = {"channels": Bounds(1), "embedding_dim": Bounds(1)}
 # Every numeric training field, so that a bad value is refused as the config is read, not
 # met as a traceback (a division by zero, a NaN loss) once the run folder is written.
@@ -124,9 +125,15 @@ class FeatureConfig:
     crop_frames: int = 7600  # random crop length in training
     min_crop_frames: int = 0  # > 0: crop lengths uniform in [this, crop_frames] (not the report)
     eps: float = 1e-6  # added to the max before max-normalisation
+    # Embed every input at each of these tempi (its pooled time axis resampled by the
+    # factor) and average the embeddings; (1.0,) is one plain pass, as in the report.
+    tempo_scales: tuple[float, ...] = (1.0,)
 
     def __post_init__(self) -> None:
+        if isinstance(self.tempo_scales, list):  # as JSON and YAML give it
+            object.__setattr__(self, "tempo_scales", tuple(self.tempo_scales))
         _check_bounds(self, FEATURE_BOUNDS)
+        self._check_tempo_scales()
         # The band up to one bin above the top bin must stay below Nyquist (a margin wider
         # than librosa's filter bandwidth); compared in octaves, which cannot overflow.
         octaves_above_fmin = self.n_bins / self.bins_per_octave
@@ -135,6 +142,15 @@ class FeatureConfig:
                 f"FeatureConfig.n_bins: {self.n_bins} bins from fmin {self.fmin:g} Hz at "
                 f"{self.bins_per_octave} per octave pass the Nyquist frequency of sample_rate "
                 f"{self.sample_rate} ({self.sample_rate / 2:g} Hz)")
+
+    def _check_tempo_scales(self) -> None:
+        scales = self.tempo_scales
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scales)
+        if not (scales and numbers and all(math.isfinite(v) and TEMPO_SCALE_BOUNDS.admits(v)
+                                           for v in scales)):
+            raise ValueError(f"FeatureConfig.tempo_scales must be one or more numbers "
+                             f"{TEMPO_SCALE_BOUNDS.describe()}, got {list(scales)!r}")
+        object.__setattr__(self, "tempo_scales", tuple(float(v) for v in scales))
 
     @property
     def frame_rate(self) -> float:
@@ -272,8 +288,10 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
-    """Plain nested dict of a config, for JSON/YAML and checkpoints."""
-    return dataclasses.asdict(obj)
+    """Plain nested dict of a config, for JSON/YAML and checkpoints (tuples become lists,
+    which YAML's safe dumper can write)."""
+    return dataclasses.asdict(obj, dict_factory=lambda items: {
+        k: list(v) if isinstance(v, tuple) else v for k, v in items})
 
 
 BASE_KEY = "base"

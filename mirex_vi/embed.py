@@ -18,6 +18,7 @@ from typing import TypeVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .audio import AudioError, FileIdentity, changed_since, file_identity
 from .cache import EmbeddingCache, inference_settings
@@ -49,8 +50,10 @@ def embed_inputs(
     device: torch.device,
     amp: bool,
     batch_size: int = 16,
+    tempo_scales: Sequence[float] = (1.0,),
 ) -> torch.Tensor:
-    """Embed preprocessed inputs, batching only those of equal length.
+    """Embed preprocessed inputs, batching only those of equal length, each at every one of
+    ``tempo_scales`` (``FeatureConfig.tempo_scales``; see :func:`embed_batch`).
 
     Padding would change a track's embedding (the global max-pool would see the pad), so
     inputs of different lengths never share a batch; results equal batch-size-1 calls within
@@ -75,9 +78,44 @@ def embed_inputs(
             chunk = indices[start : start + batch_size]
             batch = torch.stack([torch.as_tensor(inputs[i]) for i in chunk])[:, None]  # (B, 1, F, T')
             with autocast(device, amp):
-                emb = model(batch.to(device, memory_format=torch.channels_last, non_blocking=True))
+                emb = embed_batch(model, batch.to(device, memory_format=torch.channels_last,
+                                                  non_blocking=True), tempo_scales)
             out[chunk] = emb.float().cpu()
     return out
+
+
+def embed_batch(model: CQTNet, batch: torch.Tensor,
+                tempo_scales: Sequence[float] = (1.0,)) -> torch.Tensor:
+    """``(B, D)`` unit-norm embeddings of ``(B, 1, F, T')`` model inputs of one length.
+
+    For ``tempo_scales`` other than ``(1.0,)``, the normalised sum of the model's embeddings
+    of the batch at each tempo (:func:`at_tempo`): versions played faster or slower than
+    the model's training crops still meet one of the tempi it knows.
+    """
+    if tuple(tempo_scales) == (1.0,):
+        return model(batch)
+    total = sum(model(at_tempo(batch, scale)).float() for scale in tempo_scales)
+    return F.normalize(total, p=2, dim=1)
+
+
+def at_tempo(batch: torch.Tensor, scale: float) -> torch.Tensor:
+    """``(B, 1, F, T')`` model inputs with their time axis resampled to ``round(T' * scale)``
+    frames (``scale`` > 1 is slower), zero-padded at the end to the model's shortest input
+    (``CQTNet.min_pooled_frames``) and max-normalised again.
+
+    The resampling is ``augment.stretch_time``'s, the training augmentation: linear
+    interpolation between frame centres.
+    """
+    b, c, f, t = batch.shape
+    t_out = max(1, round(t * scale))
+    x = batch
+    if t_out != t:
+        x = F.interpolate(batch.reshape(b, c * f, t), size=t_out, mode="linear",
+                          align_corners=False).reshape(b, c, f, t_out)
+    if t_out < CQTNet.min_pooled_frames:
+        x = F.pad(x, (0, CQTNet.min_pooled_frames - t_out))
+    x = x / x.amax(dim=(1, 2, 3), keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 def embed_stream(
@@ -88,9 +126,11 @@ def embed_stream(
     batch_size: int = 16,
     chunk_size: int = 256,
     on_chunk: Callable[[int], None] = lambda n: None,
+    tempo_scales: Sequence[float] = (1.0,),
 ) -> torch.Tensor:
     """Embed a stream of preprocessed ``(n_bins, T')`` inputs of many lengths (whole stored
-    tracks), ``chunk_size`` of them in memory at a time.
+    tracks), ``chunk_size`` of them in memory at a time, each at every one of
+    ``tempo_scales``.
 
     cuDNN autotuning is off meanwhile: tuning each distinct length would cost more than it
     saves.
@@ -102,7 +142,7 @@ def embed_stream(
     chunk: list[np.ndarray | torch.Tensor] = []
 
     def flush() -> None:
-        parts.append(embed_inputs(model, chunk, device, amp, batch_size))
+        parts.append(embed_inputs(model, chunk, device, amp, batch_size, tempo_scales))
         on_chunk(len(chunk))
         chunk.clear()
 
@@ -298,7 +338,8 @@ class _Embedder:
 
     def _embed(self, inputs: list[Input], amp: bool) -> np.ndarray:
         """``(len(inputs), D)`` float32."""
-        return embed_inputs(self.model, inputs, self.device, amp, self.batch_size).numpy()
+        return embed_inputs(self.model, inputs, self.device, amp, self.batch_size,
+                            self.cfg.tempo_scales).numpy()
 
     def _embed_alone(self, x: Input, amp: bool) -> np.ndarray | None:
         out = unless_out_of_memory(lambda: self._embed([x], amp), self.device)

@@ -131,7 +131,7 @@ def embed_cliques(model: CQTNet, cfg: FeatureConfig, cliques: Cliques, features_
 
     Each whole track, or with ``excerpt`` its first ``round(excerpt * cfg.frame_rate)`` CQT
     frames (on the pooling grid), becomes a model input as in validation
-    (``data.FullTrackDataset``) and is embedded on ``device``.
+    (``data.FullTrackDataset``) and is embedded on ``device`` at ``cfg.tempo_scales``.
 
     Raises:
         InputError: naming the versions whose embedding is zero or not finite.
@@ -149,7 +149,7 @@ def embed_cliques(model: CQTNet, cfg: FeatureConfig, cliques: Cliques, features_
     inputs = (dataset[i][0] for i in range(len(dataset)))
     with tqdm(total=len(dataset), desc="embed", unit="track", disable=not progress) as bar:
         emb = embed_stream(model.to(device), inputs, device, amp_enabled(device, amp),
-                           on_chunk=bar.update)
+                           on_chunk=bar.update, tempo_scales=cfg.tempo_scales)
     unusable = [v.youtube_id for v, ok in zip(dataset.versions, _usable(emb)) if not ok]
     if unusable:  # never scored as if real: a zero vector ties with everything
         cause = "a stored CQT that is all zero or not finite"

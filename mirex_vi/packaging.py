@@ -56,11 +56,19 @@ def write_package(
     return _write_config_and_sums(folder, config)
 
 
-def copy_package(source: Path, folder: Path) -> str:
+def copy_package(source: Path, folder: Path, tempo_scales: tuple[float, ...] | None = None) -> str:
     """Copy the package at ``source`` to the new ``folder``, named after it in its config (the
-    checksums follow); return the model sha256. The copy appears whole or not at all."""
+    checksums follow), with the feature config's ``tempo_scales`` replaced when given;
+    return the model sha256. The copy appears whole or not at all.
+
+    Raises:
+        ValueError: ``tempo_scales`` out of range (``FeatureConfig``), or a bad source.
+    """
     verify_package(source)
     config = {**read_package_config(source), "name": folder.name}  # errors name the source
+    if tempo_scales is not None:
+        features = from_dict(FeatureConfig, {**config["features"], "tempo_scales": tempo_scales})
+        config["features"] = to_dict(features)
 
     def write(staging: Path) -> str:
         shutil.copytree(source, staging)

@@ -60,9 +60,11 @@ def measure_agreement(weights: LoadedWeights, device: torch.device, amp: bool,
     cqt_rel_error = float(np.linalg.norm(ours - ref) / np.linalg.norm(ref))
     cpu = torch.device("cpu")
     exact = embed_inputs(copy.deepcopy(weights.model).to(cpu).eval(),
-                         [preprocess(compute_cqt(audio, cfg), cfg)], cpu, amp=False)[0]
+                         [preprocess(compute_cqt(audio, cfg), cfg)], cpu, amp=False,
+                         tempo_scales=cfg.tempo_scales)[0]
     model = weights.model.to(device).eval()
-    configured = embed_inputs(model, [front_end(PackedAudio.pack(audio))], device, amp)[0]
+    configured = embed_inputs(model, [front_end(PackedAudio.pack(audio))], device, amp,
+                              tempo_scales=cfg.tempo_scales)[0]
     return PathAgreement(cqt_rel_error, float(exact @ configured))
 
 

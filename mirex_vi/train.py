@@ -252,7 +252,8 @@ def validate(model: nn.Module, dataset: FullTrackDataset, cfg: TrainConfig,
 
     model.eval()
     loader = DataLoader(dataset, batch_size=None, num_workers=cfg.num_workers)
-    embeddings = embed_stream(model, (x for x, _ in loader), device, cfg.amp)  # (N, D)
+    embeddings = embed_stream(model, (x for x, _ in loader), device, cfg.amp,  # (N, D)
+                              tempo_scales=cfg.features.tempo_scales)
     result = metrics_from_embeddings(embeddings, dataset.labels.tolist(), cfg.val_chunk_size, device)
     return result.summary()
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from mirex_vi.config import MODEL_SIZES
+from mirex_vi.embed import embed_inputs
 from mirex_vi.features import compute_cqt, preprocess
 from mirex_vi.model import CQTNet
 from mirex_vi.synth import piano_like
@@ -54,11 +55,12 @@ def model_input(cfg) -> np.ndarray:
 
 
 def reference(weights: str | Path) -> dict:
-    """The model input's shape and per-bin means, and the fp32 CPU embedding, of ``weights``."""
+    """The model input's shape and per-bin means, and the fp32 CPU embedding (at the
+    package's tempo scales, as every command embeds), of ``weights``."""
     loaded = load_weights(weights)
     x = model_input(loaded.features)
-    with torch.inference_mode():
-        emb = loaded.model.eval()(torch.from_numpy(x)[None, None])[0].numpy()  # (D,)
+    emb = embed_inputs(loaded.model.eval(), [x], torch.device("cpu"), amp=False,
+                       tempo_scales=loaded.features.tempo_scales)[0].numpy()  # (D,)
     return dict(sha256=loaded.sha256, input_shape=list(x.shape),
                 input_bin_means=[round(float(v), 7) for v in x.mean(axis=1)],
                 embedding=[round(float(v), 7) for v in emb])

@@ -182,11 +182,11 @@ def test_out_of_memory_in_the_model_retries_alone_then_skips(tracks, weights, mo
     exact = _embed(tracks, weights, "librosa")
     real, calls = embed.embed_inputs, []
 
-    def small_device(model, inputs, device, amp, batch_size=16):
+    def small_device(model, inputs, device, amp, batch_size=16, tempo_scales=(1.0,)):
         calls.append(len(inputs))
         if len(inputs) > 1 or len(calls) == 2:  # no pair fits, nor the first track alone
             raise torch.OutOfMemoryError("CUDA out of memory")
-        return real(model, inputs, device, amp, batch_size)
+        return real(model, inputs, device, amp, batch_size, tempo_scales)
 
     monkeypatch.setattr(embed, "embed_inputs", small_device)
     run = _embed(tracks, weights, "librosa")  # batches of 2 tracks of equal length
