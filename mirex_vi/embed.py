@@ -88,12 +88,13 @@ def embed_batch(model: CQTNet, batch: torch.Tensor,
                 tempo_scales: Sequence[float] = (1.0,)) -> torch.Tensor:
     """``(B, D)`` unit-norm embeddings of ``(B, 1, F, T')`` model inputs of one length.
 
-    For ``tempo_scales`` other than ``(1.0,)``, the normalised sum of the model's embeddings
-    of the batch at each tempo (:func:`at_tempo`): versions played faster or slower than
-    the model's training crops still meet one of the tempi it knows.
+    One scale gives the model's embeddings of the batch at that tempo (:func:`at_tempo`;
+    at 1.0 the batch itself, the report's single pass). Several give the normalised sum
+    of those at each tempo: versions played faster or slower than the model's training
+    crops still meet one of the tempi it knows.
     """
-    if tuple(tempo_scales) == (1.0,):
-        return model(batch)
+    if len(tempo_scales) == 1:
+        return model(at_tempo(batch, tempo_scales[0]))
     total = sum(model(at_tempo(batch, scale)).float() for scale in tempo_scales)
     return F.normalize(total, p=2, dim=1)
 
@@ -101,17 +102,18 @@ def embed_batch(model: CQTNet, batch: torch.Tensor,
 def at_tempo(batch: torch.Tensor, scale: float) -> torch.Tensor:
     """``(B, 1, F, T')`` model inputs with their time axis resampled to ``round(T' * scale)``
     frames (``scale`` > 1 is slower), zero-padded at the end to the model's shortest input
-    (``CQTNet.min_pooled_frames``) and max-normalised again.
+    (``CQTNet.min_pooled_frames``) and max-normalised again; the batch itself when the
+    length stays the same.
 
     The resampling is ``augment.stretch_time``'s, the training augmentation: linear
     interpolation between frame centres.
     """
     b, c, f, t = batch.shape
     t_out = max(1, round(t * scale))
-    x = batch
-    if t_out != t:
-        x = F.interpolate(batch.reshape(b, c * f, t), size=t_out, mode="linear",
-                          align_corners=False).reshape(b, c, f, t_out)
+    if t_out == t:
+        return batch
+    x = F.interpolate(batch.reshape(b, c * f, t), size=t_out, mode="linear",
+                      align_corners=False).reshape(b, c, f, t_out)
     if t_out < CQTNet.min_pooled_frames:
         x = F.pad(x, (0, CQTNet.min_pooled_frames - t_out))
     x = x / x.amax(dim=(1, 2, 3), keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 
 import torch
-from conftest import BENCHMARKS, patterned_split, run_test_subsets
+from conftest import BENCHMARKS, patterned_split, run_cli, run_test_subsets
 
 from mirex_vi.data import read_metadata
 from mirex_vi.evaluate import embed_cliques, evaluate_features
@@ -93,3 +93,23 @@ def test_paired_compares_a_package_with_itself_as_equal(tmp_path, tiny_package):
     assert figures["difference"] == 0 and figures["interval_95"] == [0, 0]
     assert figures["queries"] == {"better": 0, "worse": 0, "equal": expected["n_queries"]}
     assert figures["cliques"]["total"] == 4
+
+
+def test_tempo_sweep_scores_each_set_as_a_package_at_those_tempi_does(tmp_path, tiny_package):
+    meta, store = patterned_split(tmp_path)
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "tempo_sweep.py"), "--metadata",
+                           meta, "--features-dir", store, "--weights", tiny_package,
+                           "--sets", "1", "0.7,1,1.4", "--json", tmp_path / "t.json"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads((tmp_path / "t.json").read_text())["sets"]
+    assert [row["tempo_scales"] for row in rows] == [[1.0], [0.7, 1.0, 1.4]]
+    copy = tmp_path / "w" / "tta"
+    assert run_cli("weights", "copy", tiny_package, "tta", "--root", tmp_path / "w",
+                   "--tempo-scales", "0.7,1,1.4")[0] == 0
+    for row, package in zip(rows, (tiny_package, copy)):
+        expected = evaluate_features(meta, store, str(package), "cpu", amp=False,
+                                     progress=False)[0].summary()
+        assert row["n_queries"] == expected["n_queries"]
+        assert abs(row["map"] - expected["map"]) < 1e-9
+    assert rows[0]["map"] != rows[1]["map"]
