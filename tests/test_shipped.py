@@ -28,8 +28,11 @@ def test_default_package_verifies_and_loads():
     loaded = load_weights()
     assert loaded.name == DEFAULT_WEIGHTS and len(loaded.sha256) == 64
     assert loaded.model.cfg.channels == 40 and loaded.model.cfg.embedding_dim == 512
-    # Inference uses the report's features; only the training crops differ.
-    assert dataclasses.replace(loaded.features, crop_frames=7600, min_crop_frames=0) == FeatureConfig()
+    # Inference uses the report's features, embedded at three tempi (docs/REFERENCE.md §1);
+    # otherwise only the training crops differ.
+    assert loaded.features.tempo_scales == (0.7, 1.0, 1.4)
+    assert dataclasses.replace(loaded.features, crop_frames=7600, min_crop_frames=0,
+                               tempo_scales=(1.0,)) == FeatureConfig()
     card = (weights_root() / DEFAULT_WEIGHTS / "MODEL_CARD.md").read_text()
     assert "synthetic" in card.lower() and "weights import" in card
 
