@@ -21,20 +21,17 @@ import torch
 import torch.nn.functional as F
 from split_embedding import read_split, split_parser  # beside this script
 
+from mirex_vi.config import parse_tempo_scales
 from mirex_vi.evaluate import embed_cliques, score_embeddings
 from mirex_vi.weights import load_weights
 
 CPU = torch.device("cpu")
 
 
-def parse_set(text: str) -> tuple[float, ...]:
-    return tuple(float(v) for v in text.split(","))
-
-
 def main() -> None:
     parser = split_parser(__doc__)
     parser.add_argument("--weights", required=True, help="a weight package (folder or name)")
-    parser.add_argument("--sets", type=parse_set, nargs="+", required=True,
+    parser.add_argument("--sets", type=parse_tempo_scales, nargs="+", required=True,
                         metavar="S1,S2,...", help="tempo scale sets to score")
     parser.add_argument("--excerpt", type=float, metavar="SECONDS",
                         help="use only the first SECONDS of every version")

@@ -93,10 +93,12 @@ def _write_package_at(root: Path | None, name: str, write) -> None:
 
 def _tempo_scales(ctx, param, value: str | None) -> tuple[float, ...] | None:
     """``--tempo-scales 0.7,1,1.4`` as a tuple of floats (ranges are the config's check)."""
+    from .config import parse_tempo_scales
+
     if value is None:
         return None
     try:
-        return tuple(float(v) for v in value.split(","))
+        return parse_tempo_scales(value)
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers") from None
 

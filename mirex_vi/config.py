@@ -287,6 +287,15 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     return obj
 
 
+def parse_tempo_scales(text: str) -> tuple[float, ...]:
+    """``"0.7,1,1.4"`` as ``(0.7, 1.0, 1.4)``; ranges are ``FeatureConfig``'s check.
+
+    Raises:
+        ValueError: an item is not a number.
+    """
+    return tuple(float(v) for v in text.split(","))
+
+
 def to_dict(obj: Any) -> dict[str, Any]:
     """Plain nested dict of a config, for JSON/YAML and checkpoints (tuples become lists,
     which YAML's safe dumper can write)."""
