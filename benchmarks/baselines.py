@@ -31,14 +31,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mirex_vi.audio import load_audio
 from mirex_vi.config import MODEL_SIZES
-from mirex_vi.data import filter_available, read_metadata
-from mirex_vi.evaluate import evaluate_cliques, format_figures
-from mirex_vi.extract import AUDIO_EXTENSIONS
-from mirex_vi.metrics import metrics_from_distances, metrics_from_embeddings
-from mirex_vi.model import CQTNet
-from mirex_vi.weights import load_weights
+from mirex_vi.eval.evaluate import evaluate_cliques, format_figures
+from mirex_vi.eval.metrics import metrics_from_distances, metrics_from_embeddings
+from mirex_vi.features.pooled import filter_available
+from mirex_vi.io.audio import load_audio
+from mirex_vi.io.metadata import read_metadata
+from mirex_vi.io.metadata import AUDIO_EXTENSIONS
+from mirex_vi.model.cqtnet import CQTNet
+from mirex_vi.model.weights import load_weights
 
 CHROMA_RATE = 22050
 CHROMA_FRAME = 4096

@@ -15,7 +15,7 @@ import argparse
 
 import numpy as np
 
-from mirex_vi.pooled import PooledStore
+from mirex_vi.features.pooled import PooledStore
 
 RANGE_DB = 80.0
 

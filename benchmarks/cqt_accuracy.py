@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from mirex_vi.config import FeatureConfig
-from mirex_vi.cqt_torch import TorchCQT
-from mirex_vi.features import preprocess
+from mirex_vi.features.cqt_torch import TorchCQT
+from mirex_vi.features.frontend import preprocess
 from mirex_vi.synth import piano_like, sines
 
 SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")

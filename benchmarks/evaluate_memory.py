@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from mirex_vi.metrics import metrics_from_embeddings
+from mirex_vi.eval.metrics import metrics_from_embeddings
 
 
 def _peak_rss_mib() -> float:

@@ -4,7 +4,7 @@
 
 For each collection size N it times ``scoring.expand_by_neighbours`` (N x N inner products
 and a top-K per row) and then what every ``identify`` run does after embedding: the
-distance rows of all N queries, formatted as the matrix's text (``mirex_io.format_row``;
+distance rows of all N queries, formatted as the matrix's text (``io.matrix.format_row``;
 the file itself is not written).
 """
 
@@ -16,8 +16,8 @@ import time
 import numpy as np
 import torch
 
-from mirex_vi.mirex_io import format_row
-from mirex_vi.scoring import distance_rows, expand_by_neighbours
+from mirex_vi.inference.scoring import distance_rows, expand_by_neighbours
+from mirex_vi.io.matrix import format_row
 
 
 def main() -> None:

@@ -49,20 +49,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mirex_vi.checkpoint import git_commit
 from mirex_vi.config import MODEL_SIZES, FeatureConfig
-from mirex_vi.cqt_torch import TorchCQT
-from mirex_vi.embed import embed_inputs
-from mirex_vi.features import PackedAudio, TorchFrontEnd, librosa_cqt
-from mirex_vi.identify import identify, prepare
-from mirex_vi.mirex_io import read_distance_matrix
-from mirex_vi.runtime import (FFT_PLAN_CACHE_SIZE, disable_tf32_without_amp, resolve_device,
-                              tolerance)
-from mirex_vi.selfcheck import measure_agreement
+from mirex_vi.core.runtime import (FFT_PLAN_CACHE_SIZE, disable_tf32_without_amp, resolve_device,
+                                   tolerance)
+from mirex_vi.features.cqt_torch import TorchCQT
+from mirex_vi.features.frontend import PackedAudio, TorchFrontEnd, librosa_cqt
+from mirex_vi.inference.embed import embed_inputs
+from mirex_vi.inference.identify import identify, prepare
+from mirex_vi.inference.selfcheck import measure_agreement
+from mirex_vi.io.matrix import read_distance_matrix
+from mirex_vi.model.cqtnet import CQTNet
+from mirex_vi.model.packaging import write_package
+from mirex_vi.model.weights import LoadedWeights, load_weights
 from mirex_vi.synth import SR, piano_like, random_melody, write_audio
-from mirex_vi.model import CQTNet
-from mirex_vi.packaging import write_package
-from mirex_vi.weights import LoadedWeights, load_weights
+from mirex_vi.train.checkpoint import git_commit
 
 from gpu_check_training import amp_training, ddp_one_rank, resume_from_cpu  # beside this script
 

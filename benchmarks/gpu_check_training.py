@@ -21,13 +21,13 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-from mirex_vi.checkpoint import BEST, LAST, METRICS, checkpoint_payload
 from mirex_vi.config import TrainConfig, load_yaml, with_overrides
-from mirex_vi.distributed import Ranks
-from mirex_vi.packaging import import_checkpoint
-from mirex_vi.pooled import write_store
-from mirex_vi.train import build_train_loader, build_training_state, run_training, train_epoch
-from mirex_vi.weights import load_weights
+from mirex_vi.features.pooled import write_store
+from mirex_vi.model.packaging import import_checkpoint
+from mirex_vi.model.weights import load_weights
+from mirex_vi.train.checkpoint import BEST, LAST, METRICS, checkpoint_payload
+from mirex_vi.train.distributed import Ranks
+from mirex_vi.train.loop import build_train_loader, build_training_state, run_training, train_epoch
 
 REPO = Path(__file__).resolve().parent.parent
 

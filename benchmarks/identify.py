@@ -27,15 +27,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mirex_vi.audio import file_identity, load_audio
 from mirex_vi.config import FeatureConfig
-from mirex_vi.cache import EmbeddingCache, inference_settings
-from mirex_vi.embed import embed_batch
-from mirex_vi.features import compute_cqt, preprocess
-from mirex_vi.mirex_io import write_distance_matrix
-from mirex_vi.runtime import resolve_device
+from mirex_vi.core.runtime import resolve_device
+from mirex_vi.features.frontend import compute_cqt, preprocess
+from mirex_vi.inference.cache import EmbeddingCache, inference_settings
+from mirex_vi.inference.embed import embed_batch
+from mirex_vi.io.audio import file_identity, load_audio
+from mirex_vi.io.matrix import write_distance_matrix
+from mirex_vi.model.weights import load_weights
 from mirex_vi.synth import write_tracks
-from mirex_vi.weights import load_weights
 
 CFG = FeatureConfig()
 

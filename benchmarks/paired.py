@@ -22,8 +22,8 @@ import torch
 from split_embedding import (  # beside this script
     add_scoring_options, embed_split, read_split, split_parser)
 
-from mirex_vi.evaluate import score_embeddings
-from mirex_vi.metrics import RetrievalResult
+from mirex_vi.eval.evaluate import score_embeddings
+from mirex_vi.eval.metrics import RetrievalResult
 
 CPU = torch.device("cpu")
 

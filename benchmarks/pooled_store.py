@@ -29,12 +29,15 @@ import numpy as np
 import torch
 
 from mirex_vi.config import FeatureConfig
-from mirex_vi.data import TrainDataset, Version
-from mirex_vi.extract import extract_features, items_from_list
-from mirex_vi.features import model_input, preprocess
-from mirex_vi.featstore import load_feature, random_crop, save_feature
-from mirex_vi.pooled import PooledStore, convert_layout, layout_ids
-from mirex_vi.weights import load_weights
+from mirex_vi.features.extract import extract_features
+from mirex_vi.features.frontend import model_input, preprocess
+from mirex_vi.features.layout import load_feature, save_feature
+from mirex_vi.features.pooled import PooledStore, convert_layout, layout_ids
+from mirex_vi.io.metadata import Version
+from mirex_vi.io.metadata import items_from_list
+from mirex_vi.model.weights import load_weights
+from mirex_vi.train.data import TrainDataset
+from mirex_vi.train.data import random_crop
 
 ROOT = Path(__file__).resolve().parent.parent
 DISCOGS_VERSIONS, DISCOGS_SECONDS = 493_000, 240.0

@@ -40,8 +40,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mirex_vi import neighbours  # noqa: E402
-from mirex_vi.mirex_io import read_distance_matrix  # noqa: E402
+from mirex_vi.io.matrix import read_distance_matrix
+from mirex_vi.search import faiss_index
 
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo"
 K = 10
@@ -104,26 +104,26 @@ def statistics(x: np.ndarray, works: np.ndarray, seed: int = 1) -> dict:
 def timed_queries(index, queries: np.ndarray, nprobe: int | None = None) -> tuple[np.ndarray, dict]:
     """Top-10 ids of a batch, with batch and one-at-a-time queries/s."""
     start = time.perf_counter()
-    _, ids = neighbours.top_k(index, queries, K, nprobe)
+    _, ids = faiss_index.top_k(index, queries, K, nprobe)
     batch = len(queries) / (time.perf_counter() - start)
     singles = queries[: min(len(queries), 100)]
     start = time.perf_counter()
     for q in singles:
-        neighbours.top_k(index, q[None], K, nprobe)
+        faiss_index.top_k(index, q[None], K, nprobe)
     return ids, {"queries_per_s": batch, "single_queries_per_s": len(singles) / (time.perf_counter() - start)}
 
 
 def build_and_open(kind: str, x: np.ndarray, folder: Path, params) -> tuple[object, dict]:
     """Build ``kind``, write it, reopen it memory-mapped; times and bytes per track."""
     start = time.perf_counter()
-    index = neighbours.build(kind, x, params)
+    index = faiss_index.build(kind, x, params)
     built = time.perf_counter() - start
     path = folder / f"{kind}.faiss"
     with open(path, "wb") as f:
-        neighbours.write(index, f)
+        faiss_index.write(index, f)
     del index
     start = time.perf_counter()
-    mapped = neighbours.read(path, mmap=True)
+    mapped = faiss_index.read(path, mmap=True)
     return mapped, {"build_s": built, "open_s": time.perf_counter() - start,
                     "bytes_per_track": path.stat().st_size / len(x)}
 
@@ -144,7 +144,7 @@ def run_synthetic(args) -> dict:
         report["flat"].update(timing)
         report["exact_top10_share_of_own_work"] = float(np.mean(works[exact] == query_works[:, None]))
         del flat
-        params = neighbours.ivfpq_params(len(x), x.shape[1])
+        params = faiss_index.ivfpq_params(len(x), x.shape[1])
         report["ivfpq_params"] = params.to_dict()
         ivfpq, report["ivfpq"] = build_and_open("ivfpq", x, Path(tmp), params)
         report["ivfpq"]["by_nprobe"] = {}
@@ -197,13 +197,13 @@ def run_demo(tmp: Path) -> None:
         gap = max(gap, max(abs(h["distance"] - row[where[h["path"]]]) for h in result["results"]))
     print(f"demo: {same} of {len(matrix.query_indices)} queries list every track in the "
           f"matrix's order; largest distance difference {gap:.1e}")
-    from mirex_vi.evaluate import read_labels
-    from mirex_vi.index import open_index
+    from mirex_vi.io.lists import read_labels
+    from mirex_vi.search.folder import open_index
 
     opened = open_index(tmp / "index")
     labels = {str(p): c for p, c in read_labels(DEMO / "labels.tsv").items()}
     works = np.array([labels[t.path] for t in opened.tracks])
-    stats = statistics(neighbours.vectors_of(opened.index), np.unique(works, return_inverse=True)[1])
+    stats = statistics(faiss_index.vectors_of(opened.index), np.unique(works, return_inverse=True)[1])
     print("demo embeddings: " + ", ".join(f"{k} {v:.3f}" for k, v in stats.items()))
 
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import torch
 
-from mirex_vi.data import Cliques, filter_available, read_metadata
-from mirex_vi.evaluate import embed_cliques
-from mirex_vi.weights import LoadedWeights, load_weights
+from mirex_vi.eval.evaluate import embed_cliques
+from mirex_vi.features.pooled import filter_available
+from mirex_vi.io.metadata import Cliques, read_metadata
+from mirex_vi.model.weights import LoadedWeights, load_weights
 
 
 def split_parser(doc: str | None) -> argparse.ArgumentParser:

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from split_embedding import read_split, split_parser  # beside this script
 
 from mirex_vi.config import parse_tempo_scales
-from mirex_vi.evaluate import embed_cliques, score_embeddings
-from mirex_vi.weights import load_weights
+from mirex_vi.eval.evaluate import embed_cliques, score_embeddings
+from mirex_vi.model.weights import load_weights
 
 CPU = torch.device("cpu")
 

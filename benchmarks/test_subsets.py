@@ -30,8 +30,8 @@ import torch
 from split_embedding import (  # beside this script
     add_scoring_options, embed_split, read_split, split_parser)
 
-from mirex_vi.data import Cliques
-from mirex_vi.evaluate import score_embeddings
+from mirex_vi.eval.evaluate import score_embeddings
+from mirex_vi.io.metadata import Cliques
 
 CPU = torch.device("cpu")
 

@@ -24,10 +24,10 @@ import time
 import torch
 
 from mirex_vi.config import TrainConfig
-from mirex_vi.model import count_parameters
-from mirex_vi.runtime import amp_enabled, resolve_device
-from mirex_vi.distributed import Ranks
-from mirex_vi.train import build_training_state, training_step
+from mirex_vi.core.runtime import amp_enabled, resolve_device
+from mirex_vi.model.cqtnet import count_parameters
+from mirex_vi.train.distributed import Ranks
+from mirex_vi.train.loop import build_training_state, training_step
 
 
 def measure(model_size: str, cliques: int, versions: int, crop_frames: int, steps: int,

@@ -20,9 +20,9 @@ from click.testing import CliRunner
 
 from mirex_vi.cli import main
 from mirex_vi.config import MODEL_SIZES, FeatureConfig
-from mirex_vi.model import CQTNet
-from mirex_vi.packaging import write_package
-from mirex_vi.pooled import write_store
+from mirex_vi.features.pooled import write_store
+from mirex_vi.model.cqtnet import CQTNet
+from mirex_vi.model.packaging import write_package
 from mirex_vi.synth import melody, write_audio
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"

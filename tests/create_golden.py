@@ -24,11 +24,11 @@ import numpy as np
 import torch
 
 from mirex_vi.config import MODEL_SIZES
-from mirex_vi.embed import embed_inputs
-from mirex_vi.features import compute_cqt, preprocess
-from mirex_vi.model import CQTNet
+from mirex_vi.features.frontend import compute_cqt, preprocess
+from mirex_vi.inference.embed import embed_inputs
+from mirex_vi.model.cqtnet import CQTNet
+from mirex_vi.model.weights import DEFAULT_WEIGHTS, load_weights
 from mirex_vi.synth import piano_like
-from mirex_vi.weights import DEFAULT_WEIGHTS, load_weights
 
 GOLDEN = Path(__file__).parent / "data" / "golden.json"
 AUTHORS_SEED = 1234

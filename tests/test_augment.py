@@ -7,9 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from mirex_vi.augment import (add_noise_floor, augment, mask_band, shift_bins, smooth_curve,
-                              stretch_time)
 from mirex_vi.config import AugmentConfig, from_dict
+from mirex_vi.features.tempo import stretch_time
+from mirex_vi.train.augment import add_noise_floor, augment, mask_band, shift_bins, smooth_curve
 
 EVERY_OP = AugmentConfig(pitch_prob=1.0, stretch_prob=1.0, envelope_prob=1.0, gain_prob=1.0,
                          noise_prob=1.0, time_mask_prob=1.0, freq_mask_prob=1.0)

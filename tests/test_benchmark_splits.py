@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from conftest import BENCHMARKS, patterned_split, run_cli, run_test_subsets
 
-from mirex_vi.data import read_metadata
-from mirex_vi.evaluate import embed_cliques, evaluate_features
-from mirex_vi.metrics import metrics_from_embeddings
-from mirex_vi.weights import load_weights
+from mirex_vi.eval.evaluate import embed_cliques, evaluate_features
+from mirex_vi.eval.metrics import metrics_from_embeddings
+from mirex_vi.io.metadata import read_metadata
+from mirex_vi.model.weights import load_weights
 
 sys.path.insert(0, str(BENCHMARKS))
 from paired import clique_bootstrap  # noqa: E402

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mirex_vi.config import FeatureConfig
-from mirex_vi.cqt_torch import TorchCQT
-from mirex_vi.runtime import tolerance
+from mirex_vi.core.runtime import tolerance
+from mirex_vi.features.cqt_torch import TorchCQT
 from mirex_vi.synth import piano_like
 
 SR = 22050

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 from mirex_vi.config import AugmentConfig, FeatureConfig
-from mirex_vi.data import (CliqueBatchSampler, FullTrackDataset, TrainDataset, Version,
-                           filter_available, make_train_loader, read_metadata,
-                           youtube_id_from_url)
-from mirex_vi.features import preprocess
-from mirex_vi.featstore import load_feature, save_feature
-from mirex_vi.pooled import convert_features, layout_ids
+from mirex_vi.features.frontend import preprocess
+from mirex_vi.features.layout import load_feature, save_feature
+from mirex_vi.features.pooled import filter_available
+from mirex_vi.features.pooled import convert_features, layout_ids
+from mirex_vi.features.stored import FullTrackDataset
+from mirex_vi.io.metadata import Version, read_metadata, youtube_id_from_url
+from mirex_vi.train.data import CliqueBatchSampler, TrainDataset, make_train_loader
 
 LIGHT = {
     "C-0000001": [
@@ -72,7 +73,7 @@ def test_filter_available_drops_missing_versions_then_small_cliques(tmp_path, ca
     }
     for yt in ["id0xxxxxxxx", "id1xxxxxxxx", "id3yyyyyyyy", "id5zzzzzzzz", "id6zzzzzzzz"]:
         save_feature(tmp_path, yt, np.ones((30, 84)))
-    with caplog.at_level("INFO", logger="mirex_vi.data"):
+    with caplog.at_level("INFO", logger="mirex_vi.features.pooled"):
         kept = filter_available(cliques, tmp_path)
     assert list(kept) == ["C-1", "C-3"]
     assert [v.version_id for v in kept["C-1"]] == ["V-0", "V-1"]

@@ -10,17 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-from mirex_vi import embed, runtime
-from mirex_vi.audio import AudioError, file_identity
 from mirex_vi.config import FeatureConfig
-from mirex_vi.cqt_torch import TorchCQT
-from mirex_vi.cache import EmbeddingCache, inference_settings
-from mirex_vi.embed import embed_inputs, embed_tracks
-from mirex_vi.features import PackedAudio, TorchFrontEnd, _HostStaging
-from mirex_vi.runtime import disable_tf32_without_amp, is_out_of_memory, tolerance
-from mirex_vi.selfcheck import PathAgreement, torch_cqt_agrees
+from mirex_vi.core import runtime
+from mirex_vi.core.runtime import disable_tf32_without_amp, is_out_of_memory, tolerance
+from mirex_vi.features.cqt_torch import TorchCQT
+from mirex_vi.features.frontend import PackedAudio, TorchFrontEnd, _HostStaging
+from mirex_vi.inference import embed
+from mirex_vi.inference.cache import EmbeddingCache, inference_settings
+from mirex_vi.inference.embed import embed_inputs, embed_tracks
+from mirex_vi.inference.selfcheck import PathAgreement, torch_cqt_agrees
+from mirex_vi.io.audio import AudioError, file_identity
+from mirex_vi.model.weights import load_weights
 from mirex_vi.synth import melody, piano_like
-from mirex_vi.weights import load_weights
 
 CFG = FeatureConfig()
 CPU = torch.device("cpu")
@@ -160,7 +161,7 @@ def test_out_of_memory_in_the_torch_cqt_falls_back_to_librosa(tracks, weights, m
     pcm = tracks[:3]  # 16-bit files at 22.05 kHz: packed audio is exact
     exact = _embed(pcm, weights, "librosa")
     monkeypatch.setattr(embed, "TorchFrontEnd", _FailingFrontEnd)
-    with caplog.at_level(logging.WARNING, logger="mirex_vi.embed"):
+    with caplog.at_level(logging.WARNING, logger="mirex_vi.inference.embed"):
         run = _embed(pcm, weights, "torch")
     assert not run.errors
     np.testing.assert_array_equal(run.embeddings, exact.embeddings)
@@ -202,8 +203,8 @@ def test_cache_batch_write_syncs_once_and_reads_back(tracks, weights, tmp_path, 
         calls["sync"] += 1
         return True
 
-    monkeypatch.setattr("mirex_vi.atomic._syncfs", syncfs)
-    monkeypatch.setattr("mirex_vi.atomic.os.fsync",
+    monkeypatch.setattr("mirex_vi.core.atomic._syncfs", syncfs)
+    monkeypatch.setattr("mirex_vi.core.atomic.os.fsync",
                         lambda fd: calls.__setitem__("fsync", calls["fsync"] + 1))
     cache = EmbeddingCache(tmp_path, weights.sha256, weights.features, 16,
                            inference_settings(torch.device("cpu"), False))
@@ -283,7 +284,7 @@ def test_self_check_passes_when_the_paths_agree(weights):
     (_BrokenDevice, "the device path failed: cuFFT error"),
 ])
 def test_self_check_disagreement_warns_once_and_refuses(weights, caplog, front_end, reason):
-    with caplog.at_level(logging.INFO, logger="mirex_vi.selfcheck"):
+    with caplog.at_level(logging.INFO, logger="mirex_vi.inference.selfcheck"):
         assert not torch_cqt_agrees(weights, CPU, amp=False, front_end=front_end(CFG, CPU))
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and reason in warnings[0].getMessage()

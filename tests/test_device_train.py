@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mirex_vi.checkpoint import git_commit
-from mirex_vi.pooled import PooledStore, write_store
+from mirex_vi.features.pooled import PooledStore, write_store
+from mirex_vi.train.checkpoint import git_commit
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_RUN = ["--set", "model=tiny", "--set", "cliques_per_batch=2", "--set", "versions_per_clique=2",
@@ -106,7 +106,7 @@ def test_the_corpus_travels_in_parts_trains_and_comes_back_as_a_package(here, tm
     assert "2 run(s) of" in trained.stdout
     result = there / "runs" / "device-result"
     for run in ("1", "2"):
-        assert (result / run / "probe.log").read_text().count("mirex_vi.train: epoch ") == 2
+        assert (result / run / "probe.log").read_text().count("mirex_vi.train.loop: epoch ") == 2
     metrics = [(result / run / "metrics.jsonl").read_text() for run in ("1", "2")]
     assert metrics[0] != metrics[1]
     three = _script(there, "train", "5", *TINY_RUN, "--vs", *TINY_RUN, "--vs", *TINY_RUN, env=env)

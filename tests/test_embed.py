@@ -4,9 +4,9 @@ import numpy as np
 import torch
 
 from mirex_vi.config import MODEL_SIZES, FeatureConfig
-from mirex_vi.embed import embed_inputs
-from mirex_vi.features import TorchFrontEnd, compute_cqt, preprocess, preprocess_tensor
-from mirex_vi.model import CQTNet
+from mirex_vi.features.frontend import TorchFrontEnd, compute_cqt, preprocess, preprocess_tensor
+from mirex_vi.inference.embed import embed_inputs
+from mirex_vi.model.cqtnet import CQTNet
 from mirex_vi.synth import melody
 
 CFG = FeatureConfig()

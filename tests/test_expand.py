@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from conftest import patterned_split, run_cli, run_test_subsets, write_list
-from mirex_vi.evaluate import evaluate_features, score_embeddings
-from mirex_vi.mirex_io import read_distance_matrix
-from mirex_vi.scoring import expand_by_neighbours
+from mirex_vi.eval.evaluate import evaluate_features, score_embeddings
+from mirex_vi.inference.scoring import expand_by_neighbours
+from mirex_vi.io.matrix import read_distance_matrix
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -16,9 +16,9 @@ from click.testing import CliRunner
 from conftest import leave_temporaries
 from mirex_vi.cli import main
 from mirex_vi.config import FeatureConfig
-from mirex_vi.features import pool_cqt
-from mirex_vi.featstore import has_feature, load_feature, save_feature
-from mirex_vi.pooled import PooledStore
+from mirex_vi.features.frontend import pool_cqt
+from mirex_vi.features.layout import has_feature, load_feature, save_feature
+from mirex_vi.features.pooled import PooledStore
 from mirex_vi.synth import melody, write_audio
 
 IDS = {"C-01": ["aaaaaaaaaa1", "aaaaaaaaaa2"], "C-02": ["bbbbbbbbbb1", "bbbbbbbbbb2"]}
@@ -286,12 +286,12 @@ def test_evaluate_checks_the_plot_folder_and_matplotlib_before_the_work(tmp_path
 
 
 def test_evaluate_that_cannot_write_its_json_exits_3_after_the_figures(tmp_path, monkeypatch):
-    import mirex_vi.evaluate
+    import mirex_vi.eval.evaluate
 
     from conftest import DiskFull
 
     matrix, labels = write_matrix(tmp_path)
-    monkeypatch.setattr(mirex_vi.evaluate, "atomic_open", DiskFull)
+    monkeypatch.setattr(mirex_vi.eval.evaluate, "atomic_open", DiskFull)
     code, text = invoke("evaluate", "--matrix", matrix, "--labels", labels, "--json", tmp_path / "f.json")
     assert code == 3 and "MAP" in text and "No space left on device" in text, text
     assert "Traceback" not in text

@@ -5,11 +5,12 @@ import subprocess
 import numpy as np
 import pytest
 
-from mirex_vi.audio import AudioError, load_audio
 from mirex_vi.config import FeatureConfig
-from mirex_vi.features import compute_cqt, preprocess
-from mirex_vi.featstore import load_feature, random_crop, save_feature
+from mirex_vi.features.frontend import compute_cqt, preprocess
+from mirex_vi.features.layout import load_feature, save_feature
+from mirex_vi.io.audio import AudioError, load_audio
 from mirex_vi.synth import SR, tone, write_audio
+from mirex_vi.train.data import random_crop
 
 CFG = FeatureConfig()
 
@@ -114,7 +115,7 @@ def test_load_audio_decodes_m4a_through_ffmpeg(tmp_path):
 
 
 def test_atomic_files_get_the_usual_permissions(tmp_path):
-    from mirex_vi.atomic import atomic_open
+    from mirex_vi.core.atomic import atomic_open
 
     umask = os.umask(0o022)
     os.umask(umask)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from create_golden import GOLDEN, reference, write_authors_checkpoint
 
-from mirex_vi.weights import DEFAULT_WEIGHTS, load_weights
+from mirex_vi.model.weights import DEFAULT_WEIGHTS, load_weights
 
 ATOL = 1e-5  # fp32 on the CPU, pinned torch and librosa
 

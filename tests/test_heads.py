@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from mirex_vi.config import MODEL_SIZES, FeatureConfig
-from mirex_vi.heads import ClassificationHead, classification_loss
-from mirex_vi.model import CQTNet
-from mirex_vi.packaging import write_package
-from mirex_vi.weights import load_weights
+from mirex_vi.model.cqtnet import CQTNet
+from mirex_vi.model.packaging import write_package
+from mirex_vi.model.weights import load_weights
+from mirex_vi.train.heads import ClassificationHead, classification_loss
 
 
 def test_head_is_not_part_of_the_exported_model(tmp_path):

@@ -11,10 +11,10 @@ import torch
 
 from conftest import DiskFull, run_cli, write_list
 from mirex_vi.config import MODEL_SIZES, FeatureConfig
-from mirex_vi.mirex_io import read_distance_matrix
-from mirex_vi.model import CQTNet
+from mirex_vi.io.matrix import read_distance_matrix
+from mirex_vi.model.cqtnet import CQTNet
+from mirex_vi.model.packaging import write_package
 from mirex_vi.synth import melody
-from mirex_vi.packaging import write_package
 
 
 def call(collection, output, package, *extra):
@@ -95,9 +95,9 @@ def test_evaluate_index_json_in_a_missing_folder_is_refused_first(flat_index, tm
 
 def test_evaluate_index_json_on_a_full_disk_exits_3_after_the_figures(flat_index, tmp_path,
                                                                       monkeypatch):
-    import mirex_vi.search
+    import mirex_vi.search.query
 
-    monkeypatch.setattr(mirex_vi.search, "atomic_open", DiskFull)
+    monkeypatch.setattr(mirex_vi.search.query, "atomic_open", DiskFull)
     index, labels = flat_index
     code, out = run_cli("evaluate", "--index", index, "--labels", labels, "--json",
                         tmp_path / "f.json", "--quiet")
@@ -146,7 +146,7 @@ def stored(tmp_path):
     """Light metadata of two cliques of two versions, and a layout folder of their CQTs."""
     import json
 
-    from mirex_vi.featstore import save_feature
+    from mirex_vi.features.layout import save_feature
 
     rng = np.random.default_rng(0)
     ids = {"C-1": ["aa1", "aa2"], "C-2": ["bb1", "bb2"]}
@@ -178,7 +178,7 @@ def test_evaluate_json_never_replaces_a_file_of_the_pooled_store(stored, tiny_pa
 
 @pytest.mark.parametrize("value", [0.0, np.nan])
 def test_a_stored_cqt_that_is_zero_or_nan_is_named_not_scored(stored, tiny_package, value):
-    from mirex_vi.featstore import save_feature
+    from mirex_vi.features.layout import save_feature
 
     metadata, features = stored
     save_feature(features, "bb2", np.full((400, 84), value, np.float16))

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import kill_midway, leave_temporaries, noise_tracks, run_cli, write_list
-from mirex_vi.mirex_io import format_row, read_distance_matrix
-from mirex_vi.runtime import tolerance
+from mirex_vi.core.runtime import tolerance
+from mirex_vi.io.matrix import format_row, read_distance_matrix
 from mirex_vi.synth import sines, write_audio
 
 

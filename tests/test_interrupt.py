@@ -139,7 +139,7 @@ def test_quiet_silences_library_warnings_in_the_workers_too(tmp_path, tiny_packa
 def test_a_worker_killed_mid_run_fails_only_its_files(collection):
     """The OOM killer's case: the files in flight fail with a reason, the rest are done."""
     from mirex_vi.config import FeatureConfig
-    from mirex_vi.workers import WORKER_DIED, iter_files
+    from mirex_vi.features.workers import WORKER_DIED, iter_files
 
     paths = collection.read_text().split()
     results = []
@@ -163,7 +163,7 @@ def test_a_worker_reply_fits_in_one_atomic_pipe_write(tmp_path, decode_only):
     for good. The reply for a 10-minute file is far below PIPE_BUF (written in one piece);
     the array goes through the results folder and comes back equal to the in-process one."""
     from mirex_vi.config import FeatureConfig
-    from mirex_vi.workers import _collect, _job, _pool_job
+    from mirex_vi.features.workers import _collect, _job, _pool_job
 
     cfg = FeatureConfig()
     tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(22050 * 600) / 22050)
@@ -181,7 +181,7 @@ def test_a_worker_reply_fits_in_one_atomic_pipe_write(tmp_path, decode_only):
 
 def test_a_long_error_reply_is_short_too(tmp_path):
     from mirex_vi.config import FeatureConfig
-    from mirex_vi.workers import _pool_job
+    from mirex_vi.features.workers import _pool_job
 
     reply = _pool_job(0, str(tmp_path / ("x" * 200) / ("y" * 5000)), FeatureConfig(), False,
                       str(tmp_path))
@@ -190,7 +190,7 @@ def test_a_long_error_reply_is_short_too(tmp_path):
 
 def test_an_unwritable_results_folder_fails_the_file_with_a_reason(tmp_path):
     from mirex_vi.config import FeatureConfig
-    from mirex_vi.workers import _pool_job
+    from mirex_vi.features.workers import _pool_job
 
     path = write_audio(tmp_path / "a.wav", np.full(22050 * 5, 0.1, np.float32))
     reply = _pool_job(3, str(path), FeatureConfig(), False, str(tmp_path / "gone"))
@@ -201,7 +201,7 @@ def test_without_a_temporary_folder_files_are_done_in_process(tmp_path, monkeypa
     import tempfile
 
     from mirex_vi.config import FeatureConfig
-    from mirex_vi.workers import iter_files
+    from mirex_vi.features.workers import iter_files
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
     paths = [write_audio(tmp_path / f"{i}.wav", np.full(22050 * 5, 0.1 * (i + 1), np.float32))

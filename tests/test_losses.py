@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from mirex_vi.losses import NegativeMemory, mine_triplets, pairwise_distances, triplet_loss
+from mirex_vi.train.losses import NegativeMemory, mine_triplets, pairwise_distances, triplet_loss
 
 
 def _unit(*angles_deg):

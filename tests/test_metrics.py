@@ -8,13 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from mirex_vi import metrics
-from mirex_vi.metrics import (
-    MetricAccumulator,
-    RetrievalResult,
-    metrics_from_distances,
-    metrics_from_embeddings,
-)
+from mirex_vi.eval import metrics
+from mirex_vi.eval.metrics import (MetricAccumulator, RetrievalResult, metrics_from_distances,
+                                   metrics_from_embeddings)
 
 # Hand example: 6 items, labels a a b a b c.
 #   query 0 (a; relevant 1, 3). Ranking without itself: 2 (.9), 5 (.8), 3 (.5), 1 (.2), 4 (.1)
@@ -251,7 +247,7 @@ def test_embeddings_path_equals_distances_path():
 
 def test_write_plots(tmp_path):
     pytest.importorskip("matplotlib")
-    from mirex_vi.plots import write_plots
+    from mirex_vi.eval.plots import write_plots
 
     res = _hand_result()
     paths = write_plots(res, HAND_LABELS, tmp_path / "plots")

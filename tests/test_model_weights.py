@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from mirex_vi.config import MODEL_SIZES, FeatureConfig
-from mirex_vi.embed import embed_inputs
-from mirex_vi.model import CQTNet, build_model, count_parameters
-from mirex_vi.packaging import copy_package, derive_package, import_checkpoint, write_package
-from mirex_vi.weights import WeightsError, load_weights, verify_package
+from mirex_vi.inference.embed import embed_inputs
+from mirex_vi.model.cqtnet import CQTNet, build_model, count_parameters
+from mirex_vi.model.packaging import copy_package, derive_package, import_checkpoint, write_package
+from mirex_vi.model.weights import WeightsError, load_weights, verify_package
 
 AUTHORS_CONV = [0, 3, 7, 10, 14, 17, 21, 24, 28, 31]
 BN_SUFFIXES = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]

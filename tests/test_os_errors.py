@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import mirex_vi.cache
-import mirex_vi.embed
-import mirex_vi.mirex_io
+import mirex_vi.inference.cache
+import mirex_vi.inference.embed
+import mirex_vi.io.matrix
 from conftest import DiskFull, run_cli, write_list
-from mirex_vi.audio import FileIdentity
 from mirex_vi.config import FeatureConfig
-from mirex_vi.cache import EmbeddingCache, inference_settings
-from mirex_vi.mirex_io import read_distance_matrix
+from mirex_vi.inference.cache import EmbeddingCache, inference_settings
+from mirex_vi.io.audio import FileIdentity
+from mirex_vi.io.matrix import read_distance_matrix
 from mirex_vi.synth import melody, write_audio
 
 ROOT = os.geteuid() == 0
@@ -101,7 +101,7 @@ def test_an_unreadable_file_faked(tmp_path, tracks, tiny_package, monkeypatch):
 def after_decoding(monkeypatch, nth: int, action) -> None:
     """Run ``action`` once a track is decoded, before it is embedded and cached: on the
     ``nth`` (0-based) call of ``embed.preprocess``, which takes each decoded track's CQT."""
-    real, calls = mirex_vi.embed.preprocess, []
+    real, calls = mirex_vi.inference.embed.preprocess, []
 
     def hooked(*args, **kwargs):
         if len(calls) == nth:
@@ -109,7 +109,7 @@ def after_decoding(monkeypatch, nth: int, action) -> None:
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(mirex_vi.embed, "preprocess", hooked)
+    monkeypatch.setattr(mirex_vi.inference.embed, "preprocess", hooked)
 
 
 def test_a_track_deleted_between_decoding_and_caching(tmp_path, tracks, tiny_package, monkeypatch):
@@ -170,7 +170,7 @@ def assert_output_failed_and_cache_kept(code, out, output: Path, work: Path, n: 
 def test_a_full_disk_under_the_output_exits_3_and_keeps_the_cache(tmp_path, tracks, tiny_package,
                                                                   monkeypatch):
     collection = write_list(tmp_path / "c.txt", [str(p) for p in tracks[:3]])
-    monkeypatch.setattr(mirex_vi.mirex_io, "atomic_open", DiskFull)
+    monkeypatch.setattr(mirex_vi.io.matrix, "atomic_open", DiskFull)
     code, out = call(collection, tmp_path / "o.txt", tiny_package, "--quiet")
     assert_output_failed_and_cache_kept(code, out, tmp_path / "o.txt", tmp_path / "o.txt.work", 3)
     monkeypatch.undo()
@@ -187,7 +187,7 @@ def test_a_full_disk_under_the_workdir_warns_and_carries_on(tmp_path, tracks, ti
                                                            monkeypatch, caplog):
     collection = write_list(tmp_path / "c.txt", [str(p) for p in tracks[:3]])
     assert call(collection, tmp_path / "clean.txt", tiny_package, "--workdir", tmp_path / "w")[0] == 0
-    monkeypatch.setattr(mirex_vi.cache, "atomic_open", DiskFull)
+    monkeypatch.setattr(mirex_vi.inference.cache, "atomic_open", DiskFull)
     code, out = call(collection, tmp_path / "o.txt", tiny_package, "--quiet")
     assert code == 0, out
     warnings = cache_warnings(caplog)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import leave_temporaries, run_cli, write_list
-from mirex_vi.mirex_io import read_distance_matrix
+from mirex_vi.io.matrix import read_distance_matrix
 from mirex_vi.synth import melody, write_audio
 
 

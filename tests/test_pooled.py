@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from mirex_vi.config import FeatureConfig
-from mirex_vi.features import pool_cqt, preprocess
-from mirex_vi.featstore import load_feature, save_feature
-from mirex_vi.pooled import (INDEX_NAME, AuthorsLayout, PooledStore, convert_features, decode_u8,
-                             encode_u8, layout_ids, open_features, write_store)
+from mirex_vi.features.frontend import pool_cqt, preprocess
+from mirex_vi.features.layout import load_feature, save_feature
+from mirex_vi.features.pooled import (INDEX_NAME, AuthorsLayout, PooledStore, convert_features,
+                                      decode_u8, encode_u8, layout_ids, open_features, write_store)
 
 SHARED = Path("/work/shared/corpus/synth-vi-4000")
 U8_STEP_DB = 80 / 255

@@ -10,9 +10,9 @@ import torch
 from conftest import derive_with_cli, random_store
 
 from mirex_vi.config import MODEL_SIZES
-from mirex_vi.model import CQTNet
-from mirex_vi.recalibrate import recalibrate_batchnorm
-from mirex_vi.weights import load_package
+from mirex_vi.model.cqtnet import CQTNet
+from mirex_vi.model.weights import load_package
+from mirex_vi.train.recalibrate import recalibrate_batchnorm
 
 
 def _inputs(lengths, seed=0) -> list[np.ndarray]:

@@ -16,15 +16,15 @@ from click.testing import CliRunner
 pytest.importorskip("faiss")
 
 from conftest import kill_midway, melody, noise_tracks, write_audio  # noqa: E402
-from mirex_vi import catalogue  # noqa: E402
-from mirex_vi import index as index_folder  # noqa: E402
-from mirex_vi import neighbours  # noqa: E402
-from mirex_vi.cli import main  # noqa: E402
-from mirex_vi.config import MODEL_SIZES, FeatureConfig  # noqa: E402
-from mirex_vi.mirex_io import read_distance_matrix  # noqa: E402
-from mirex_vi.model import CQTNet  # noqa: E402
-from mirex_vi.scoring import distance_rows  # noqa: E402
-from mirex_vi.packaging import write_package  # noqa: E402
+from mirex_vi.cli import main
+from mirex_vi.config import MODEL_SIZES, FeatureConfig
+from mirex_vi.inference.scoring import distance_rows
+from mirex_vi.io.matrix import read_distance_matrix
+from mirex_vi.model.cqtnet import CQTNet
+from mirex_vi.model.packaging import write_package
+from mirex_vi.search import build as index_build
+from mirex_vi.search import folder as index_folder
+from mirex_vi.search import faiss_index
 
 
 def run_cli(*args):
@@ -113,9 +113,9 @@ def test_search_order_and_distances_equal_the_identify_matrix(tmp_path, tracks, 
 def test_top_k_equals_the_exact_rows_on_a_synthetic_collection():
     x = cliques(40, 5, 32, spread=0.8)
     exact = np.stack(list(distance_rows(x, list(range(len(x))), np.ones(len(x), dtype=bool))))
-    flat = neighbours.build("flat", x)
+    flat = faiss_index.build("flat", x)
     for k in (1, 3, 10):
-        distances, ids = neighbours.top_k(flat, x, k)
+        distances, ids = faiss_index.top_k(flat, x, k)
         np.testing.assert_array_equal(ids, np.argsort(exact, axis=1, kind="stable")[:, :k])
         np.testing.assert_allclose(distances[:, 1:] ** 2, np.sort(exact, axis=1)[:, 1:k] ** 2, atol=2e-6)
 
@@ -130,33 +130,33 @@ def test_ties_are_broken_by_collection_order_as_in_the_exact_rows():
     exact = next(distance_rows(x, [0], np.ones(len(x), dtype=bool)))
     expected = [0, 3, 1, 2, 5, 4]
     assert list(np.argsort(exact, kind="stable")) == expected
-    flat = neighbours.build("flat", x)
+    flat = faiss_index.build("flat", x)
     for k in range(1, 7):
-        distances, ids = neighbours.top_k(flat, x[:1], k)
+        distances, ids = faiss_index.top_k(flat, x[:1], k)
         assert list(ids[0]) == expected[:k]
         np.testing.assert_array_equal(distances[0], exact[expected[:k]])
-    assert list(neighbours.top_k(flat, x[:1], 8)[1][0]) == [*expected, -1, -1]
+    assert list(faiss_index.top_k(flat, x[:1], 8)[1][0]) == [*expected, -1, -1]
 
 
 def test_ivfpq_finds_the_cliques_and_states_its_size(tmp_path):
     x = cliques(300, 10, 64, spread=0.6)
-    params = neighbours.ivfpq_params(len(x), 64)
-    assert params.m == 8 and params.nbits == 6 and params.nlist * neighbours.POINTS_PER_CELL <= len(x)
-    index = neighbours.build("ivfpq", x, params)
-    _, exact = neighbours.top_k(neighbours.build("flat", x), x, 10)
-    _, approx = neighbours.top_k(index, x, 10)
+    params = faiss_index.ivfpq_params(len(x), 64)
+    assert params.m == 8 and params.nbits == 6 and params.nlist * faiss_index.POINTS_PER_CELL <= len(x)
+    index = faiss_index.build("ivfpq", x, params)
+    _, exact = faiss_index.top_k(faiss_index.build("flat", x), x, 10)
+    _, approx = faiss_index.top_k(index, x, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, approx)])
     assert recall > 0.9, recall
     with open(tmp_path / "i.faiss", "wb") as f:
-        neighbours.write(index, f)
+        faiss_index.write(index, f)
     code_bytes = params.m * params.nbits / 8
     assert (tmp_path / "i.faiss").stat().st_size < len(x) * (code_bytes + 8) + 200_000
-    mapped = neighbours.read(tmp_path / "i.faiss", mmap=True)
-    assert np.array_equal(neighbours.top_k(mapped, x[:20], 10)[1], approx[:20])
+    mapped = faiss_index.read(tmp_path / "i.faiss", mmap=True)
+    assert np.array_equal(faiss_index.top_k(mapped, x[:20], 10)[1], approx[:20])
     with pytest.raises(ValueError, match="at least 2,496"):
-        neighbours.resolve_kind("ivfpq", 2495)
-    assert neighbours.resolve_kind("auto", 999_999) == "flat"
-    assert neighbours.resolve_kind("auto", 1_000_000) == "ivfpq"
+        faiss_index.resolve_kind("ivfpq", 2495)
+    assert faiss_index.resolve_kind("auto", 999_999) == "flat"
+    assert faiss_index.resolve_kind("auto", 1_000_000) == "ivfpq"
 
 
 def test_flat_shards_merge_into_an_ivfpq_index(tmp_path):
@@ -166,18 +166,18 @@ def test_flat_shards_merge_into_an_ivfpq_index(tmp_path):
         manifest = index_folder.Manifest("flat", 0, 64, "w", "0" * 64, "", {"n_bins": 84},
                                          shard=index_folder.Shard(number, 2, "list"))
         with index_folder.writing(tmp_path / f"s{number}"):
-            index_folder.save(tmp_path / f"s{number}", manifest, neighbours.build("flat", x[rows]),
+            index_folder.save(tmp_path / f"s{number}", manifest, faiss_index.build("flat", x[rows]),
                               tracks[rows.start : rows.stop])
-    catalogue.merge_indexes(tmp_path / "merged", [tmp_path / "s2", tmp_path / "s1"], "ivfpq", 3)
+    index_build.merge_indexes(tmp_path / "merged", [tmp_path / "s2", tmp_path / "s1"], "ivfpq", 3)
     merged = index_folder.open_index(tmp_path / "merged")
     assert merged.manifest.kind == "ivfpq" and merged.manifest.params["nprobe"] == 3
     assert [t.path for t in merged.tracks] == [t.path for t in tracks]  # shard order
     assert merged.manifest.shard is None
-    _, exact = neighbours.top_k(neighbours.build("flat", x), x[:100], 10)
-    _, approx = neighbours.top_k(merged.index, x[:100], 10)
+    _, exact = faiss_index.top_k(faiss_index.build("flat", x), x[:100], 10)
+    _, approx = faiss_index.top_k(merged.index, x[:100], 10)
     assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, approx)]) > 0.9
     with pytest.raises(index_folder.IndexFolderError, match="no exact vectors"):
-        catalogue.merge_indexes(tmp_path / "again", [tmp_path / "merged"])
+        index_build.merge_indexes(tmp_path / "again", [tmp_path / "merged"])
 
 
 def test_shards_merge_into_the_index_of_the_whole_list(tmp_path, tracks, tiny_package):
@@ -192,7 +192,7 @@ def test_shards_merge_into_the_index_of_the_whole_list(tmp_path, tracks, tiny_pa
     whole = index_folder.open_index(tmp_path / "whole")
     merged = index_folder.open_index(tmp_path / "merged")
     assert list(merged.tracks) == list(whole.tracks) and merged.manifest.shard is None
-    np.testing.assert_array_equal(neighbours.vectors_of(merged.index), neighbours.vectors_of(whole.index))
+    np.testing.assert_array_equal(faiss_index.vectors_of(merged.index), faiss_index.vectors_of(whole.index))
     code, out = run_cli("index", "merge", tmp_path / "m2", tmp_path / "shard1")
     assert code == 2 and "every shard 1..n" in out
     code, out = run_cli("index", "merge", tmp_path / "m3", tmp_path / "whole", tmp_path / "merged")
@@ -281,7 +281,7 @@ def test_killed_build_resumes_from_the_cache(tmp_path, tiny_package):
     assert clean.returncode == 0
     a, b = index_folder.open_index(index), index_folder.open_index(tmp_path / "clean")
     assert list(a.tracks) == list(b.tracks)
-    np.testing.assert_array_equal(neighbours.vectors_of(a.index), neighbours.vectors_of(b.index))
+    np.testing.assert_array_equal(faiss_index.vectors_of(a.index), faiss_index.vectors_of(b.index))
 
 
 def test_evaluate_through_a_flat_index_equals_the_exact_map(tmp_path, tracks, tiny_package):
@@ -303,11 +303,11 @@ def test_evaluate_through_a_flat_index_equals_the_exact_map(tmp_path, tracks, ti
 
 
 def test_without_faiss_search_says_how_to_install_it(tmp_path, monkeypatch):
-    import mirex_vi
+    import mirex_vi.search
 
-    for name in ("neighbours", "index", "catalogue", "search"):  # forget them: import afresh
-        monkeypatch.delitem(sys.modules, f"mirex_vi.{name}", raising=False)
-        monkeypatch.delattr(mirex_vi, name, raising=False)
+    for name in ("faiss_index", "folder", "build", "query"):  # forget them: import afresh
+        monkeypatch.delitem(sys.modules, f"mirex_vi.search.{name}", raising=False)
+        monkeypatch.delattr(mirex_vi.search, name, raising=False)
     monkeypatch.setitem(sys.modules, "faiss", None)  # makes `import faiss` fail
     (tmp_path / "q.txt").write_text("a.wav\n")
     code, out = run_cli("search", tmp_path, tmp_path / "q.txt")

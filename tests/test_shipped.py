@@ -11,11 +11,11 @@ from click.testing import CliRunner
 
 from mirex_vi.cli import main
 from mirex_vi.config import FeatureConfig
-from mirex_vi.evaluate import evaluate_matrix
-from mirex_vi.mirex_io import read_distance_matrix
-from mirex_vi.model import CQTNet
-from mirex_vi.packaging import write_package
-from mirex_vi.weights import DEFAULT_WEIGHTS, load_weights, weights_root
+from mirex_vi.eval.evaluate import evaluate_matrix
+from mirex_vi.io.matrix import read_distance_matrix
+from mirex_vi.model.cqtnet import CQTNet
+from mirex_vi.model.packaging import write_package
+from mirex_vi.model.weights import DEFAULT_WEIGHTS, load_weights, weights_root
 
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo"
 # On the demo (8 works x 3 versions of ~20 s) chance is ~0.24 MAP, a random-weight CQT-Net

@@ -9,11 +9,11 @@ import torch
 import yaml
 from conftest import run_cli, write_list
 
-from mirex_vi.augment import stretch_time
 from mirex_vi.config import MODEL_SIZES, FeatureConfig, TrainConfig, from_dict, to_dict
-from mirex_vi.embed import at_tempo, embed_batch
-from mirex_vi.model import CQTNet
-from mirex_vi.weights import load_weights
+from mirex_vi.features.tempo import at_tempo, stretch_time
+from mirex_vi.inference.embed import embed_batch
+from mirex_vi.model.cqtnet import CQTNet
+from mirex_vi.model.weights import load_weights
 
 SCALES = (0.7, 1.0, 1.4)
 
@@ -39,7 +39,7 @@ def test_tempo_scales_out_of_range_are_refused_by_name(bad):
 
 def test_at_tempo_resamples_time_as_the_training_stretch_does():
     x = _inputs(2, 300)
-    slow = at_tempo(x, 1.4)
+    slow = at_tempo(x, 1.4, CQTNet.min_pooled_frames)
     assert slow.shape == (2, 1, 84, 420)
     for i in range(2):
         want = stretch_time(x[i, 0].T.numpy(), 1.4).T  # (84, 420)
@@ -49,7 +49,7 @@ def test_at_tempo_resamples_time_as_the_training_stretch_does():
 
 def test_at_tempo_pads_a_short_result_to_the_models_shortest_input():
     x = _inputs(1, 200)
-    fast = at_tempo(x, 0.7)
+    fast = at_tempo(x, 0.7, CQTNet.min_pooled_frames)
     assert fast.shape[-1] == CQTNet.min_pooled_frames > 140
     assert fast[..., :140].amax() == 1 and not fast[..., 140:].any()
 

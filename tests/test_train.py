@@ -14,15 +14,16 @@ import torch
 import torch.multiprocessing as mp
 from click.testing import CliRunner
 
-from mirex_vi import checkpoint, train
-from mirex_vi.checkpoint import BEST, LAST, METRICS
-from mirex_vi.config import TrainConfig, load_yaml, with_overrides
 from mirex_vi.cli import main
-from mirex_vi.distributed import Ranks, init_distributed
-from mirex_vi.featstore import save_feature
-from mirex_vi.packaging import import_checkpoint
-from mirex_vi.train import build_train_loader, build_training_state, lr_at, run_training, train_epoch
-from mirex_vi.weights import WeightsError, load_weights, sha256_file
+from mirex_vi.config import TrainConfig, load_yaml, with_overrides
+from mirex_vi.features.layout import save_feature
+from mirex_vi.model.packaging import import_checkpoint
+from mirex_vi.model.weights import WeightsError, load_weights, sha256_file
+from mirex_vi.train import checkpoint, loop as train
+from mirex_vi.train.checkpoint import BEST, LAST, METRICS
+from mirex_vi.train.distributed import Ranks, init_distributed
+from mirex_vi.train.loop import (build_train_loader, build_training_state, lr_at, run_training,
+                                 train_epoch)
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = "configs/tiny.yaml"

@@ -13,7 +13,7 @@ import torch
 from conftest import run_cli, write_list
 from mirex_vi.config import (FEATURE_BOUNDS, MODEL_BOUNDS, TEMPO_SCALE_BOUNDS, FeatureConfig,
                              ModelConfig, from_dict)
-from mirex_vi.weights import CHECKED_FILES, SUMS_FILE, WeightsError, load_weights, sha256_file
+from mirex_vi.model.weights import CHECKED_FILES, SUMS_FILE, WeightsError, load_weights, sha256_file
 
 
 def package_with(tmp_path, tiny_package, **features):
@@ -147,12 +147,12 @@ def test_import_never_replaces_a_package_and_names_stay_under_the_root(tmp_path,
 
 
 def test_an_import_that_fails_midway_leaves_no_package(tmp_path, tiny_package, monkeypatch):
-    import mirex_vi.packaging
+    import mirex_vi.model.packaging
 
     from conftest import DiskFull
 
     checkpoint = checkpoint_of(tiny_package, tmp_path / "c.pth")
-    monkeypatch.setattr(mirex_vi.packaging, "atomic_open", DiskFull)  # the card, config, sums
+    monkeypatch.setattr(mirex_vi.model.packaging, "atomic_open", DiskFull)  # the card, config, sums
     code, out = run_cli("weights", "import", checkpoint, "--name", "new", "--root", tmp_path / "w")
     assert code == 3 and "No space left on device" in out and "Traceback" not in out, out
     assert not (tmp_path / "w").exists() or not list((tmp_path / "w").iterdir())

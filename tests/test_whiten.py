@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import derive_with_cli, random_store
 
-from mirex_vi.data import read_metadata
-from mirex_vi.evaluate import embed_cliques
-from mirex_vi.model import CQTNet
-from mirex_vi.weights import load_package
-from mirex_vi.whiten import LAST_LAYER, within_clique_scatter, wccn_transform
+from mirex_vi.eval.evaluate import embed_cliques
+from mirex_vi.io.metadata import read_metadata
+from mirex_vi.model.cqtnet import CQTNet
+from mirex_vi.model.weights import load_package
+from mirex_vi.train.whiten import LAST_LAYER, within_clique_scatter, wccn_transform
 
 
 def test_the_scatter_averages_offsets_from_each_cliques_mean_and_skips_singletons():

@@ -102,7 +102,7 @@ prepare() {
     ((stored == wanted)) || die "$((wanted - stored)) carried versions are in no store (${sources[*]})"
     cp .gpu/store/pooled.index.tsv .gpu/meta/
     # The device machine's copy of .git lags behind: the packages record this commit instead.
-    "$PYTHON" -c "from mirex_vi.checkpoint import git_commit; print(git_commit() or 'unknown')" \
+    "$PYTHON" -c "from mirex_vi.train.checkpoint import git_commit; print(git_commit() or 'unknown')" \
         > .gpu/meta/git_commit
     code_digest > .gpu/meta/code.sha256
     (cd .gpu/store && sha256sum pooled.u8.npy) > .gpu/meta/pooled.sha256

@@ -214,7 +214,7 @@ TRAINING_DATA='
 import json, sys
 from pathlib import Path
 import numpy as np
-from mirex_vi.pooled import write_store
+from mirex_vi.features.pooled import write_store
 out, rng, versions = Path(sys.argv[1]), np.random.default_rng(0), {}
 for split, first, n in (("train", 0, 8), ("val", 100, 4)):
     light = {}
@@ -257,7 +257,7 @@ check_numba_cache() {
 import time
 import numpy as np
 from mirex_vi.config import FeatureConfig
-from mirex_vi.features import compute_cqt
+from mirex_vi.features.frontend import compute_cqt
 cfg = FeatureConfig()
 x = 0.1 * np.random.default_rng(1).standard_normal(30 * cfg.sample_rate).astype(np.float32)
 t = time.perf_counter()

@@ -13,9 +13,10 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..atomic import atomic_open, remove_stale_temporaries
+from ..core.atomic import atomic_open, remove_stale_temporaries
 from . import soundfonts
-from .catalogue import COLLECTION_WEIGHTS, WorkRef, corpus_root, list_candidates, order_candidates, youtube_id
+from .catalogue import (COLLECTION_WEIGHTS, WorkRef, corpus_root, list_candidates,
+                        order_candidates, youtube_id)
 from .render import Task, render_version
 from .scores import Work, load_work
 from .versions import CLASSIC_MIX, DEMO_OVERRIDES, GENERATOR_VERSION, PREVIOUS_GENERATORS, Mix

@@ -1,7 +1,8 @@
 """New versions and new works for a kept corpus, rendered by the current generator.
 
-A corpus kept as features (../shared/corpus/synth-vi-4000: generator version 1) cannot
-grow in place, but it can grow in two directions:
+A corpus kept as features only (a pooled store with its metadata, such as the 4,000-work
+corpus of the shipped weights, rendered by generator version 1) cannot grow in place, but
+it can grow in two directions:
 - its cliques gain versions that the current generator draws (sung melodies, bands,
   codecs, changed forms): versions that change texture, which the kept versions lack;
 - new works join as new cliques: the training pool's works in the seed's order, skipping
@@ -16,11 +17,12 @@ import functools
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from ..atomic import remove_stale_temporaries
+from ..core.atomic import remove_stale_temporaries
 from . import soundfonts
-from .catalogue import COLLECTION_WEIGHTS, corpus_root, list_candidates, order_candidates, youtube_id
-from .driver import (check_tools, default_mix, group_cliques, parallel_map, pick_works, read_splits,
-                     render_tasks, split_cliques, write_json, write_metadata)
+from .catalogue import (COLLECTION_WEIGHTS, corpus_root, list_candidates, order_candidates,
+                        youtube_id)
+from .driver import (check_tools, default_mix, group_cliques, parallel_map, pick_works,
+                     read_splits, render_tasks, split_cliques, write_json, write_metadata)
 from .render import Task
 from .rerender import load_works, read_records, version_index
 from .scores import Work

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from ..atomic import atomic_open
+from ..core.atomic import atomic_open
 from .arrangement import arrange
 from .catalogue import stable_int
 from .codec import codec_pass

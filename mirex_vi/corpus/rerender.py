@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..atomic import remove_stale_temporaries
+from ..core.atomic import remove_stale_temporaries
 from . import soundfonts
 from .catalogue import WorkRef, corpus_root, youtube_id
 from .driver import (check_rendered, check_tools, default_mix, parallel_map, pool_of, render_tasks,

@@ -1,0 +1,8 @@
+"""Process plumbing that knows nothing of audio or models.
+
+- ``atomic``: files written through a temporary and renamed into place; stale temporaries swept.
+- ``runtime``: device selection, AMP (fp16 autocast on CUDA only), tolerances, device limits.
+- ``lifeline``, ``forkserver_preload``: helper processes that die with their parent.
+
+Imports: the standard library, numpy and torch only; nothing else of ``mirex_vi``.
+"""

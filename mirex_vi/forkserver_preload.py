@@ -1,6 +1,0 @@
-"""Imported by the worker pool's forkserver, and only there: it dies with the main process
-(see :mod:`mirex_vi.lifeline`)."""
-
-from .lifeline import die_with_parent
-
-die_with_parent()

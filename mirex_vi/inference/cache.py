@@ -1,0 +1,105 @@
+"""The embedding cache: one ``.npy`` per track, keyed by everything that makes the vector.
+
+A rerun of the same command reads finished tracks from here instead of computing them, so
+a killed run resumes and writes a byte-identical matrix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import FeatureConfig, to_dict
+from ..core.atomic import atomic_open, remove_stale_temporaries, sync_files
+from ..core.runtime import amp_enabled
+from ..io.audio import FileIdentity
+
+log = logging.getLogger(__name__)
+
+
+def uses_torch_cqt(cqt_backend: str, device: torch.device) -> bool:
+    """``torch``, or ``auto`` on CUDA: the CQT is computed on ``device`` (``TorchFrontEnd``)."""
+    return cqt_backend == "torch" or (cqt_backend == "auto" and device.type == "cuda")
+
+
+def inference_settings(device: torch.device, amp: bool, cqt_backend: str = "auto") -> dict[str, Any]:
+    """What changes an embedding besides the weights and the features: where the CQT is
+    computed (``torch`` or ``librosa``, ``auto`` resolved), AMP in effect, device type."""
+    return {"cqt": "torch" if uses_torch_cqt(cqt_backend, device) else "librosa",
+            "amp": amp_enabled(device, amp), "device": device.type}
+
+
+class EmbeddingCache:
+    """One ``.npy`` per track under ``folder``, keyed by file identity, weights, features
+    and inference settings.
+
+    The key covers the resolved path of the audio and its size and mtime as taken *before*
+    it was read (:func:`~mirex_vi.io.audio.file_identity`), the weights' sha256, the feature
+    config and the :func:`inference_settings`, so a changed file, model, CQT backend, AMP
+    or device type never reuses a stale entry. Entries are written atomically; one that does
+    not load as a finite unit vector is recomputed, and temporaries that a killed run left
+    behind are swept when the cache is opened. The cache is an optimisation: when an entry
+    cannot be written (disk full...) it warns once and stops writing.
+    """
+
+    def __init__(self, folder: Path, weights_sha256: str, features: FeatureConfig, dim: int,
+                 settings: dict[str, Any]):
+        self.folder = folder
+        remove_stale_temporaries(folder)
+        self.dim = dim
+        self.settings = settings
+        self._salt = json.dumps({"weights": weights_sha256, "features": to_dict(features),
+                                 "inference": settings}, sort_keys=True)
+        self._writable = True
+
+    def path_for(self, audio: Path, identity: FileIdentity) -> Path:
+        ident = json.dumps([str(audio.resolve()), identity.size, identity.mtime_ns, self._salt])
+        key = hashlib.sha256(ident.encode()).hexdigest()
+        return self.folder / key[:2] / f"{key}.npy"
+
+    def get(self, audio: Path, identity: FileIdentity) -> np.ndarray | None:
+        """The ``(dim,)`` float32 entry of ``audio`` as it was when ``identity`` was taken."""
+        try:
+            entry = self.path_for(audio, identity)
+            emb = np.load(entry, allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            return None
+        if emb.shape != (self.dim,) or emb.dtype != np.float32 or not np.all(np.isfinite(emb)) \
+                or abs(float(np.linalg.norm(emb)) - 1.0) > 1e-3:
+            log.warning("cache entry %s for %s is corrupt; recomputing", entry, audio)
+            return None
+        return emb
+
+    def put(self, audio: Path, identity: FileIdentity, emb: np.ndarray) -> None:
+        """Store the ``(dim,)`` embedding of ``audio`` read with ``identity``."""
+        self.put_many([(audio, identity, emb)])
+
+    def put_many(self, items: Sequence[tuple[Path, FileIdentity, np.ndarray]]) -> None:
+        """Store a batch of ``(audio, identity, (dim,) embedding)`` with one file-system sync
+        instead of one ``fsync`` per entry: every entry is written to its temporary file,
+        all are made durable together (``atomic.sync_files``), then renamed into place."""
+        if not items or not self._writable:
+            return
+        try:
+            with contextlib.ExitStack() as renames:
+                files = []
+                for audio, identity, emb in items:
+                    entry = self.path_for(audio, identity)
+                    entry.parent.mkdir(parents=True, exist_ok=True)
+                    f = renames.enter_context(atomic_open(entry, fsync=False))
+                    np.save(f, emb.astype(np.float32))
+                    files.append(f)
+                sync_files(files)
+        except OSError as err:
+            self._writable = False
+            log.warning("cannot write to the embedding cache %s (%s); carrying on without it, "
+                        "so a rerun computes these embeddings again", self.folder,
+                        err.strerror or err)

@@ -1,0 +1,181 @@
+"""The MIREX job: list files in, distance matrix out.
+
+``prepare`` checks everything that can be checked before audio is touched (lists, queries,
+output location, weights, device); ``identify`` embeds, scores and writes atomically. A
+track that cannot be used is skipped with its reason; only the output itself can fail the
+run once the work has started, and then the cached embeddings are kept for a rerun.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..core.atomic import atomic_open, make_folder, remove_stale_temporaries
+from ..core.runtime import amp_enabled, disable_tf32_without_amp, resolve_device
+from ..features.workers import default_workers
+from ..io.lists import InputError, OutputError, TrackList, query_positions, read_list
+from ..io.matrix import write_distance_matrix
+from ..io.outputs import check_accepts_files, check_output_location, find_same_file
+from ..model.weights import LoadedWeights, load_weights, weight_files
+from .cache import EmbeddingCache, inference_settings, uses_torch_cqt
+from .embed import TrackError, embed_tracks
+from .scoring import distance_rows, expand_by_neighbours
+
+log = logging.getLogger(__name__)
+
+
+SYSTEM_NAME = "Discogs-VINet-MIREX (mirex_vi)"
+
+
+@dataclass(frozen=True)
+class IdentifyJob:
+    collection: TrackList
+    query_indices: list[int]  # 0-based collection index of each query
+    output: Path
+    workdir: Path
+    weights: LoadedWeights
+    device: torch.device
+
+
+@dataclass
+class IdentifySummary:
+    n_tracks: int
+    n_queries: int
+    n_cached: int
+    seconds: float
+    output: Path
+    errors_file: Path
+    errors: list[tuple[Path, str]] = field(default_factory=list)
+    strict_error: str | None = None
+
+    def describe(self) -> str:
+        skipped = (f"; {len(self.errors)} track(s) skipped (distance 2.0 to all others), "
+                   f"see {self.errors_file}" if self.errors else "")
+        return (f"wrote {self.output}: {self.n_queries} queries x {self.n_tracks} tracks "
+                f"in {self.seconds:.1f} s ({self.n_cached} embeddings from cache){skipped}")
+
+
+def default_workdir(output: Path) -> Path:
+    return output.with_name(output.name + ".work")
+
+
+def errors_file(workdir: Path, output: Path) -> Path:
+    """The per-run error log: named after the output, so runs sharing a workdir keep theirs."""
+    return workdir / f"{output.name}.errors.tsv"
+
+
+def prepare(collection: Path, queries: Path, output: str | Path, workdir: Path | None,
+            weights: str | None, device: str) -> IdentifyJob:
+    """Validate the whole call before any audio is processed.
+
+    OUTPUT must be a new name or a regular file in a folder that takes files, and neither
+    an input (list, track, weights file) nor the workdir.
+
+    Raises:
+        ValueError: (``InputError``, ``WeightsError`` included) with a message for the user.
+    """
+    tracks = read_list(collection)
+    query_list = tracks if queries == collection else read_list(queries)  # a pipe reads once
+    query_indices = query_positions(tracks, query_list)
+    inputs = [collection, queries, *weight_files(weights), *tracks.paths]
+    output = check_output_location(output, inputs)
+    remove_stale_temporaries(output.parent, of=output.name)
+    workdir = Path(os.path.abspath(workdir)) if workdir else default_workdir(output)
+    if find_same_file(workdir, [output]):
+        raise InputError(f"{workdir}: the work folder cannot be the output")
+    try:
+        make_folder(workdir, "work folder")
+    except OSError as err:
+        raise InputError(str(err)) from err
+    if not os.access(workdir, os.W_OK | os.X_OK):
+        raise InputError(f"{workdir}: work folder is not writable")
+    check_accepts_files(workdir, "work folder")
+    return IdentifyJob(tracks, query_indices, output, workdir, load_weights(weights),
+                       resolve_device(device))
+
+
+def identify(job: IdentifyJob, amp: bool = True, batch_size: int | None = None,
+             workers: int | None = None, strict: bool = False, progress: bool = True,
+             name: str | None = None, cqt_backend: str = "auto",
+             expand: int = 0) -> IdentifySummary:
+    """Embed every collection track (cached in the workdir), score, write the matrix.
+    With ``expand`` > 0, each embedding is first expanded by that many nearest neighbours
+    in the collection (``scoring.expand_by_neighbours``).
+
+    Without ``amp`` on CUDA, TF32 is off (true fp32). Before the torch CQT is used on CUDA
+    it must pass the self-check (``selfcheck.torch_cqt_agrees``); if it does not, the CQTs
+    are computed with librosa in the workers.
+
+    Raises:
+        OutputError: the matrix could not be written (the cache is kept).
+    """
+    from tqdm import tqdm
+
+    start = time.perf_counter()
+    disable_tf32_without_amp(job.device, amp)
+    cqt_backend = _checked_cqt_backend(job, amp_enabled(job.device, amp), cqt_backend)
+    batch_size = batch_size or (16 if job.device.type == "cuda" else 1)
+    amp = amp_enabled(job.device, amp)
+    paths = job.collection.paths
+    cache = EmbeddingCache(job.workdir / "embeddings", job.weights.sha256, job.weights.features,
+                           job.weights.model.cfg.embedding_dim,
+                           inference_settings(job.device, amp, cqt_backend))
+    summary = IdentifySummary(len(paths), len(job.query_indices), 0, 0.0, job.output,
+                              errors_file(job.workdir, job.output))
+    with tqdm(total=len(paths), desc="embed", unit="track", disable=not progress) as bar:
+        try:
+            run = embed_tracks(paths, job.weights, job.device, amp, workers or default_workers(),
+                               batch_size, cache, strict, on_track=bar.update,
+                               cqt_backend=cqt_backend)
+        except TrackError as err:
+            summary.strict_error = str(err)
+            return summary
+    summary.n_cached = run.n_cached
+    summary.errors = [(paths[i], reason) for i, reason in sorted(run.errors.items())]
+    _write_errors(summary.errors_file, summary.errors)
+    valid = np.ones(len(paths), dtype=bool)
+    valid[list(run.errors)] = False
+    embeddings = expand_by_neighbours(run.embeddings, valid, expand, job.device)
+    rows = distance_rows(embeddings, job.query_indices, valid, job.device)
+    header = name or f"{SYSTEM_NAME}, weights {job.weights.name}" + (
+        f", expanded by {expand} neighbours" if expand else "")
+    try:
+        write_distance_matrix(job.output, header, paths, job.query_indices, rows)
+    except OSError as err:
+        raise OutputError(f"{job.output}: cannot write the matrix ({err.strerror or err}); "
+                          f"no output written. The embeddings are kept in {job.workdir}: "
+                          "rerun the same command once the problem is solved") from err
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _checked_cqt_backend(job: IdentifyJob, amp: bool, cqt_backend: str) -> str:
+    """``cqt_backend``, or ``librosa`` where the torch CQT on CUDA fails the self-check."""
+    if job.device.type != "cuda" or not uses_torch_cqt(cqt_backend, job.device):
+        return cqt_backend
+    from .selfcheck import torch_cqt_agrees
+
+    return "torch" if torch_cqt_agrees(job.weights, job.device, amp) else "librosa"
+
+
+def _write_errors(path: Path, errors: list[tuple[Path, str]]) -> None:
+    """``path<TAB>reason`` per skipped track (header line first); rewritten every run.
+
+    Like the cache, the log lives in the workdir and is not worth failing the run for: if
+    it cannot be written, a warning says so (the reasons are on stderr as well).
+    """
+    remove_stale_temporaries(path.parent, of=path.name)
+    try:
+        with atomic_open(path, "w", encoding="utf-8", errors="surrogateescape") as f:
+            f.write("path\treason\n")
+            for track, reason in errors:
+                f.write(f"{track}\t{' '.join(reason.split())}\n")
+    except OSError as err:
+        log.warning("cannot write the error log %s (%s)", path, err.strerror or err)

@@ -1,0 +1,323 @@
+"""Catalogue indexes: a track list or Discogs-VI-YT metadata in, an index folder out.
+
+Tracks are embedded by :func:`~mirex_vi.inference.embed.embed_tracks` (parallel decoding, the same
+error handling, and an :class:`~mirex_vi.inference.cache.EmbeddingCache`, by default
+``INDEX_DIR/embeddings``), so a killed build, run again, embeds only what the cache lacks.
+A track that cannot be embedded is left out of the index and listed in
+``INDEX_DIR/errors.tsv``. The folder format is :mod:`mirex_vi.search.folder`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from itertools import chain
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from ..core.atomic import atomic_open
+from ..core.runtime import amp_enabled, resolve_device
+from ..features.workers import default_workers
+from ..inference.cache import EmbeddingCache, inference_settings
+from ..inference.embed import EmbeddingRun, embed_tracks
+from ..io.lists import InputError, read_list
+from ..model.weights import LoadedWeights, load_weights, resolve_weights
+from . import faiss_index
+from .folder import (MANIFEST, IndexFolderError, Manifest, OpenIndex, Shard, Track,
+                     bytes_per_track, check_weights, manifest_for, open_index, save, writing)
+
+log = logging.getLogger(__name__)
+
+
+CACHE_FOLDER = "embeddings"
+ERRORS_FILE = "errors.tsv"
+
+
+@dataclass(frozen=True)
+class Embedder:
+    """How tracks become embeddings: weights, device, worker processes and cache."""
+
+    weights: LoadedWeights
+    weights_source: str  # the resolved folder or file the weights were loaded from
+    device: torch.device
+    workers: int
+    cache: EmbeddingCache | None
+    progress: bool = True
+
+    def embed(self, paths: Sequence[Path]) -> EmbeddingRun:
+        """``(N, D)`` embeddings of ``paths`` (failed rows zero and listed in ``errors``)."""
+        from tqdm import tqdm
+
+        batch_size = 16 if self.device.type == "cuda" else 1
+        with tqdm(total=len(paths), desc="embed", unit="track", disable=not self.progress) as bar:
+            return embed_tracks(paths, self.weights, self.device, amp_enabled(self.device, True),
+                                self.workers, batch_size, self.cache, on_track=bar.update)
+
+
+def make_embedder(weights: str | Path | None, device: str, workers: int | None,
+                  cache_dir: Path | None, progress: bool = True) -> Embedder:
+    """Load and verify the weights, resolve the device, open the cache (None: no cache).
+
+    Raises:
+        ValueError: unknown or corrupt weights, an unavailable device.
+    """
+    loaded = load_weights(weights)
+    dev = resolve_device(device)
+    cache = None
+    if cache_dir is not None:
+        cache = EmbeddingCache(cache_dir, loaded.sha256, loaded.features,
+                               loaded.model.cfg.embedding_dim, inference_settings(dev, True))
+    return Embedder(loaded, str(resolve_weights(weights).resolve()), dev,
+                    workers or default_workers(), cache, progress)
+
+
+def index_weights(manifest: Manifest) -> str:
+    """The weights an index was built with: where they were loaded from, else their name."""
+    return manifest.weights_source if Path(manifest.weights_source).exists() else manifest.weights_name
+
+
+@dataclass
+class IndexSummary:
+    """What a build, add or merge did."""
+
+    folder: Path
+    manifest: Manifest
+    added: int
+    n_cached: int | None = None  # None: nothing was embedded (a merge)
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def describe(self) -> str:
+        index_bytes, table_bytes = bytes_per_track(self.folder, self.manifest)
+        how = "merged" if self.n_cached is None else f"added ({self.n_cached:,} embeddings from cache)"
+        text = (f"index {self.folder}: {self.manifest.count:,} tracks, {self.manifest.kind} "
+                f"({index_bytes:.1f} bytes per track in the index, {table_bytes:.1f} in the "
+                f"track table); {self.added:,} {how} in {self.seconds:.1f} s")
+        if self.errors:
+            text += (f"; {len(self.errors)} track(s) could not be embedded and are left out, "
+                     f"see {self.folder / ERRORS_FILE}")
+        return text
+
+
+def read_tracks(source: Path, audio_root: Path | None = None) -> list[Track]:
+    """The tracks of a list file (one path per line) or of Discogs-VI-YT metadata (light
+    JSON or JSONL, told by a leading ``{``; audio under ``audio_root``), in order, each
+    path once.
+
+    Raises:
+        InputError: an unreadable list, or metadata without ``audio_root``.
+    """
+    try:
+        with open(source, encoding="utf-8") as f:
+            is_metadata = f.read(4096).lstrip().startswith("{")
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{source}: cannot read ({err})") from err
+    if is_metadata:
+        from ..io.metadata import items_from_metadata
+
+        if audio_root is None:
+            raise InputError(f"{source}: metadata needs --audio-root (the folder holding audio/)")
+        tracks = [Track(str(path), youtube_id)
+                  for youtube_id, path in items_from_metadata(source, audio_root)]
+    else:
+        tracks = [Track(str(path)) for path in read_list(source).paths]
+    first: dict[str, Track] = {}
+    for track in tracks:
+        first.setdefault(track.path, track)
+    unique = list(first.values())
+    if len(unique) < len(tracks):
+        log.info("%s: %d repeated path(s) indexed once", source, len(tracks) - len(unique))
+    return unique
+
+
+def source_sha256(tracks: Sequence[Track]) -> str:
+    return hashlib.sha256("\n".join(t.path for t in tracks).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def audio_duration(path: str) -> float:
+    """Seconds of audio from the file's header (soundfile, else ffprobe); NaN if unknown."""
+    try:
+        return float(sf.info(path).duration)
+    except Exception:  # noqa: BLE001 - any format soundfile cannot read goes to ffprobe
+        pass
+    if shutil.which("ffprobe") is None:
+        return math.nan
+    cmd = ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", path]
+    out = subprocess.run(cmd, capture_output=True, text=True).stdout.strip()
+    try:
+        return float(out)
+    except ValueError:
+        return math.nan
+
+
+@dataclass
+class Embedded:
+    """The embedded part of a track list: ``vectors`` ``(n, D)`` float32 in ``tracks``
+    order; ``errors`` (path, reason) of the tracks that failed."""
+
+    tracks: list[Track]
+    vectors: np.ndarray
+    errors: list[tuple[str, str]]
+    n_cached: int
+
+
+def embed_all(tracks: Sequence[Track], embedder: Embedder) -> Embedded:
+    """Embed ``tracks`` and read their durations; failed tracks are dropped."""
+    run = embedder.embed([Path(t.path) for t in tracks])
+    ok = [i for i in range(len(tracks)) if i not in run.errors]
+    with ThreadPoolExecutor(max_workers=embedder.workers) as pool:
+        durations = list(pool.map(audio_duration, [tracks[i].path for i in ok]))
+    return Embedded([replace(tracks[i], duration=d) for i, d in zip(ok, durations)],
+                    run.embeddings[ok], [(tracks[i].path, why) for i, why in sorted(run.errors.items())],
+                    run.n_cached)
+
+
+def write_errors(folder: Path, errors: Sequence[tuple[str, str]]) -> None:
+    """``path<TAB>reason`` per track left out (header first); rewritten by every build/add."""
+    with atomic_open(folder / ERRORS_FILE, "w", encoding="utf-8", errors="surrogateescape") as f:
+        f.write("path\treason\n")
+        f.writelines(f"{path}\t{' '.join(reason.split())}\n" for path, reason in errors)
+
+
+def _refuse_existing(folder: Path) -> None:
+    if (folder / MANIFEST).is_file():
+        raise IndexFolderError(f"{folder} already holds an index: add tracks with "
+                               "`mirex-vi index add`, or give another folder")
+
+
+def build_index(source: Path, folder: Path, embedder: Embedder, kind: str = "auto",
+                shard: Shard | None = None, nprobe: int | None = None,
+                audio_root: Path | None = None) -> IndexSummary:
+    """Embed every track of ``source`` (or of its ``shard``) and write the index folder.
+
+    A shard is always ``flat``: it keeps the exact vectors that ``index merge`` needs.
+
+    Raises:
+        ValueError: bad input, a folder that already holds an index, a kind the tracks
+            cannot have, or no track that could be embedded.
+    """
+    start = time.perf_counter()
+    tracks = read_tracks(source, audio_root)
+    if shard is not None:
+        if kind not in ("auto", "flat"):
+            raise InputError("a shard is always flat: choose the kind when merging "
+                             "(`mirex-vi index merge --kind ...`)")
+        shard = replace(shard, source_sha256=source_sha256(tracks))
+        tracks, kind = [tracks[i] for i in shard.select(len(tracks))], "flat"
+    faiss_index.resolve_kind(kind, len(tracks))  # fail before embedding
+    with writing(folder):
+        _refuse_existing(folder)
+        done = embed_all(tracks, embedder)
+        write_errors(folder, done.errors)
+        if not done.tracks:
+            raise InputError(f"{source}: no track could be embedded (see {folder / ERRORS_FILE})")
+        dim = done.vectors.shape[1]
+        kind = faiss_index.resolve_kind(kind, len(done.tracks))
+        params = faiss_index.ivfpq_params(len(done.tracks), dim, nprobe) if kind == "ivfpq" else None
+        built = faiss_index.build(kind, done.vectors, params)
+        manifest = replace(manifest_for(embedder.weights, embedder.weights_source, kind, dim),
+                           params=params and params.to_dict(), shard=shard)
+        manifest = save(folder, manifest, built, done.tracks)
+    return IndexSummary(folder, manifest, len(done.tracks), done.n_cached, done.errors,
+                        time.perf_counter() - start)
+
+
+def add_tracks(folder: Path, source: Path, embedder: Embedder,
+               audio_root: Path | None = None) -> IndexSummary:
+    """Append the tracks of ``source`` that the index does not hold yet.
+
+    Raises:
+        ValueError: no index in ``folder``, or ``embedder``'s weights or feature config
+            differ from the index's.
+    """
+    start = time.perf_counter()
+    with writing(folder):
+        opened = open_index(folder, mmap=False)
+        check_weights(opened.manifest, embedder.weights, folder)
+        known = {t.path for t in opened.tracks}
+        new = [t for t in read_tracks(source, audio_root) if t.path not in known]
+        done = embed_all(new, embedder)
+        write_errors(folder, done.errors)
+        faiss_index.add(opened.index, done.vectors)
+        manifest = save(folder, opened.manifest, opened.index, chain(opened.tracks, done.tracks))
+    return IndexSummary(folder, manifest, len(done.tracks), done.n_cached, done.errors,
+                        time.perf_counter() - start)
+
+
+def merge_indexes(folder: Path, inputs: Sequence[Path], kind: str = "auto",
+                  nprobe: int | None = None) -> IndexSummary:
+    """Join flat indexes (the shards of one list, or any compatible ones) into a new index.
+
+    Shards are joined in shard order, whatever the order given, and must be all ``n``
+    shards of one list; other indexes are joined in the order given. Vectors are read
+    one input at a time.
+
+    Raises:
+        ValueError: an input that is not flat, other weights or feature configs, a shard
+            missing or repeated, a track in two inputs, or an output that holds an index.
+    """
+    start = time.perf_counter()
+    parts = _merge_order([open_index(p) for p in inputs])
+    first = parts[0].manifest
+    total = sum(p.manifest.count for p in parts)
+    kind = faiss_index.resolve_kind(kind, total)
+    params = faiss_index.ivfpq_params(total, first.dim, nprobe) if kind == "ivfpq" else None
+    merged = faiss_index.new_index(kind, first.dim, params)
+    with writing(folder):
+        _refuse_existing(folder)
+        if params is not None:
+            faiss_index.train(merged, _sample(parts, faiss_index.training_rows(total, params)))
+        for part in parts:
+            faiss_index.add(merged, faiss_index.vectors_of(part.index))
+        manifest = replace(first, kind=kind, params=params and params.to_dict(), shard=None)
+        manifest = save(folder, manifest, merged, chain.from_iterable(p.tracks for p in parts))
+    return IndexSummary(folder, manifest, total, seconds=time.perf_counter() - start)
+
+
+def _merge_order(parts: list[OpenIndex]) -> list[OpenIndex]:
+    """Check that ``parts`` can be merged; return them in merge order."""
+    first = parts[0].manifest
+    for part in parts:
+        m = part.manifest
+        if m.kind != "flat":
+            raise IndexFolderError(f"{part.folder}: an {m.kind} index has no exact vectors to "
+                                   "merge; merge the flat shards it was made from")
+        if (m.weights_sha256, m.features_sha256, m.dim) != (first.weights_sha256,
+                                                             first.features_sha256, first.dim):
+            raise IndexFolderError(f"{part.folder}: other weights or feature config than "
+                                   f"{parts[0].folder}")
+    shards = [p.manifest.shard for p in parts]
+    if any(shards):
+        if not all(shards) or len({(s.count, s.source_sha256) for s in shards}) != 1 \
+                or sorted(s.number for s in shards) != list(range(1, shards[0].count + 1)):
+            found = ", ".join(f"{s.number}/{s.count}" if s else "not a shard" for s in shards)
+            raise IndexFolderError(f"merge needs every shard 1..n of one list exactly once "
+                                   f"(got {found})")
+        parts = sorted(parts, key=lambda p: p.manifest.shard.number)
+    seen: set[str] = set()
+    for part in parts:
+        for track in part.tracks:
+            if track.path in seen:
+                raise IndexFolderError(f"{track.path} is in more than one input")
+            seen.add(track.path)
+    return parts
+
+
+def _sample(parts: Sequence[OpenIndex], rows: np.ndarray) -> np.ndarray:
+    """The vectors of global ``rows`` (ascending) across ``parts`` in order."""
+    pieces, offset = [], 0
+    for part in parts:
+        local = rows[(rows >= offset) & (rows < offset + part.manifest.count)] - offset
+        pieces.append(faiss_index.vectors_of(part.index)[local])
+        offset += part.manifest.count
+    return np.concatenate(pieces)

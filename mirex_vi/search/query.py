@@ -1,0 +1,216 @@
+"""Queries against an index folder: the top-k tracks of each query, and MAP@k / recall@k.
+
+Queries are embedded like indexed tracks (through the index's cache when it is writable,
+so a query that is in the index costs nothing) by the index's own weights. Results follow
+the exact path's conventions (docs/REFERENCE.md §4): MIREX distances, ties in collection
+order, and a query that is in the index at distance 0 to itself, first among its results
+unless ``exclude_self`` drops it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..core.atomic import atomic_open
+from . import faiss_index
+from .build import CACHE_FOLDER, Embedder, index_weights, make_embedder
+from .folder import OpenIndex, check_weights, open_index
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Hit:
+    rank: int  # 1-based
+    path: str
+    distance: float
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    query: str
+    hits: list[Hit]
+
+
+def open_for_queries(folder: Path, weights: str | None, device: str, workers: int | None,
+                     cache_dir: Path | None, progress: bool = True) -> tuple[OpenIndex, Embedder]:
+    """Open ``folder`` memory-mapped and an embedder with the index's weights.
+
+    The cache defaults to the index's own (read by every query that the index holds); if
+    that folder is not writable, queries are embedded without a cache.
+
+    Raises:
+        ValueError: no index, or weights that are not the index's.
+    """
+    opened = open_index(folder, mmap=True)
+    if cache_dir is None:
+        cache_dir = folder / CACHE_FOLDER
+        if not os.access(cache_dir if cache_dir.exists() else folder, os.W_OK | os.X_OK):
+            log.info("%s is not writable: queries are embedded without a cache", cache_dir)
+            cache_dir = None
+    embedder = make_embedder(weights or index_weights(opened.manifest), device, workers,
+                             cache_dir, progress)
+    check_weights(opened.manifest, embedder.weights, folder)
+    return opened, embedder
+
+
+def query_paths(queries: Path) -> list[Path]:
+    """The tracks of a list file, or ``queries`` itself when it is an audio file.
+
+    Raises:
+        InputError: an unreadable or empty list.
+    """
+    from ..io.lists import read_list
+    from ..io.metadata import AUDIO_EXTENSIONS
+
+    if queries.suffix.lower() in AUDIO_EXTENSIONS:
+        return [Path(os.path.abspath(queries))]
+    return read_list(queries).paths
+
+
+def embed_queries(paths: Sequence[Path], embedder: Embedder) -> tuple[list[int], np.ndarray,
+                                                                       list[tuple[Path, str]]]:
+    """Positions of the queries that embedded, their ``(n, D)`` vectors, and the
+    ``(path, reason)`` of those that did not."""
+    run = embedder.embed(paths)
+    ok = [i for i in range(len(paths)) if i not in run.errors]
+    return ok, run.embeddings[ok], [(paths[i], why) for i, why in sorted(run.errors.items())]
+
+
+def search(opened: OpenIndex, queries: Sequence[str], vectors: np.ndarray, k: int,
+           exclude_self: bool = False, nprobe: int | None = None,
+           chunk: int = 1024) -> Iterator[QueryResult]:
+    """The ``k`` nearest indexed tracks of each query, in query order.
+
+    Args:
+        queries: the query paths (absolute, as in the track table).
+        vectors: ``(Q, D)`` float32 unit embeddings of ``queries``.
+        exclude_self: drop the indexed track whose path is the query's.
+        nprobe: cells an ivfpq index scans (default: the index's).
+    """
+    fetch = min(k + 1, opened.manifest.count)  # one more, in case the query itself is dropped
+    for start in range(0, len(queries), chunk):
+        distances, ids = faiss_index.top_k(opened.index, vectors[start : start + chunk], fetch, nprobe)
+        for query, row_d, row_i in zip(queries[start : start + chunk], distances, ids):
+            yield QueryResult(query, _hits(opened, query, row_d, row_i, k, exclude_self))
+
+
+def _hits(opened: OpenIndex, query: str, distances: np.ndarray, ids: np.ndarray, k: int,
+          exclude_self: bool) -> list[Hit]:
+    """One query's hits from its ``(fetch,)`` candidate distances and ids."""
+    found = [(float(d), int(i), opened.tracks[int(i)].path) for d, i in zip(distances, ids) if i >= 0]
+    if exclude_self:
+        found = [f for f in found if f[2] != query]
+    found = sorted((0.0 if path == query else d, i, path) for d, i, path in found)[:k]
+    return [Hit(rank, path, round(d, 6)) for rank, (d, _, path) in enumerate(found, 1)]
+
+
+def write_tsv(results: Iterable[QueryResult], out) -> None:
+    """``query<TAB>rank<TAB>path<TAB>distance`` per hit, distances as ``%.6f``."""
+    for result in results:
+        for hit in result.hits:
+            out.write(f"{result.query}\t{hit.rank}\t{hit.path}\t{hit.distance:.6f}\n")
+
+
+def write_json(results: Iterable[QueryResult], out) -> None:
+    """A JSON list of ``{"query", "results": [{"rank", "path", "distance"}, ...]}``."""
+    out.write("[")
+    for n, result in enumerate(results):
+        out.write(",\n " if n else "\n ")
+        json.dump({"query": result.query, "results": [asdict(h) for h in result.hits]}, out,
+                  ensure_ascii=False)
+    out.write("\n]\n")
+
+
+# --- evaluation through the index ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IndexFigures:
+    """MAP@k, recall@k and Top-1 rate over the labelled queries with a relevant indexed
+    track; ``n_skipped`` queries had none."""
+
+    k: int
+    map_at_k: float
+    recall_at_k: float
+    top1_rate: float
+    n_queries: int
+    n_skipped: int
+
+    def write_json(self, path: Path) -> None:
+        with atomic_open(path, "w", encoding="utf-8") as f:
+            json.dump(asdict(self), f, indent=2)
+            f.write("\n")
+
+    def lines(self) -> str:
+        return "\n".join([f"{'MAP@' + str(self.k):>13}: {self.map_at_k:.4f}",
+                          f"{'recall@' + str(self.k):>13}: {self.recall_at_k:.4f}",
+                          f"{'Top-1 rate':>13}: {self.top1_rate:.4f}",
+                          f"{'queries':>13}: {self.n_queries}"])
+
+
+def evaluate_labels(folder: Path, labels_tsv: Path, k: int, nprobe: int | None,
+                    weights: str | None, device: str, workers: int | None,
+                    progress: bool = True) -> IndexFigures:
+    """Search every track of a labels TSV in the index (itself excluded) and score the
+    top ``k``.
+
+    Raises:
+        ValueError: no index, other weights, a labelled track that cannot be embedded, or
+            no labelled track with another of its clique in the index.
+    """
+    from ..io.lists import read_labels
+    from ..io.lists import InputError
+
+    labels = {str(path): clique for path, clique in read_labels(labels_tsv).items()}
+    opened, embedder = open_for_queries(folder, weights, device, workers, None, progress)
+    queries = list(labels)
+    ok, vectors, errors = embed_queries([Path(q) for q in queries], embedder)
+    if errors:
+        bad = "\n".join(f"  {path}: {reason}" for path, reason in errors)
+        raise InputError(f"{len(errors)} labelled track(s) could not be embedded:\n{bad}")
+    figures = score_results(opened, labels, search(opened, queries, vectors, k, True, nprobe), k)
+    if figures.n_queries == 0:  # every figure would be NaN
+        raise InputError(f"{folder}: no labelled track has another of its clique in the index "
+                         f"({labels_tsv}); nothing to score")
+    return figures
+
+
+def score_results(opened: OpenIndex, labels: dict[str, str], results: Iterable[QueryResult],
+                  k: int) -> IndexFigures:
+    """Figures of the top-``k`` ``results`` (searched with ``exclude_self``) of labelled
+    queries.
+
+    A relevant track is an indexed one with the query's label. Per query with R relevant
+    tracks: ``AP@k = sum over relevant ranks r <= k of P@r / min(R, k)`` (1 for a perfect
+    top k), ``recall@k`` = relevant tracks in the top k / R. With k at least the index
+    size, AP@k of a flat index is the full-ranking AP of the exact path.
+    """
+    indexed = [t.path for t in opened.tracks if t.path in labels]
+    in_index = Counter(labels[path] for path in indexed)
+    indexed = set(indexed)
+    aps, recalls, top1 = [], [], []
+    skipped = 0
+    for result in results:
+        label = labels[result.query]
+        n_relevant = in_index[label] - (result.query in indexed)
+        if n_relevant == 0:
+            skipped += 1
+            continue
+        relevant = np.array([labels.get(h.path) == label for h in result.hits], dtype=bool)
+        precision = np.cumsum(relevant) / np.arange(1, len(relevant) + 1)
+        aps.append(float(precision[relevant].sum()) / min(n_relevant, k))
+        recalls.append(relevant.sum() / n_relevant)
+        top1.append(bool(relevant[:1].any()))
+    nan = float("nan")
+    return IndexFigures(k, float(np.mean(aps)) if aps else nan,
+                        float(np.mean(recalls)) if recalls else nan,
+                        float(np.mean(top1)) if top1 else nan, len(aps), skipped)
