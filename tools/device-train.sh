@@ -7,10 +7,12 @@
 # training reads travels: the training cliques and VAL_CLIQUES validation cliques, as a
 # store of their own, xz-compressed (~110 MB for 3,300 cliques), in parts sized to fill
 # each call. The last call assembles it, times two epochs, trains as many epochs of
-# configs/vinet-mirex-synth-gpu.yaml as the minutes allow (one cosine schedule) from the
-# package in weights/ (pinned by its sha256), and brings the new package back as parts of
-# a tar (files from a call are at most 16 MiB each). Two runs separated by --vs train side
-# by side on the one GPU, each with its own options, and each brings its own package back.
+# configs/vinet-mirex-synth.yaml (the recipe of the shipped package) as the minutes allow
+# (one cosine schedule) from the package in weights/ (pinned by its sha256), and brings the
+# new package back as parts of a tar (files from a call are at most 16 MiB each). The script
+# gives the recipe what belongs to the run: the carried data, the start, the run folder and
+# 12 data-loader workers. Two runs separated by --vs train side by side on the one GPU, each
+# with its own options (e.g. its own --set seed=N), and each brings its own package back.
 #
 #   here:   bash tools/device-train.sh prepare          # writes .gpu/, prints the calls to make
 #   there:  bash tools/device-train.sh receive          # each call but the last: its part
@@ -20,7 +22,8 @@
 # To ship it: move weights/vinet-mirex-synth aside, collect into that name, and copy the old
 # MODEL_CARD.md in (the card is not checksummed) before updating it.
 #
-# Environment: CORPUS (default ../shared/corpus/synth-vi-4000); PART_SIZE (split's -b;
+# Environment: CORPUS (prepare: a u8 pooled store with its Synth-VI-YT-light.json.train
+# and .val beside it, made as docs/training.md, "Data", says); PART_SIZE (split's -b;
 # default: what fills a call); VAL_CLIQUES (validation cliques carried, default 100:
 # validation runs every epoch); VAL_INTO_TRAIN=1 (the other validation cliques join the
 # training set); INIT (the package to start from, default
@@ -33,7 +36,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-CORPUS=${CORPUS:-../shared/corpus/synth-vi-4000}
+CORPUS=${CORPUS:-}
 VAL_CLIQUES=${VAL_CLIQUES:-100}
 INIT=${INIT-weights/vinet-mirex-synth}
 PYTHON=${PYTHON:-python3}
@@ -75,6 +78,7 @@ PY
 }
 
 prepare() {
+    [[ -n $CORPUS ]] || die "CORPUS is not set: the folder of a u8 pooled store and its splits"
     [[ -f $CORPUS/pooled.u8.npy ]] || die "no pooled store in $CORPUS"
     rm -rf .gpu && mkdir -p .gpu/meta .gpu/whl
     local val=$CORPUS/Synth-VI-YT-light.json.val rest=()
@@ -160,13 +164,16 @@ shutil.copyfileobj(lzma.open(sys.stdin.buffer), sys.stdout.buffer, 1 << 20)' \
     (cd .gpu-data && sha256sum -c --quiet meta/pooled.sha256) || die "the assembled store is corrupt"
 }
 
-# mirex-vi train on the carried corpus, Ctrl-C'd after SECONDS; the rest are its options.
+# mirex-vi train on the carried corpus, Ctrl-C'd after SECONDS; the rest are its options,
+# which come after the script's own and so override them. 12 workers: the device machine
+# has 16 cores, and augmentation runs in the workers.
 train_run() {  # SECONDS [--set key=value ...]
     local limit=$1
     shift
-    PYTHONUNBUFFERED=1 timeout --signal=INT "$limit" "$PYTHON" -m mirex_vi train --config configs/vinet-mirex-synth-gpu.yaml \
+    PYTHONUNBUFFERED=1 timeout --signal=INT "$limit" "$PYTHON" -m mirex_vi train --config configs/vinet-mirex-synth.yaml \
         --set features_dir=.gpu-data --set train_metadata=.gpu-data/meta/train.json \
-        --set val_metadata=.gpu-data/meta/val.json "$@" 2>&1 | tr '\r' '\n' | grep -v -e '^train: ' -e '^ *$'
+        --set val_metadata=.gpu-data/meta/val.json --set num_workers=12 "$@" 2>&1 \
+        | tr '\r' '\n' | grep -v -e '^train: ' -e '^ *$'
 }
 
 # Each run's own options: the arguments between "--vs" separators (values without spaces).
