@@ -1,6 +1,6 @@
 """Shared fixtures: synthetic tracks (from ``mirex_vi.synth``), a tiny weight package,
-random and patterned pooled stores, the leftovers of a killed writer, and running the
-command line in-process (``mirex-vi weights`` commands on a store, ``test_subsets.py``)."""
+random and patterned pooled stores, the leftovers of a killed writer, running the command
+line in-process (``mirex-vi weights`` commands on a store) and the benchmarks as modules."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from mirex_vi.model.cqtnet import CQTNet
 from mirex_vi.model.packaging import write_package
 from mirex_vi.synth import melody, write_audio
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_list(path: Path, lines: list[str]) -> Path:
@@ -97,13 +97,19 @@ def patterned_split(folder: Path, n_cliques: int = 4, n_versions: int = 3) -> tu
     return path, folder / "store"
 
 
+def run_benchmark(module: str, *args: str | Path,
+                  timeout: float | None = None) -> subprocess.CompletedProcess:
+    """``python -m benchmarks.MODULE ARGS`` from the repository root, its output captured."""
+    return subprocess.run([sys.executable, "-m", f"benchmarks.{module}", *map(str, args)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
 def run_test_subsets(meta: Path, store: Path, package: Path, out: Path,
                      *options: str) -> dict[str, dict]:
-    """``benchmarks/test_subsets.py``'s figures of ``package`` on a split, by subset (its
-    ``--json``, written to ``out``)."""
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / "test_subsets.py"), "--metadata", meta,
-                           "--features-dir", store, "--weights", package, *options,
-                           "--json", out], capture_output=True, text=True)
+    """``benchmarks.quality.test_subsets``'s figures of ``package`` on a split, by subset
+    (its ``--json``, written to ``out``)."""
+    proc = run_benchmark("quality.test_subsets", "--metadata", meta, "--features-dir", store,
+                         "--weights", package, *options, "--json", out)
     assert proc.returncode == 0, proc.stderr
     return json.loads(out.read_text())[str(package)]
 
@@ -171,9 +177,9 @@ def tracks(tmp_path) -> list[Path]:
 def small_corpus(tmp_path_factory) -> Path:
     """A corpus of two works with two 4-s versions each (``render_support.SMALL``); the tests
     that use it are marked ``needs_render``."""
-    from mirex_vi.corpus.driver import build_corpus
+    from mirex_vi.corpus.driver import CorpusSpec, build_corpus
     from render_support import SMALL
 
     out = tmp_path_factory.mktemp("small-corpus")
-    build_corpus(out, **SMALL)
+    build_corpus(out, CorpusSpec(**SMALL))
     return out

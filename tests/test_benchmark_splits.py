@@ -1,25 +1,20 @@
-"""The benchmarks that score packages on a labelled split (benchmarks/split_embedding.py and
-its users): their figures are ``mirex-vi evaluate``'s on the same cliques."""
+"""The benchmarks that score packages on a labelled split (benchmarks.quality.split_embedding
+and its users): their figures are ``mirex-vi evaluate``'s on the same cliques."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
-
 import torch
-from conftest import BENCHMARKS, patterned_split, run_cli, run_test_subsets
+from conftest import patterned_split, run_benchmark, run_cli, run_test_subsets
 
+from benchmarks.quality.pair_breakdown import ranks_of_pairs
+from benchmarks.quality.paired import clique_bootstrap
 from mirex_vi.eval.evaluate import embed_cliques, evaluate_features
 from mirex_vi.eval.metrics import metrics_from_embeddings
 from mirex_vi.io.metadata import read_metadata
 from mirex_vi.model.weights import load_weights
-
-sys.path.insert(0, str(BENCHMARKS))
-from paired import clique_bootstrap  # noqa: E402
-from pair_breakdown import ranks_of_pairs  # noqa: E402
 
 
 def test_test_subsets_scores_each_subset_as_evaluate_does(tmp_path, tiny_package):
@@ -81,10 +76,9 @@ def test_the_paired_interval_resamples_cliques_not_queries():
 
 def test_paired_compares_a_package_with_itself_as_equal(tmp_path, tiny_package):
     meta, store = patterned_split(tmp_path)
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / "paired.py"), "--metadata", meta,
-                           "--features-dir", store, "--weights", tiny_package, "--weights",
-                           tiny_package, "--resamples", "200", "--json", tmp_path / "p.json"],
-                          capture_output=True, text=True)
+    proc = run_benchmark("quality.paired", "--metadata", meta, "--features-dir", store,
+                         "--weights", tiny_package, "--weights", tiny_package,
+                         "--resamples", "200", "--json", tmp_path / "p.json")
     assert proc.returncode == 0, proc.stderr
     figures = json.loads((tmp_path / "p.json").read_text())
     expected = evaluate_features(meta, store, str(tiny_package), "cpu", amp=False,
@@ -97,10 +91,9 @@ def test_paired_compares_a_package_with_itself_as_equal(tmp_path, tiny_package):
 
 def test_tempo_sweep_scores_each_set_as_a_package_at_those_tempi_does(tmp_path, tiny_package):
     meta, store = patterned_split(tmp_path)
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / "tempo_sweep.py"), "--metadata",
-                           meta, "--features-dir", store, "--weights", tiny_package,
-                           "--sets", "1", "0.7,1,1.4", "--json", tmp_path / "t.json"],
-                          capture_output=True, text=True)
+    proc = run_benchmark("quality.tempo_sweep", "--metadata", meta, "--features-dir", store,
+                         "--weights", tiny_package, "--sets", "1", "0.7,1,1.4",
+                         "--json", tmp_path / "t.json")
     assert proc.returncode == 0, proc.stderr
     rows = json.loads((tmp_path / "t.json").read_text())["sets"]
     assert [row["tempo_scales"] for row in rows] == [[1.0], [0.7, 1.0, 1.4]]

@@ -14,7 +14,8 @@ from mirex_vi.synth import piano_like
 
 SR = 22050
 # Relative Frobenius error allowed against librosa. Measured: ~1e-6 on 30 s signals and at
-# most ~4e-5 on very short ones (benchmarks/cqt_accuracy.py); float16 storage alone costs ~1e-4.
+# most ~4e-5 on very short ones (benchmarks.quality.cqt_accuracy); float16 storage alone
+# costs ~1e-4.
 TOLERANCE = 1e-4
 
 

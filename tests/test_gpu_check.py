@@ -1,16 +1,12 @@
-"""benchmarks/gpu_check.py, the prepared device check, runs end to end at smoke sizes."""
+"""benchmarks.device.gpu_check, the prepared device check, runs end to end at smoke sizes."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import run_benchmark
 
-ROOT = Path(__file__).resolve().parent.parent
 STEPS = ["1_versions", "2_cqt_accuracy", "3_distinct_lengths", "4_precision_and_batching",
          "5_identify", "6_amp_training", "7_resume_from_cpu", "8_ddp_one_rank"]
 
@@ -18,11 +14,8 @@ STEPS = ["1_versions", "2_cqt_accuracy", "3_distinct_lengths", "4_precision_and_
 @pytest.mark.slow
 def test_smoke_run_completes_every_step_on_the_cpu(tmp_path):
     report_path = tmp_path / "report.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke",
-                           "--device", "cpu", "--out", str(report_path),
-                           "--work", str(tmp_path / "work")],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = run_benchmark("device.gpu_check", "--smoke", "--device", "cpu", "--out", report_path,
+                         "--work", tmp_path / "work", timeout=600)
     report = json.loads(report_path.read_text())
     steps = report["steps"]
     assert list(steps) == STEPS

@@ -123,7 +123,7 @@ def tolerance(device_type: str, amp: bool) -> Tolerance:
       0.9995 (the AMP-against-fp32 target).
 
     The CUDA figures are stated from the precision of each format, not yet measured
-    (``benchmarks/gpu_check.py`` measures them); the CPU ones hold in the test suite.
+    (``benchmarks.device.gpu_check`` measures them); the CPU ones hold in the test suite.
     """
     if device_type == "cpu":
         return Tolerance(batch=0.0, backend=2e-4)

@@ -18,7 +18,7 @@ This module does the same in torch, with two choices of its own:
   cascade of soxr stages and this single cut agree there.
 
 ``forward`` uses only torch ops (rfft/irfft, unfold, complex matmul) and runs on any device
-the module is moved to. See ``benchmarks/cqt_accuracy.py`` for the measured agreement.
+the module is moved to. See ``benchmarks.quality.cqt_accuracy`` for the measured agreement.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Which version pairs a weight package fails on: each pair of a synthetic corpus's split,
 grouped by how its two versions differ.
 
-    python benchmarks/pair_breakdown.py --metadata CORPUS/Synth-VI-YT-light.json.test \
+    python -m benchmarks.quality.pair_breakdown --metadata CORPUS/Synth-VI-YT-light.json.test \
         --features-dir FEATURES [--weights NAME] [--min-pairs 30]
 
 Every version is embedded (CPU, fp32, as ``mirex-vi evaluate --device cpu --no-amp``) and
@@ -21,7 +21,8 @@ from collections import defaultdict
 
 import numpy as np
 import torch
-from split_embedding import embed_split, read_split, split_parser  # beside this script
+
+from benchmarks.quality.split_embedding import embed_split, read_split, split_parser
 
 
 def pair_key(a: dict, b: dict) -> dict[str, object]:

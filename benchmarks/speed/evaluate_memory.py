@@ -3,7 +3,7 @@
 The authors' evaluation builds an N x N class matrix (about 54 GB for the 116k test set);
 this checks that the chunked metrics stay within a few GB.
 
-    PYTHONPATH=. python benchmarks/evaluate_memory.py --n 100000 --dim 512 --cliques 20000 --threads 1
+    python -m benchmarks.speed.evaluate_memory --n 100000 --dim 512 --cliques 20000 --threads 1
 
 Peak RSS comes from ``resource.getrusage`` (``ru_maxrss``, KiB on Linux) and covers the
 whole process; the peak after building the embeddings is printed too, so the share of the

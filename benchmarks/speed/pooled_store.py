@@ -14,7 +14,7 @@ Three measurements, printed as tables (docs/pooled-store.md gives a run's figure
    error of the ``(84, T')`` inputs, and the cosine of their embeddings through the
    shipped weights (and, for reference, against ``preprocess`` of the raw CQT).
 
-    PYTHONPATH=. python benchmarks/pooled_store.py [--versions 200] [--crops 500] [--work DIR]
+    python -m benchmarks.speed.pooled_store [--versions 200] [--crops 500] [--work DIR]
 """
 
 from __future__ import annotations
@@ -28,18 +28,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.common import REPO
 from mirex_vi.config import FeatureConfig
 from mirex_vi.features.extract import extract_features
 from mirex_vi.features.frontend import model_input, preprocess
 from mirex_vi.features.layout import load_feature, save_feature
-from mirex_vi.features.pooled import PooledStore, convert_layout, layout_ids
-from mirex_vi.io.metadata import Version
-from mirex_vi.io.metadata import items_from_list
+from mirex_vi.features.pooled import PooledStore, convert_features, layout_ids
+from mirex_vi.io.metadata import Version, items_from_list
 from mirex_vi.model.weights import load_weights
-from mirex_vi.train.data import TrainDataset
-from mirex_vi.train.data import random_crop
+from mirex_vi.train.data import TrainDataset, random_crop
 
-ROOT = Path(__file__).resolve().parent.parent
 DISCOGS_VERSIONS, DISCOGS_SECONDS = 493_000, 240.0
 FORMATS = ("authors' layout", "f16 store", "u8 store")
 
@@ -56,7 +54,7 @@ def build_sources(layout: Path, work: Path, name: str) -> dict[str, Path]:
     folders = {FORMATS[0]: layout}
     for fmt, enc in zip(FORMATS[1:], ("f16", "u8")):
         folders[fmt] = work / f"{name}-{enc}"
-        convert_layout(layout, ids, folders[fmt], enc)
+        convert_features([layout], ids, folders[fmt], enc)
     return folders
 
 
@@ -146,7 +144,7 @@ def error_rows(sources: dict[str, Path], cfg: FeatureConfig) -> list[list[str]]:
     # max-normalised, so the max is ~1).
     within = flat16 >= 10 ** (-(80 - 80 / 255 / 2) / 20)
     rel = np.abs(flat8[within] - flat16[within]) / flat16[within]
-    model = load_weights(ROOT / "weights" / "vinet-mirex-synth").model.eval()
+    model = load_weights(REPO / "weights" / "vinet-mirex-synth").model.eval()
     with torch.inference_mode():
         emb = [model(torch.from_numpy(np.stack(xs))[:, None]) for xs in (x16, x8, xpre)]
     cos_u8 = (emb[0] * emb[1]).sum(1)
@@ -178,7 +176,7 @@ def main() -> None:
     cfg = FeatureConfig()
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         work = Path(tmp)
-        demo_list = ROOT / "examples" / "demo" / "collection.txt"
+        demo_list = REPO / "examples" / "demo" / "collection.txt"
         extract_features(items_from_list(demo_list), work / "demo", cfg, workers=2, progress=False)
         demo = build_sources(work / "demo", work, "demo")
         synthetic_layout(work / "synth", args.versions, cfg)

@@ -1,12 +1,12 @@
 """Trained weights beside baselines on one labelled split: MAP, MR1, ... for each system.
 
-    python benchmarks/baselines.py --metadata CORPUS/Synth-VI-YT-light.json.test \
+    python -m benchmarks.quality.baselines --metadata CORPUS/Synth-VI-YT-light.json.test \
         --features-dir FEATURES --audio-root CORPUS [--weights NAME] [--skip-chroma] \
         [--excerpt SECONDS] [--exclude EARLIER.json.test] [--queries-per-clique K] [--expand K]
 
 Systems (the same queries, candidates and metrics for all):
 
-- ``chance``: uniformly random scores (mean over 5 draws);
+- ``chance``: random unit embeddings, uniform on the sphere (mean over 5 draws);
 - ``cqtnet-random``: the MIREX CQT-Net with random (seeded) weights, same features;
 - ``chroma-qmax``: essentia's HPCP -> ChromaCrossSimilarity (OTI) -> CoverSongSimilarity
   (Serra et al. 2009 Qmax), the classic chroma alignment baseline (needs
@@ -31,13 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.common import random_units
 from mirex_vi.config import MODEL_SIZES
 from mirex_vi.eval.evaluate import evaluate_cliques, format_figures
 from mirex_vi.eval.metrics import metrics_from_distances, metrics_from_embeddings
 from mirex_vi.features.pooled import filter_available
 from mirex_vi.io.audio import load_audio
-from mirex_vi.io.metadata import read_metadata
-from mirex_vi.io.metadata import AUDIO_EXTENSIONS
+from mirex_vi.io.metadata import items_from_metadata, read_metadata
 from mirex_vi.model.cqtnet import CQTNet
 from mirex_vi.model.weights import load_weights
 
@@ -115,11 +115,6 @@ def chroma_qmax_rows(paths: list[Path], hop: int, seconds: float | None, jobs: i
         yield from pool.imap(_qmax_row, queries)
 
 
-def audio_path(root: Path, yid: str) -> Path:
-    folder = root / "audio" / yid[:2]
-    return next(folder / f"{yid}{e}" for e in AUDIO_EXTENSIONS if (folder / f"{yid}{e}").is_file())
-
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--metadata", type=Path, required=True)
@@ -144,7 +139,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--expand", type=int, default=0, metavar="K",
                         help="score the CQT-Nets as `evaluate --expand K` does")
     parser.add_argument("--json", type=Path)
-    return parser.parse_args()
+    args = parser.parse_args()
+    args.chroma = not args.skip_chroma or args.only_chroma
+    if args.chroma and args.audio_root is None:
+        parser.error("the chroma baseline needs --audio-root (or give --skip-chroma)")
+    return args
 
 
 def main() -> None:
@@ -178,14 +177,15 @@ def main() -> None:
         results["cqtnet-random"] = embed_and_score(CQTNet(MODEL_SIZES["mirex"]).eval(),
                                                    loaded.features)
         rng = np.random.default_rng(0)
-        draws = [metrics_from_embeddings(torch.from_numpy(
-            rng.standard_normal((len(ids), 64), dtype=np.float32)), labels)
-            .of_queries(queries).summary() for _ in range(5)]
+        draws = [metrics_from_embeddings(torch.from_numpy(random_units(rng, len(ids), 64)),
+                                         labels).of_queries(queries).summary()
+                 for _ in range(5)]
         results["chance"] = {k: float(np.mean([d[k] for d in draws])) for k in draws[0]}
         results["chance"]["n_queries"] = draws[0]["n_queries"]
-    if not args.skip_chroma or args.only_chroma:
+    if args.chroma:
         t0 = time.perf_counter()
-        paths = [audio_path(args.audio_root, i) for i in ids]
+        audio = dict(items_from_metadata(args.metadata, args.audio_root))
+        paths = [audio[i] for i in ids]
         results["chroma-qmax"] = metrics_from_distances(chroma_qmax_rows(paths, args.chroma_hop,
                                                                          args.excerpt, args.jobs,
                                                                          queries),

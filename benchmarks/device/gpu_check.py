@@ -1,7 +1,7 @@
 """The prepared device check of the GPU path (issue #19): eight steps, one JSON report.
 
-    python benchmarks/gpu_check.py --out gpu_check.json                  # one CUDA device
-    python benchmarks/gpu_check.py --smoke --device cpu --out smoke.json  # tiny sizes, any machine
+    python -m benchmarks.device.gpu_check --out gpu_check.json                 # one CUDA device
+    python -m benchmarks.device.gpu_check --smoke --device cpu --out smoke.json  # any machine
 
 1. versions: Python, torch, CUDA, cuDNN, the driver, the GPU;
 2. TorchCQT against librosa on 180-s and 20-min piano-like signals: relative error overall
@@ -12,7 +12,7 @@
    CUDA fp32 against the CPU, and the self-check's figures (``selfcheck.measure_agreement``);
 5. ``identify`` on 1,000 synthetic 3.5-min tracks with ``--cqt torch`` and ``--cqt librosa``
    in separate workdirs (in this process: interpreter start not included), against the
-   serial reference of ``benchmarks/identify.py`` on a subset: tracks/s, matrix agreement,
+   serial reference of ``benchmarks.speed.identify`` on a subset: tracks/s, matrix agreement,
    top-10 overlap;
 6. a short AMP training run on a small synthetic pooled store: loss, scaler state, export;
 7. a run checkpointed on the CPU resumed on the device;
@@ -31,7 +31,6 @@ import copy
 import dataclasses
 import datetime as dt
 import functools
-import importlib.util
 import json
 import logging
 import multiprocessing as mp
@@ -49,6 +48,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.common import relative_error
+from benchmarks.device.gpu_check_training import amp_training, ddp_one_rank, resume_from_cpu
+from benchmarks.speed.identify import serial_reference
 from mirex_vi.config import MODEL_SIZES, FeatureConfig
 from mirex_vi.core.runtime import (FFT_PLAN_CACHE_SIZE, disable_tf32_without_amp, resolve_device,
                                    tolerance)
@@ -57,6 +59,7 @@ from mirex_vi.features.frontend import PackedAudio, TorchFrontEnd, librosa_cqt
 from mirex_vi.inference.embed import embed_inputs
 from mirex_vi.inference.identify import identify, prepare
 from mirex_vi.inference.selfcheck import measure_agreement
+from mirex_vi.inference.settings import EmbedSettings
 from mirex_vi.io.matrix import read_distance_matrix
 from mirex_vi.model.cqtnet import CQTNet
 from mirex_vi.model.packaging import write_package
@@ -64,9 +67,6 @@ from mirex_vi.model.weights import LoadedWeights, load_weights
 from mirex_vi.synth import SR, piano_like, random_melody, write_audio
 from mirex_vi.train.checkpoint import git_commit
 
-from gpu_check_training import amp_training, ddp_one_rank, resume_from_cpu  # beside this script
-
-REPO = Path(__file__).resolve().parent.parent
 CFG = FeatureConfig()
 
 
@@ -133,10 +133,6 @@ def _memory(device: torch.device) -> dict:
                 fft_plans=torch.backends.cuda.cufft_plan_cache[index].size)
 
 
-def _rel(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
 # --- steps ----------------------------------------------------------------------------------
 
 
@@ -181,8 +177,9 @@ def cqt_accuracy(device: torch.device, sizes: Sizes, smoke: bool) -> dict:
         front_end(PackedAudio.pack(y))
         ours = ours.cpu().numpy()
         out[f"{seconds:g}s"] = dict(
-            rel_error=_rel(ours, ref),
-            octave_rel_errors=[_rel(ours[o : o + 12], ref[o : o + 12]) for o in range(0, 84, 12)],
+            rel_error=relative_error(ours, ref),
+            octave_rel_errors=[relative_error(ours[o : o + 12], ref[o : o + 12])
+                               for o in range(0, 84, 12)],
             librosa_s=round(t1 - t0, 3), torch_s=round(t2 - t1, 4),
             cqt_peak_mib=cqt_memory.get("peak_mib"),
             front_end_peak_mib=_memory(device).get("peak_mib"))
@@ -300,16 +297,16 @@ def identify_end_to_end(device: torch.device, sizes: Sizes, work: Path,
         t0 = time.perf_counter()
         job = prepare(collection, collection, work / f"{backend}.txt", work / f"{backend}.work",
                       weights, str(device))
-        summary = identify(job, workers=sizes.workers, progress=False, cqt_backend=backend)
+        settings = EmbedSettings.resolve(device, workers=sizes.workers, cqt_backend=backend)
+        summary = identify(job, settings, progress=False)
         seconds = time.perf_counter() - t0
         out[backend] = dict(seconds=round(seconds, 2), errors=len(summary.errors),
                             tracks_per_s=round(len(paths) / seconds, 2))
     package_log.removeHandler(records)
     package_log.setLevel(logging.NOTSET)
     out["log"] = records.lines[-20:]
-    serial = _identify_benchmark().serial_reference
     t0 = time.perf_counter()
-    serial(paths[: sizes.serial_tracks], weights, device, work / "serial.txt")
+    serial_reference(paths[: sizes.serial_tracks], weights, device, work / "serial.txt")
     out["serial_tracks_per_s"] = round(sizes.serial_tracks / (time.perf_counter() - t0), 2)
     a, b = (read_distance_matrix(work / f"{k}.txt").distances for k in ("torch", "librosa"))
     speedup = out["torch"]["tracks_per_s"] / out["serial_tracks_per_s"]
@@ -319,15 +316,6 @@ def identify_end_to_end(device: torch.device, sizes: Sizes, work: Path,
     out["target_under_60s"] = out["torch"]["seconds"] < 60 * len(paths) / 1000
     out["target_10x_serial"] = out["speedup_over_serial"] >= 10
     return out
-
-
-def _identify_benchmark():
-    """``benchmarks/identify.py`` as a module (its serial reference)."""
-    path = REPO / "benchmarks" / "identify.py"
-    spec = importlib.util.spec_from_file_location("identify_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _random_tiny_package(work: Path) -> Path:

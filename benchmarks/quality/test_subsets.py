@@ -1,6 +1,6 @@
 """Weight packages on a grown corpus's split and on the subsets that its earlier sizes held.
 
-    python benchmarks/test_subsets.py --metadata CORPUS/Synth-VI-YT-light.json.test \
+    python -m benchmarks.quality.test_subsets --metadata CORPUS/Synth-VI-YT-light.json.test \
         --features-dir FEATURES --weights A [--weights B ...] [--excerpt 20] \
         [--bounds 360,1000,2000] [--expand K] [--distractors OTHER.json] [--json OUT.json]
 
@@ -27,9 +27,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from split_embedding import (  # beside this script
-    add_scoring_options, embed_split, read_split, split_parser)
 
+from benchmarks.quality.split_embedding import (add_scoring_options, embed_split, read_split,
+                                                split_parser)
 from mirex_vi.eval.evaluate import score_embeddings
 from mirex_vi.io.metadata import Cliques
 

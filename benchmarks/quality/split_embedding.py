@@ -1,8 +1,7 @@
 """What the benchmarks that score weight packages on a labelled split share: their command
 line's split options, and one package's embeddings of every version of that split.
 
-Imported by the scripts beside it (``python benchmarks/NAME.py`` puts this folder on the
-path).
+Imported by ``paired``, ``tempo_sweep``, ``test_subsets`` and ``pair_breakdown``.
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ loading is not included: inputs are random ``(B, 84, crop_frames // 20)`` tensor
 labels shaped like a ``cliques x versions`` batch.
 
     # the report's step (54 x 4 crops of 7600 frames) on a GPU
-    PYTHONPATH=. python benchmarks/train_step.py --device cuda --amp
+    python -m benchmarks.speed.train_step --device cuda --amp
     # on a small CPU: a smaller batch, per-sample time extrapolated to 216 samples
-    PYTHONPATH=. python benchmarks/train_step.py --device cpu --cliques 2 --threads 2
+    python -m benchmarks.speed.train_step --device cpu --cliques 2 --threads 2
 
 The per-sample time of a small batch, times 216, estimates the full step (convolution
 cost is linear in the batch); the script prints both and says which one was measured.

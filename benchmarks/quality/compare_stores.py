@@ -1,6 +1,6 @@
 """Two pooled stores, version by version: how far a re-extraction is from a kept store.
 
-    python benchmarks/compare_stores.py NEW_STORE KEPT_STORE
+    python -m benchmarks.quality.compare_stores NEW_STORE KEPT_STORE
 
 For every version of the first store that the second holds: whether the pooled lengths
 match, whether the rows are identical, and how far apart their magnitudes are, in dB

@@ -1,7 +1,7 @@
 """Catalogue search on FAISS: build time, size, queries/s and recall of `flat` and `ivfpq`.
 
-    PYTHONPATH=. python benchmarks/search.py --tracks 100000 --threads 2 [--json out.json]
-    PYTHONPATH=. python benchmarks/search.py --demo
+    python -m benchmarks.speed.search --tracks 100000 --threads 2 [--json out.json]
+    python -m benchmarks.speed.search --demo
 
 Synthetic collection (512-d unit vectors, so that recall means something): works of
 ``--versions`` versions each; a work's versions lie around its centre with a spread drawn
@@ -40,20 +40,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mirex_vi.io.matrix import read_distance_matrix
-from mirex_vi.search import faiss_index
+from benchmarks.common import REPO, random_units, unit_rows  # noqa: E402
+from mirex_vi.io.matrix import read_distance_matrix  # noqa: E402
+from mirex_vi.search import faiss_index  # noqa: E402
 
-DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo"
+DEMO = REPO / "examples" / "demo"
 K = 10
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x
-
-
-def random_units(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
-    return unit(rng.standard_normal((n, dim), dtype=np.float32))
 
 
 def work_centres(rng, n_works: int, dim: int, styles: int, style_spread: float) -> np.ndarray:
@@ -61,7 +53,7 @@ def work_centres(rng, n_works: int, dim: int, styles: int, style_spread: float) 
     if styles == 0:
         return random_units(rng, n_works, dim)
     style = random_units(rng, styles, dim)[rng.integers(0, styles, n_works)]
-    return unit(style + style_spread * random_units(rng, n_works, dim))
+    return unit_rows(style + style_spread * random_units(rng, n_works, dim))
 
 
 def versions(rng, centres: np.ndarray, spreads: np.ndarray, works: np.ndarray,
@@ -70,7 +62,7 @@ def versions(rng, centres: np.ndarray, spreads: np.ndarray, works: np.ndarray,
     out = np.empty((len(works), centres.shape[1]), dtype=np.float32)
     for start in range(0, len(works), chunk):
         w = works[start : start + chunk]
-        out[start : start + len(w)] = unit(centres[w] + spreads[w, None]
+        out[start : start + len(w)] = unit_rows(centres[w] + spreads[w, None]
                                            * random_units(rng, len(w), centres.shape[1]))
     return out
 

@@ -1,7 +1,7 @@
 """Which tempi should a package embed at? Its figures on a split for several sets of
 ``FeatureConfig.tempo_scales``.
 
-    python benchmarks/tempo_sweep.py --metadata SPLIT --features-dir FEATURES --weights W \
+    python -m benchmarks.quality.tempo_sweep --metadata SPLIT --features-dir FEATURES --weights W \
         --sets 1 1,1.25 0.8,1,1.25 0.7,1,1.4 [--excerpt 20] [--json OUT]
 
 Every version is embedded once at each scale that a set names (as ``mirex-vi evaluate
@@ -19,8 +19,8 @@ import json
 
 import torch
 import torch.nn.functional as F
-from split_embedding import read_split, split_parser  # beside this script
 
+from benchmarks.quality.split_embedding import read_split, split_parser
 from mirex_vi.config import parse_tempo_scales
 from mirex_vi.eval.evaluate import embed_cliques, score_embeddings
 from mirex_vi.model.weights import load_weights

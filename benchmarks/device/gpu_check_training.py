@@ -1,4 +1,4 @@
-"""Steps 6-8 of ``benchmarks/gpu_check.py``: training on the device.
+"""Steps 6-8 of ``benchmarks.device.gpu_check``: training on the device.
 
 6. a short AMP training run on a small synthetic pooled store: the loss, the scaler state in
    ``last.pt``, and the export of ``best.pt`` to a weight package that loads;
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
+from benchmarks.common import REPO
 from mirex_vi.config import TrainConfig, load_yaml, with_overrides
 from mirex_vi.features.pooled import write_store
 from mirex_vi.model.packaging import import_checkpoint
@@ -28,8 +29,6 @@ from mirex_vi.model.weights import load_weights
 from mirex_vi.train.checkpoint import BEST, LAST, METRICS, checkpoint_payload
 from mirex_vi.train.distributed import Ranks
 from mirex_vi.train.loop import build_train_loader, build_training_state, run_training, train_epoch
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def _training_overrides(work: Path, sizes) -> list[str]:

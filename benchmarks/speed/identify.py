@@ -1,6 +1,6 @@
 """Where an identification run spends its time: the authors' serial recipe vs `mirex-vi identify`.
 
-    python benchmarks/identify.py --tracks 40 --seconds 180 [--device cpu|cuda] [--workers N]
+    python -m benchmarks.speed.identify --tracks 40 --seconds 180 [--device cpu|cuda] [--workers N]
 
 Makes N synthetic tracks (``mirex_vi.synth.write_tracks``: harmonic melodies + noise,
 22.05 kHz mono 16-bit WAV, as MIREX provides) once under --data, then times
@@ -30,8 +30,9 @@ import torch
 from mirex_vi.config import FeatureConfig
 from mirex_vi.core.runtime import resolve_device
 from mirex_vi.features.frontend import compute_cqt, preprocess
-from mirex_vi.inference.cache import EmbeddingCache, inference_settings
+from mirex_vi.inference.cache import EmbeddingCache
 from mirex_vi.inference.embed import embed_batch
+from mirex_vi.inference.settings import EmbedSettings
 from mirex_vi.io.audio import file_identity, load_audio
 from mirex_vi.io.matrix import write_distance_matrix
 from mirex_vi.model.weights import load_weights
@@ -136,7 +137,7 @@ def main() -> None:
         print(f"speed-up of identify over the serial reference: {serial_s / ident_s:.2f}x")
         loaded = load_weights(args.weights)
         cache = EmbeddingCache(work / "cache" / "embeddings", loaded.sha256, loaded.features,
-                               loaded.model.cfg.embedding_dim, inference_settings(device, True))
+                               loaded.model.cfg.embedding_dim, EmbedSettings.resolve(device))
         ours = np.stack([cache.get(p, file_identity(p)) for p in paths])
         cosine = np.sum(ours * emb, axis=1)
         verdict = "OK" if cosine.min() >= 0.9999 else "MISMATCH"

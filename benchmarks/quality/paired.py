@@ -1,7 +1,7 @@
 """Does package B score higher than package A on a split? The paired MAP difference, with a
 95 % interval from a bootstrap over cliques.
 
-    python benchmarks/paired.py --metadata SPLIT --features-dir FEATURES --weights A \
+    python -m benchmarks.quality.paired --metadata SPLIT --features-dir FEATURES --weights A \
         --weights B [--excerpt 20] [--expand K] [--resamples 10000] [--seed 0] [--json OUT]
 
 Each package embeds every version of the split (as ``mirex-vi evaluate --device cpu
@@ -19,9 +19,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from split_embedding import (  # beside this script
-    add_scoring_options, embed_split, read_split, split_parser)
 
+from benchmarks.quality.split_embedding import (add_scoring_options, embed_split, read_split,
+                                                split_parser)
 from mirex_vi.eval.evaluate import score_embeddings
 from mirex_vi.eval.metrics import RetrievalResult
 

@@ -1,6 +1,6 @@
 """Time of ``--expand K`` beside the scoring it precedes, on random unit embeddings.
 
-    python benchmarks/expand_cost.py [--n 5000 20000] [--k 3] [--threads 2] [--device cpu]
+    python -m benchmarks.speed.expand_cost [--n 5000 20000] [--k 3] [--threads 2] [--device cpu]
 
 For each collection size N it times ``scoring.expand_by_neighbours`` (N x N inner products
 and a top-K per row) and then what every ``identify`` run does after embedding: the
@@ -16,6 +16,7 @@ import time
 import numpy as np
 import torch
 
+from benchmarks.common import random_units
 from mirex_vi.inference.scoring import distance_rows, expand_by_neighbours
 from mirex_vi.io.matrix import format_row
 
@@ -33,8 +34,7 @@ def main() -> None:
     device = torch.device(args.device)
     print("| tracks | expand (s) | distances + text (s) |\n|---|---|---|")
     for n in args.n:
-        emb = np.random.default_rng(0).standard_normal((n, args.dim)).astype(np.float32)
-        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+        emb = random_units(np.random.default_rng(0), n, args.dim)
         valid = np.ones(n, dtype=bool)
         start = time.perf_counter()
         expand_by_neighbours(emb, valid, args.k, device)

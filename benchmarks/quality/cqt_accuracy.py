@@ -7,19 +7,19 @@ error that storing librosa's CQT as float16 (as the dataset does) already introd
 Then it times both on one CPU-bound 3-minute signal.
 
 Signals: a 440 Hz sine, a five-note chord, white noise, a synthetic piano-like polyphonic
-melody (harmonic partials with exponential decays), real music rendered from the music21
-corpus with fluidsynth when both are installed, and any files given with ``--audio``.
+melody (harmonic partials with exponential decays), two music21 corpus scores played on a
+piano through the corpus generator's MIDI writer and fluidsynth call (``corpus.midi``,
+``corpus.render``; FluidR3_GM, no reverb) when music21, fluidsynth and the soundfont are
+installed, and any files given with ``--audio``.
 
 Usage:
-    python benchmarks/cqt_accuracy.py [--seconds 30] [--audio FILE ...] [--device cpu]
+    python -m benchmarks.quality.cqt_accuracy [--seconds 30] [--audio FILE ...] [--device cpu]
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,33 +27,39 @@ import librosa
 import numpy as np
 import torch
 
+from benchmarks.common import relative_error as rel
 from mirex_vi.config import FeatureConfig
+from mirex_vi.corpus.catalogue import WorkRef, corpus_root
+from mirex_vi.corpus.midi import fold_keys, midi_bytes
+from mirex_vi.corpus.render import fluidsynth_render
+from mirex_vi.corpus.scores import load_work
+from mirex_vi.corpus.soundfonts import SOUNDFONT_ROOT
 from mirex_vi.features.cqt_torch import TorchCQT
 from mirex_vi.features.frontend import preprocess
 from mirex_vi.synth import piano_like, sines
 
-SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
-CORPUS_PIECES = ("bach/bwv66.6", "beethoven/opus18no1")
+SOUNDFONT = SOUNDFONT_ROOT / "sf2" / "FluidR3_GM.sf2"
+CORPUS_PIECES = ("bach/bwv66.6.mxl", "beethoven/opus18no1/movement1.mxl")
 
 
 def rendered(piece: str, seconds: float, sr: int) -> np.ndarray | None:
-    """A music21 corpus piece rendered by fluidsynth, or None if either is missing."""
+    """``(samples,)`` mono float32: the first ``seconds`` (at most) of a music21 corpus
+    score at its tempo, every part on a piano, rendered by fluidsynth at ``sr``; None if
+    music21, fluidsynth or the soundfont is missing, or the score cannot be read."""
     if shutil.which("fluidsynth") is None or not SOUNDFONT.exists():
         return None
     try:
-        from music21 import corpus
-    except ImportError:
+        work = load_work(WorkRef(piece), corpus_root())
+    except ImportError:  # no music21
         return None
-    import soundfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        midi, wav = Path(tmp) / "piece.mid", Path(tmp) / "piece.wav"
-        corpus.parse(piece).write("midi", fp=midi)
-        subprocess.run(
-            ["fluidsynth", "-ni", "-g", "0.6", "-r", str(sr), "-F", str(wav), str(SOUNDFONT),
-             str(midi)], check=True, capture_output=True,
-        )
-        audio, _ = soundfile.read(wav, dtype="float32", always_2d=True)
+    if work is None:
+        return None
+    events = work.notes * [60 / work.bpm, 60 / work.bpm, 1, 1]  # (N, 4) onsets, durations in s
+    events = events[events[:, 0] < seconds]
+    duration = min(seconds, work.length_q * 60 / work.bpm)
+    parts = work.n_parts
+    midi = midi_bytes(fold_keys(events), [0] * parts, [90] * parts, [64] * parts, duration)
+    audio = fluidsynth_render(midi, SOUNDFONT, sr, reverb=False, chorus=False)  # (samples, 2)
     return audio.mean(axis=1)[: int(seconds * sr)]
 
 
@@ -67,15 +73,11 @@ def signals(seconds: float, sr: int, files: list[str]) -> dict[str, np.ndarray]:
     for piece in CORPUS_PIECES:
         audio = rendered(piece, seconds, sr)
         if audio is not None:
-            out[f"fluidsynth {piece}"] = audio
+            out[f"fluidsynth {piece.split('/')[0]}"] = audio
     for name in files:
         audio, _ = librosa.load(name, sr=sr, mono=True, duration=seconds)
         out[Path(name).name] = audio
     return {k: v.astype(np.float32) for k, v in out.items()}
-
-
-def rel(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
 def report(name: str, ref: np.ndarray, ours: np.ndarray, cfg: FeatureConfig) -> None:

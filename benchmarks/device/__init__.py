@@ -1,0 +1,12 @@
+"""The acceptance test of a GPU machine: the device paths checked end to end in one run.
+
+- ``gpu_check``: the sizes, steps 1-5 (versions, CQT accuracy, distinct lengths,
+  precision and batching, ``identify``) and the JSON report.
+- ``gpu_check_training``: steps 6-8 (AMP training, a CPU checkpoint resumed on the
+  device, one-rank DDP).
+
+    python -m benchmarks.device.gpu_check --out gpu_check.json
+    python -m benchmarks.device.gpu_check --smoke --device cpu --out smoke.json
+
+The smoke run is part of the test suite (tests/test_gpu_check.py).
+"""

@@ -1,0 +1,12 @@
+"""Time and memory of the package's paths, on synthetic data unless told otherwise.
+
+- ``identify``: ``mirex-vi identify`` against the authors' serial recipe, stage by stage.
+- ``search``: FAISS ``flat`` and ``ivfpq`` indexes: build, size, queries/s, recall.
+- ``pooled_store``: the pooled store against the authors' layout: size, crop reads, error.
+- ``train_step``: seconds per training step of CQT-Net on random inputs.
+- ``evaluate_memory``: peak memory and time of the chunked metrics.
+- ``expand_cost``: ``--expand K`` beside the scoring it precedes.
+
+Run as ``python -m benchmarks.speed.NAME --help`` from the repository root; use small
+sizes on a small machine.
+"""
