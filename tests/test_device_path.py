@@ -16,9 +16,10 @@ from mirex_vi.core.runtime import disable_tf32_without_amp, is_out_of_memory, to
 from mirex_vi.features.cqt_torch import TorchCQT
 from mirex_vi.features.frontend import PackedAudio, TorchFrontEnd, _HostStaging
 from mirex_vi.inference import embed
-from mirex_vi.inference.cache import EmbeddingCache, inference_settings
+from mirex_vi.inference.cache import EmbeddingCache
 from mirex_vi.inference.embed import embed_inputs, embed_tracks
 from mirex_vi.inference.selfcheck import PathAgreement, torch_cqt_agrees
+from mirex_vi.inference.settings import EmbedSettings
 from mirex_vi.io.audio import AudioError, file_identity
 from mirex_vi.model.weights import load_weights
 from mirex_vi.synth import melody, piano_like
@@ -151,9 +152,12 @@ class _FailingFrontEnd(TorchFrontEnd):
         return torch.full_like(super().__call__(audio), float("nan"))
 
 
+def _settings(backend):
+    return EmbedSettings.resolve(CPU, amp=False, batch_size=2, workers=1, cqt_backend=backend)
+
+
 def _embed(paths, weights, backend, cache=None):
-    return embed_tracks(paths, weights, CPU, amp=False, workers=1, batch_size=2, cache=cache,
-                        cqt_backend=backend)
+    return embed_tracks(paths, weights, _settings(backend), cache=cache)
 
 
 def test_out_of_memory_in_the_torch_cqt_falls_back_to_librosa(tracks, weights, monkeypatch,
@@ -171,8 +175,7 @@ def test_out_of_memory_in_the_torch_cqt_falls_back_to_librosa(tracks, weights, m
 def test_a_nan_embedding_is_an_error_and_never_cached(tracks, weights, monkeypatch, tmp_path):
     monkeypatch.setattr(_FailingFrontEnd, "mode", "nan")
     monkeypatch.setattr(embed, "TorchFrontEnd", _FailingFrontEnd)
-    cache = EmbeddingCache(tmp_path, weights.sha256, weights.features, 16,
-                           inference_settings(torch.device("cpu"), False, "torch"))
+    cache = EmbeddingCache(tmp_path, weights.sha256, weights.features, 16, _settings("torch"))
     run = _embed(tracks, weights, "torch", cache)
     assert sorted(run.errors) == list(range(len(tracks)))
     assert set(run.errors.values()) == {"the embedding is not finite"}
@@ -206,8 +209,7 @@ def test_cache_batch_write_syncs_once_and_reads_back(tracks, weights, tmp_path, 
     monkeypatch.setattr("mirex_vi.core.atomic._syncfs", syncfs)
     monkeypatch.setattr("mirex_vi.core.atomic.os.fsync",
                         lambda fd: calls.__setitem__("fsync", calls["fsync"] + 1))
-    cache = EmbeddingCache(tmp_path, weights.sha256, weights.features, 16,
-                           inference_settings(torch.device("cpu"), False))
+    cache = EmbeddingCache(tmp_path, weights.sha256, weights.features, 16, _settings("auto"))
     vectors = np.eye(16, dtype=np.float32)[: len(tracks)]
     identities = [file_identity(p) for p in tracks]
     cache.put_many(list(zip(tracks, identities, vectors)))

@@ -16,10 +16,12 @@ import pytest
 
 import mirex_vi.inference.cache
 import mirex_vi.inference.embed
+import mirex_vi.io.lists
 import mirex_vi.io.matrix
 from conftest import DiskFull, run_cli, write_list
 from mirex_vi.config import FeatureConfig
-from mirex_vi.inference.cache import EmbeddingCache, inference_settings
+from mirex_vi.inference.cache import EmbeddingCache
+from mirex_vi.inference.settings import EmbedSettings
 from mirex_vi.io.audio import FileIdentity
 from mirex_vi.io.matrix import read_distance_matrix
 from mirex_vi.synth import melody, write_audio
@@ -133,20 +135,35 @@ def test_a_file_replaced_while_processed_never_poisons_the_cache(tmp_path, track
     assert (tmp_path / "o.txt").read_bytes() == (tmp_path / "clean.txt").read_bytes()
 
 
-def test_cache_key_holds_backend_amp_and_device_type(tmp_path, tracks):
+def _settings(device: str, amp: bool = True, cqt: str = "auto", **more) -> EmbedSettings:
     import torch
 
+    return EmbedSettings.resolve(torch.device(device), amp, cqt_backend=cqt, **more)
+
+
+def test_cache_key_holds_backend_amp_and_device_type(tmp_path, tracks):
     identity = FileIdentity(10, 20)
     keys = set()
     for device, amp, cqt in (("cpu", False, "librosa"), ("cpu", False, "torch"),
                              ("cuda", True, "torch"), ("cuda", False, "torch"),
                              ("cuda", True, "librosa")):
-        settings = inference_settings(torch.device(device), amp, cqt)
-        cache = EmbeddingCache(tmp_path, "sha", FeatureConfig(), 16, settings)
+        cache = EmbeddingCache(tmp_path, "sha", FeatureConfig(), 16, _settings(device, amp, cqt))
         keys.add(cache.path_for(tracks[0], identity))
     assert len(keys) == 5
-    assert inference_settings(torch.device("cuda"), True) == {"cqt": "torch", "amp": True,
-                                                              "device": "cuda"}
+    assert _settings("cuda").cache_key() == {"cqt": "torch", "amp": True, "device": "cuda"}
+
+
+def test_cache_key_is_the_one_existing_caches_were_written_under(tmp_path):
+    """Batch size and workers stay out of the key, and a key never changes for the same
+    settings: a cache written by an earlier version must still be found."""
+    cpu = [_settings("cpu"), _settings("cpu", amp=False, cqt="librosa", batch_size=8, workers=3)]
+    assert [s.cache_key() for s in cpu] == [{"cqt": "librosa", "amp": False, "device": "cpu"}] * 2
+    assert _settings("cuda", amp=False, cqt="librosa").cache_key() == {
+        "cqt": "librosa", "amp": False, "device": "cuda"}
+    cache = EmbeddingCache(tmp_path, "0" * 64, FeatureConfig(), 512, cpu[0])
+    entry = cache.path_for(Path("/music/a.wav"), FileIdentity(1234, 5678))
+    assert entry.relative_to(tmp_path) == Path(  # the key of the default CQT features
+        "18/1807de2392a20dbaa3fdd6d5b8bff5e84b5b613365d87d966125900e3b748482.npy")
 
 
 def test_torch_and_librosa_runs_never_share_cache_entries(tmp_path, tracks, tiny_package):
@@ -193,6 +210,18 @@ def test_a_full_disk_under_the_workdir_warns_and_carries_on(tmp_path, tracks, ti
     warnings = cache_warnings(caplog)
     assert len(warnings) == 1 and "No space left on device" in warnings[0]
     assert (tmp_path / "o.txt").read_bytes() == (tmp_path / "clean.txt").read_bytes()
+
+
+def test_an_error_log_on_a_full_disk_warns_and_carries_on(tmp_path, tracks, tiny_package,
+                                                          monkeypatch, caplog):
+    collection = middle(tmp_path, tracks, tmp_path / "gone.wav")
+    monkeypatch.setattr(mirex_vi.io.lists, "atomic_open", DiskFull)
+    code, out = call(collection, tmp_path / "o.txt", tiny_package, "--quiet")
+    assert code == 0 and f"skipped {tmp_path / 'gone.wav'}" in out, out
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("cannot write the error log" in w and "No space left" in w for w in warnings)
+    assert read_distance_matrix(tmp_path / "o.txt").distances[0, 1] == 2.0
+    assert not (tmp_path / "o.txt.work" / "o.txt.errors.tsv").exists()
 
 
 def test_an_output_folder_that_passes_access_but_refuses_files_faked(tmp_path, tracks, tiny_package,

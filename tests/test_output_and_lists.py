@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import leave_temporaries, run_cli, write_list
+from mirex_vi.io.lists import read_errors, write_errors
 from mirex_vi.io.matrix import read_distance_matrix
 from mirex_vi.synth import melody, write_audio
 
@@ -99,6 +101,18 @@ def test_runs_sharing_a_workdir_keep_their_own_error_logs(tmp_path, tracks, tiny
     for name, bad in (("one.txt", "gone-1.wav"), ("two.txt", "gone-2.wav")):
         log = (work / f"{name}.errors.tsv").read_text().splitlines()
         assert len(log) == 2 and log[1].startswith(str(tmp_path / bad))
+
+
+
+def test_errors_file_folds_reasons_and_keeps_undecodable_names(tmp_path):
+    track = Path(os.fsdecode(b"/music/caf\xe9.wav"))  # a Latin-1 name: not UTF-8
+    write_errors(tmp_path / "e.tsv", [(track, "cannot\n decode\tit ")])
+    assert (tmp_path / "e.tsv").read_bytes() == (b"path\treason\n"
+                                                 b"/music/caf\xe9.wav\tcannot decode it\n")
+    failed = {"x": "too short", os.fsdecode(b"y\xff"): "gone"}
+    write_errors(tmp_path / "x.tsv", failed.items(), header=None)
+    assert (tmp_path / "x.tsv").read_bytes() == b"x\ttoo short\ny\xff\tgone\n"
+    assert read_errors(tmp_path / "x.tsv") == failed and read_errors(tmp_path / "no.tsv") == {}
 
 
 # --- list files -------------------------------------------------------------------------

@@ -74,6 +74,18 @@ def setup_logging(quiet: bool) -> None:
         os.environ["PYTHONWARNINGS"] = "ignore"
 
 
+def embed_settings(device: str, workers: int | None, amp: bool = True):
+    """The ``EmbedSettings`` of ``--device``, ``--workers`` (and ``--no-amp``), the rest
+    default (``EmbedSettings.resolve``).
+
+    Raises:
+        ValueError: an unavailable or malformed device.
+    """
+    from ..inference.settings import EmbedSettings
+
+    return EmbedSettings.resolve(device, amp, workers=workers)
+
+
 # Off by default: the authors' scoring is the plain inner product of the embeddings.
 expand_option = click.option(
     "--expand", type=click.IntRange(0), default=0, show_default=True, metavar="K",

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from .common import (EXIT_OUTPUT, expand_option, fail, interruptible, require_faiss,
-                     setup_logging, share_cores_with_workers)
+from .common import (EXIT_OUTPUT, embed_settings, expand_option, fail, interruptible,
+                     require_faiss, setup_logging, share_cores_with_workers)
 
 
 @click.command()
@@ -120,8 +120,9 @@ def _evaluation(mode: str, opts: dict, ev):
         return ev.evaluate_features(opts["metadata"], opts["features_dir"], opts["weights_spec"],
                                     opts["device"], amp, opts["excerpt"], progress=progress,
                                     expand=opts["expand"])
-    return ev.evaluate_audio(opts["labels"], opts["weights_spec"], opts["device"], amp,
-                             opts["workers"], progress=progress, expand=opts["expand"])
+    settings = embed_settings(opts["device"], opts["workers"], amp)
+    return ev.evaluate_audio(opts["labels"], opts["weights_spec"], settings, progress=progress,
+                             expand=opts["expand"])
 
 
 def _evaluate_index(opts: dict, json_out: Path | None) -> None:
@@ -130,9 +131,9 @@ def _evaluate_index(opts: dict, json_out: Path | None) -> None:
     require_faiss()
     from ..search.query import evaluate_labels
 
+    settings = embed_settings(opts["device"], opts["workers"])
     figures = evaluate_labels(opts["index_dir"], opts["labels"], opts["top_k"], opts["nprobe"],
-                              opts["weights_spec"], opts["device"], opts["workers"],
-                              progress=not opts["quiet"])
+                              opts["weights_spec"], settings, progress=not opts["quiet"])
     click.echo(figures.lines())
     try:
         if json_out:

@@ -39,6 +39,7 @@ def identify(collection, queries, output, workdir, weights_spec, device, no_amp,
     setup_logging(quiet)
     share_cores_with_workers()
     from ..inference.identify import identify as run_identify, prepare
+    from ..inference.settings import EmbedSettings
     from ..io.lists import OutputError
 
     with interruptible():
@@ -46,11 +47,11 @@ def identify(collection, queries, output, workdir, weights_spec, device, no_amp,
             job = prepare(collection, queries, output, workdir, weights_spec, device)
         except ValueError as err:  # InputError, WeightsError and bad devices are all ValueErrors
             fail(str(err))
+    settings = EmbedSettings.resolve(job.device, not no_amp, batch_size, workers, cqt_backend)
     with interruptible(f"no output written; finished embeddings are kept in {job.workdir}"):
         try:
-            summary = run_identify(job, amp=not no_amp, batch_size=batch_size, workers=workers,
-                                   strict=strict, progress=not quiet, name=name,
-                                   cqt_backend=cqt_backend, expand=expand)
+            summary = run_identify(job, settings, strict=strict, progress=not quiet, name=name,
+                                   expand=expand)
         except OutputError as err:
             fail(str(err), EXIT_OUTPUT)
     for path, reason in summary.errors:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import click
 
-from .common import fail, interruptible, require_faiss, setup_logging, share_cores_with_workers
+from .common import (embed_settings, fail, interruptible, require_faiss, setup_logging,
+                     share_cores_with_workers)
 
 
 def _embedding_options(command):
@@ -83,8 +84,8 @@ def index_build(source, index_dir, audio_root, kind, nprobe, shard, weights_spec
 
     try:
         part = Shard.parse(shard) if shard else None
-        embedder = build.make_embedder(weights_spec, device, workers,
-                                           cache_dir or index_dir / build.CACHE_FOLDER, not quiet)
+        embedder = build.make_embedder(weights_spec, embed_settings(device, workers),
+                                       cache_dir or index_dir / build.CACHE_FOLDER, not quiet)
         summary = build.build_index(source, index_dir, embedder, kind, part, nprobe, audio_root)
     except ValueError as err:
         fail(str(err))
@@ -107,8 +108,8 @@ def index_add(index_dir, source, audio_root, weights_spec, device, workers, cach
 
     try:
         weights_spec = weights_spec or build.index_weights(read_manifest(index_dir))
-        embedder = build.make_embedder(weights_spec, device, workers,
-                                           cache_dir or index_dir / build.CACHE_FOLDER, not quiet)
+        embedder = build.make_embedder(weights_spec, embed_settings(device, workers),
+                                       cache_dir or index_dir / build.CACHE_FOLDER, not quiet)
         summary = build.add_tracks(index_dir, source, embedder, audio_root)
     except ValueError as err:
         fail(str(err))
@@ -174,8 +175,9 @@ def search_command(index_dir, queries, top_k, fmt, exclude_self, nprobe, weights
 
     try:
         paths = query.query_paths(queries)
-        opened, embedder = query.open_for_queries(index_dir, weights_spec, device, workers,
-                                                   cache_dir, not quiet)
+        opened, embedder = query.open_for_queries(index_dir, weights_spec,
+                                                  embed_settings(device, workers), cache_dir,
+                                                  not quiet)
     except ValueError as err:
         fail(str(err))
     ok, vectors, errors = query.embed_queries(paths, embedder)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import torch
 
     from ..config import FeatureConfig
+    from ..inference.settings import EmbedSettings
     from ..io.metadata import Cliques
     from ..model.cqtnet import CQTNet
 
@@ -139,31 +140,27 @@ def _usable(emb: torch.Tensor) -> list[bool]:
     return (torch.isfinite(emb).all(dim=1) & emb.ne(0).any(dim=1)).tolist()
 
 
-def evaluate_audio(labels_tsv: Path, weights: str | None, device: str, amp: bool,
-                   workers: int | None, progress: bool = True,
-                   expand: int = 0) -> tuple[RetrievalResult, list[str]]:
-    """Figures of a model on the audio files of a labels TSV (decoded and embedded here),
-    scored as :func:`score_embeddings` with ``expand``."""
+def evaluate_audio(labels_tsv: Path, weights: str | None, settings: EmbedSettings,
+                   progress: bool = True, expand: int = 0) -> tuple[RetrievalResult, list[str]]:
+    """Figures of a model on the audio files of a labels TSV (decoded and embedded here
+    with ``settings``), scored as :func:`score_embeddings` with ``expand``."""
     import torch
     from tqdm import tqdm
 
-    from ..features.workers import default_workers
     from ..inference.embed import embed_tracks
     from ..model.weights import load_weights
 
     labels = read_labels(labels_tsv)
     paths = list(labels)
     loaded = load_weights(weights)
-    dev = resolve_device(device)
     with tqdm(total=len(paths), desc="embed", unit="track", disable=not progress) as bar:
-        run = embed_tracks(paths, loaded, dev, amp_enabled(dev, amp), workers or default_workers(),
-                           on_track=bar.update)
+        run = embed_tracks(paths, loaded, settings, on_track=bar.update)
     if run.errors:
         bad = "\n".join(f"  {paths[i]}: {reason}" for i, reason in sorted(run.errors.items()))
         raise InputError(f"{len(run.errors)} labelled track(s) could not be embedded:\n{bad}")
     cliques = [labels[p] for p in paths]
     emb = torch.from_numpy(run.embeddings)
-    return score_embeddings(emb, cliques, dev, expand, progress), cliques
+    return score_embeddings(emb, cliques, settings.device, expand, progress), cliques
 
 
 def format_figures(figures: dict) -> str:

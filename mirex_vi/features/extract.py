@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import FeatureConfig
-from ..core.atomic import atomic_open, remove_stale_temporaries
+from ..core.atomic import remove_stale_temporaries
+from ..io.lists import read_errors, write_errors
 from .frontend import pool_cqt
 from .layout import has_feature, save_feature
 from .pooled import PooledStore, is_store, write_store
@@ -129,9 +130,7 @@ def extract_pooled(
 def _finished_store(items: Sequence[tuple[str, Path]], out_dir: Path) -> ExtractSummary:
     """The summary of a store written before, if it holds ``items`` less its failures."""
     store = PooledStore.open(out_dir)
-    errors = out_dir / ERRORS_FILE
-    failed = dict(line.split("\t", 1) for line in errors.read_text("utf-8").splitlines()
-                  if "\t" in line) if errors.is_file() else {}
+    failed = read_errors(out_dir / ERRORS_FILE)
     missing = [tid for tid, _ in items if not store.has(tid) and tid not in failed]
     if missing:
         raise ValueError(f"{out_dir} already holds a pooled store without {len(missing)} "
@@ -141,7 +140,6 @@ def _finished_store(items: Sequence[tuple[str, Path]], out_dir: Path) -> Extract
 
 
 def _write_errors(out_dir: Path, failed: dict[str, str]) -> None:
-    """``track_id<TAB>reason`` per failed track, when there are any."""
+    """``track_id<TAB>reason`` per failed track (no header), when there are any."""
     if failed:
-        with atomic_open(out_dir / ERRORS_FILE, "w", encoding="utf-8") as f:
-            f.write("".join(f"{tid}\t{' '.join(why.split())}\n" for tid, why in failed.items()))
+        write_errors(out_dir / ERRORS_FILE, failed.items(), header=None)

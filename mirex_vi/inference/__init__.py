@@ -1,5 +1,6 @@
 """Tracks -> embeddings -> scores: what the MIREX call runs.
 
+- ``settings``: device, AMP, batch size, workers and CQT backend, resolved once.
 - ``embed``: decode and CQT in workers, batch the model on a device, at one or several tempi.
 - ``cache``: one ``.npy`` per track, keyed by the file and everything that makes its vector.
 - ``selfcheck``: before a device's torch CQT is trusted, it is compared with librosa's.

@@ -12,29 +12,15 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
 
 from ..config import FeatureConfig, to_dict
 from ..core.atomic import atomic_open, remove_stale_temporaries, sync_files
-from ..core.runtime import amp_enabled
 from ..io.audio import FileIdentity
+from .settings import EmbedSettings
 
 log = logging.getLogger(__name__)
-
-
-def uses_torch_cqt(cqt_backend: str, device: torch.device) -> bool:
-    """``torch``, or ``auto`` on CUDA: the CQT is computed on ``device`` (``TorchFrontEnd``)."""
-    return cqt_backend == "torch" or (cqt_backend == "auto" and device.type == "cuda")
-
-
-def inference_settings(device: torch.device, amp: bool, cqt_backend: str = "auto") -> dict[str, Any]:
-    """What changes an embedding besides the weights and the features: where the CQT is
-    computed (``torch`` or ``librosa``, ``auto`` resolved), AMP in effect, device type."""
-    return {"cqt": "torch" if uses_torch_cqt(cqt_backend, device) else "librosa",
-            "amp": amp_enabled(device, amp), "device": device.type}
 
 
 class EmbeddingCache:
@@ -43,21 +29,22 @@ class EmbeddingCache:
 
     The key covers the resolved path of the audio and its size and mtime as taken *before*
     it was read (:func:`~mirex_vi.io.audio.file_identity`), the weights' sha256, the feature
-    config and the :func:`inference_settings`, so a changed file, model, CQT backend, AMP
-    or device type never reuses a stale entry. Entries are written atomically; one that does
-    not load as a finite unit vector is recomputed, and temporaries that a killed run left
-    behind are swept when the cache is opened. The cache is an optimisation: when an entry
+    config and the settings' :meth:`~mirex_vi.inference.settings.EmbedSettings.cache_key`,
+    so a changed file, model, CQT backend, AMP or device type never reuses a stale entry.
+    Entries are written atomically; one that does not load as a finite unit vector is
+    recomputed, and temporaries that a killed run left behind are swept when the cache is
+    opened. The cache is an optimisation: when an entry
     cannot be written (disk full...) it warns once and stops writing.
     """
 
     def __init__(self, folder: Path, weights_sha256: str, features: FeatureConfig, dim: int,
-                 settings: dict[str, Any]):
+                 settings: EmbedSettings):
         self.folder = folder
         remove_stale_temporaries(folder)
         self.dim = dim
-        self.settings = settings
+        self.settings_key = settings.cache_key()
         self._salt = json.dumps({"weights": weights_sha256, "features": to_dict(features),
-                                 "inference": settings}, sort_keys=True)
+                                 "inference": self.settings_key}, sort_keys=True)
         self._writable = True
 
     def path_for(self, audio: Path, identity: FileIdentity) -> Path:

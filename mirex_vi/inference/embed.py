@@ -28,7 +28,8 @@ from ..features.workers import FileResult, iter_files
 from ..io.audio import AudioError, FileIdentity, changed_since, file_identity
 from ..model.cqtnet import CQTNet
 from ..model.weights import LoadedWeights
-from .cache import EmbeddingCache, inference_settings
+from .cache import EmbeddingCache
+from .settings import EmbedSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -155,45 +156,43 @@ class EmbeddingRun:
 def embed_tracks(
     paths: Sequence[Path],
     weights: LoadedWeights,
-    device: torch.device,
-    amp: bool,
-    workers: int,
-    batch_size: int = 16,
+    settings: EmbedSettings,
     cache: EmbeddingCache | None = None,
     strict: bool = False,
     on_track: Callable[[], None] = lambda: None,
-    cqt_backend: str = "auto",
 ) -> EmbeddingRun:
-    """Embed every track: cached ones are read, the rest decoded in ``workers`` processes.
+    """Embed every track: cached ones are read, the rest decoded in ``settings.workers``
+    processes.
 
-    ``cqt_backend``: ``librosa`` computes CQTs in the workers (exact); ``torch`` has the
-    workers only decode and computes CQTs on ``device`` (:class:`TorchFrontEnd`); ``auto``
-    is ``torch`` on CUDA and ``librosa`` on the CPU. A track the torch CQT cannot take
-    (not finite, out of device memory) gets librosa's. Inputs wait until ``batch_size`` of
-    them are ready, then go through the model and into the cache, so a killed run loses at
-    most one batch. ``on_track`` is called once per finished track.
+    With ``settings.torch_cqt`` the workers only decode and the CQTs are computed on the
+    device (:class:`TorchFrontEnd`); otherwise the workers compute librosa's (exact). A
+    track the torch CQT cannot take (not finite, out of device memory) gets librosa's.
+    Inputs wait until ``settings.batch_size`` of them are ready, then go through the model
+    and into the cache, so a killed run loses at most one batch. ``on_track`` is called
+    once per finished track.
 
     A track that cannot be accessed, or that is removed or changed between the identity
     taken before reading and the end of its embedding, is an error, never cached.
 
     Raises:
         TrackError: in ``strict`` mode, at the first track that cannot be embedded.
-        ValueError: ``cache`` is keyed for other inference settings.
+        ValueError: ``cache`` is keyed for other settings.
     """
-    settings = inference_settings(device, amp, cqt_backend)
-    if cache is not None and cache.settings != settings:
-        raise ValueError(f"cache keyed for {cache.settings}, embedding with {settings}")
-    model = weights.model.to(device).eval()
+    if cache is not None and cache.settings_key != settings.cache_key():
+        raise ValueError(f"cache keyed for {cache.settings_key}, embedding with "
+                         f"{settings.cache_key()}")
+    model = weights.model.to(settings.device).eval()
     run = EmbeddingRun(np.zeros((len(paths), model.cfg.embedding_dim), dtype=np.float32), {}, 0)
-    on_gpu = settings["cqt"] == "torch"
-    embedder = _Embedder(model, weights.features, device, amp, batch_size, paths, run,
-                         TorchFrontEnd(weights.features, device) if on_gpu else None,
-                         cache, strict, on_track)
+    front_end = TorchFrontEnd(weights.features, settings.device) if settings.torch_cqt else None
+    embedder = _Embedder(model=model, cfg=weights.features, settings=settings, paths=paths,
+                         run=run, front_end=front_end, cache=cache, strict=strict,
+                         on_track=on_track)
     tracks = embedder.look_up()  # the tracks still to embed, in list order
-    files = iter_files([paths[i] for i in tracks], weights.features, workers, decode_only=on_gpu)
+    files = iter_files([paths[i] for i in tracks], weights.features, settings.workers,
+                       decode_only=settings.torch_cqt)
     with contextlib.closing(files):  # an exception here stops the workers at once
         _consume_in_thread(((tracks[r.index], r) for r in files), embedder.add,
-                           depth=max(2, batch_size))
+                           depth=max(2, settings.batch_size))
     embedder.flush()
     return run
 
@@ -202,18 +201,16 @@ def embed_tracks(
 class _Embedder:
     """Worker results -> embeddings, errors and cache entries (the model's thread).
 
-    Inputs wait in ``pending`` (by length) until ``batch_size`` are ready. A track whose
-    torch CQT is not finite or does not fit in device memory gets librosa's CQT here; a
-    non-finite embedding under AMP is recomputed in fp32; a track that still fails is an
+    Inputs wait in ``pending`` (by length) until ``settings.batch_size`` are ready. A track
+    whose torch CQT is not finite or does not fit in device memory gets librosa's CQT here;
+    a non-finite embedding under AMP is recomputed in fp32; a track that still fails is an
     error. No non-finite or zero vector is ever stored or cached, nor one of a file removed
     or changed since its identity was taken (``identities``, before it was read).
     """
 
     model: CQTNet
     cfg: FeatureConfig
-    device: torch.device
-    amp: bool
-    batch_size: int
+    settings: EmbedSettings
     paths: Sequence[Path]
     run: EmbeddingRun
     front_end: TorchFrontEnd | None
@@ -250,7 +247,7 @@ class _Embedder:
         if x is None:
             return
         self.pending.setdefault(x.shape[-1], []).append((track, x))
-        if sum(map(len, self.pending.values())) >= self.batch_size:
+        if sum(map(len, self.pending.values())) >= self.settings.batch_size:
             self.flush()
 
     def flush(self) -> None:
@@ -283,7 +280,7 @@ class _Embedder:
             return preprocess(result.cqt, self.cfg)
         reason = "the device ran out of memory"
         try:
-            x = unless_out_of_memory(lambda: self.front_end(result.audio), self.device)
+            x = unless_out_of_memory(lambda: self.front_end(result.audio), self.settings.device)
         except AudioError as err:
             x, reason = None, str(err)
         if x is not None:
@@ -300,14 +297,15 @@ class _Embedder:
     def _embed_group(self, group: list[tuple[int, Input]]) -> list[tuple[int, np.ndarray]]:
         """``(track, (D,) vector)`` for the tracks of one equal-length group that embed."""
         inputs = [x for _, x in group]
-        batch = unless_out_of_memory(lambda: self._embed(inputs, self.amp), self.device)
+        amp = self.settings.amp
+        batch = unless_out_of_memory(lambda: self._embed(inputs, amp), self.settings.device)
         if batch is None:  # the group does not fit: one track at a time
-            vectors = [self._embed_alone(x, self.amp) for x in inputs]
+            vectors = [self._embed_alone(x, amp) for x in inputs]
         else:
             vectors = list(batch)
         done = []
         for (track, x), vector in zip(group, vectors):
-            if vector is not None and self.amp and not np.all(np.isfinite(vector)):
+            if vector is not None and amp and not np.all(np.isfinite(vector)):
                 vector = self._embed_alone(x, amp=False)  # an fp16 overflow inside the model
             if vector is None:
                 self._fail(track, "the device ran out of memory in the model")
@@ -321,11 +319,11 @@ class _Embedder:
 
     def _embed(self, inputs: list[Input], amp: bool) -> np.ndarray:
         """``(len(inputs), D)`` float32."""
-        return embed_inputs(self.model, inputs, self.device, amp, self.batch_size,
-                            self.cfg.tempo_scales).numpy()
+        return embed_inputs(self.model, inputs, self.settings.device, amp,
+                            self.settings.batch_size, self.cfg.tempo_scales).numpy()
 
     def _embed_alone(self, x: Input, amp: bool) -> np.ndarray | None:
-        out = unless_out_of_memory(lambda: self._embed([x], amp), self.device)
+        out = unless_out_of_memory(lambda: self._embed([x], amp), self.settings.device)
         return None if out is None else out[0]
 
 

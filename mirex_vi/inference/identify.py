@@ -11,22 +11,22 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..core.atomic import atomic_open, make_folder, remove_stale_temporaries
-from ..core.runtime import amp_enabled, disable_tf32_without_amp, resolve_device
-from ..features.workers import default_workers
-from ..io.lists import InputError, OutputError, TrackList, query_positions, read_list
+from ..core.atomic import make_folder, remove_stale_temporaries
+from ..core.runtime import disable_tf32_without_amp, resolve_device
+from ..io.lists import InputError, OutputError, TrackList, query_positions, read_list, write_errors
 from ..io.matrix import write_distance_matrix
 from ..io.outputs import check_accepts_files, check_output_location, find_same_file
 from ..model.weights import LoadedWeights, load_weights, weight_files
-from .cache import EmbeddingCache, inference_settings, uses_torch_cqt
+from .cache import EmbeddingCache
 from .embed import TrackError, embed_tracks
 from .scoring import distance_rows, expand_by_neighbours
+from .settings import EmbedSettings
 
 log = logging.getLogger(__name__)
 
@@ -101,16 +101,14 @@ def prepare(collection: Path, queries: Path, output: str | Path, workdir: Path |
                        resolve_device(device))
 
 
-def identify(job: IdentifyJob, amp: bool = True, batch_size: int | None = None,
-             workers: int | None = None, strict: bool = False, progress: bool = True,
-             name: str | None = None, cqt_backend: str = "auto",
-             expand: int = 0) -> IdentifySummary:
-    """Embed every collection track (cached in the workdir), score, write the matrix.
-    With ``expand`` > 0, each embedding is first expanded by that many nearest neighbours
-    in the collection (``scoring.expand_by_neighbours``).
+def identify(job: IdentifyJob, settings: EmbedSettings, strict: bool = False,
+             progress: bool = True, name: str | None = None, expand: int = 0) -> IdentifySummary:
+    """Embed every collection track (cached in the workdir) with ``settings`` (on the job's
+    device), score, write the matrix. With ``expand`` > 0, each embedding is first expanded
+    by that many nearest neighbours in the collection (``scoring.expand_by_neighbours``).
 
-    Without ``amp`` on CUDA, TF32 is off (true fp32). Before the torch CQT is used on CUDA
-    it must pass the self-check (``selfcheck.torch_cqt_agrees``); if it does not, the CQTs
+    Without AMP on CUDA, TF32 is off (true fp32). Before the torch CQT is used on CUDA it
+    must pass the self-check (``selfcheck.torch_cqt_agrees``); if it does not, the CQTs
     are computed with librosa in the workers.
 
     Raises:
@@ -119,27 +117,25 @@ def identify(job: IdentifyJob, amp: bool = True, batch_size: int | None = None,
     from tqdm import tqdm
 
     start = time.perf_counter()
-    disable_tf32_without_amp(job.device, amp)
-    cqt_backend = _checked_cqt_backend(job, amp_enabled(job.device, amp), cqt_backend)
-    batch_size = batch_size or (16 if job.device.type == "cuda" else 1)
-    amp = amp_enabled(job.device, amp)
+    disable_tf32_without_amp(job.device, settings.amp)  # before the self-check measures
+    settings = _checked_cqt_backend(job, settings)
     paths = job.collection.paths
     cache = EmbeddingCache(job.workdir / "embeddings", job.weights.sha256, job.weights.features,
-                           job.weights.model.cfg.embedding_dim,
-                           inference_settings(job.device, amp, cqt_backend))
+                           job.weights.model.cfg.embedding_dim, settings)
     summary = IdentifySummary(len(paths), len(job.query_indices), 0, 0.0, job.output,
                               errors_file(job.workdir, job.output))
     with tqdm(total=len(paths), desc="embed", unit="track", disable=not progress) as bar:
         try:
-            run = embed_tracks(paths, job.weights, job.device, amp, workers or default_workers(),
-                               batch_size, cache, strict, on_track=bar.update,
-                               cqt_backend=cqt_backend)
+            run = embed_tracks(paths, job.weights, settings, cache, strict, on_track=bar.update)
         except TrackError as err:
             summary.strict_error = str(err)
             return summary
     summary.n_cached = run.n_cached
     summary.errors = [(paths[i], reason) for i, reason in sorted(run.errors.items())]
-    _write_errors(summary.errors_file, summary.errors)
+    try:  # like the cache, the log is not worth failing the run for (stderr has the reasons)
+        write_errors(summary.errors_file, summary.errors)
+    except OSError as err:
+        log.warning("cannot write the error log %s (%s)", summary.errors_file, err.strerror or err)
     valid = np.ones(len(paths), dtype=bool)
     valid[list(run.errors)] = False
     embeddings = expand_by_neighbours(run.embeddings, valid, expand, job.device)
@@ -156,26 +152,12 @@ def identify(job: IdentifyJob, amp: bool = True, batch_size: int | None = None,
     return summary
 
 
-def _checked_cqt_backend(job: IdentifyJob, amp: bool, cqt_backend: str) -> str:
-    """``cqt_backend``, or ``librosa`` where the torch CQT on CUDA fails the self-check."""
-    if job.device.type != "cuda" or not uses_torch_cqt(cqt_backend, job.device):
-        return cqt_backend
+def _checked_cqt_backend(job: IdentifyJob, settings: EmbedSettings) -> EmbedSettings:
+    """``settings``, with the ``librosa`` backend where the torch CQT on CUDA fails the
+    self-check."""
+    if settings.device.type != "cuda" or not settings.torch_cqt:
+        return settings
     from .selfcheck import torch_cqt_agrees
 
-    return "torch" if torch_cqt_agrees(job.weights, job.device, amp) else "librosa"
-
-
-def _write_errors(path: Path, errors: list[tuple[Path, str]]) -> None:
-    """``path<TAB>reason`` per skipped track (header line first); rewritten every run.
-
-    Like the cache, the log lives in the workdir and is not worth failing the run for: if
-    it cannot be written, a warning says so (the reasons are on stderr as well).
-    """
-    remove_stale_temporaries(path.parent, of=path.name)
-    try:
-        with atomic_open(path, "w", encoding="utf-8", errors="surrogateescape") as f:
-            f.write("path\treason\n")
-            for track, reason in errors:
-                f.write(f"{track}\t{' '.join(reason.split())}\n")
-    except OSError as err:
-        log.warning("cannot write the error log %s (%s)", path, err.strerror or err)
+    agrees = torch_cqt_agrees(job.weights, settings.device, settings.amp)
+    return replace(settings, cqt_backend="torch" if agrees else "librosa")

@@ -9,8 +9,11 @@ from __future__ import annotations
 import codecs
 import os
 import string
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..core.atomic import atomic_open, remove_stale_temporaries
 
 
 class InputError(ValueError):
@@ -77,19 +80,27 @@ def read_list(path: Path) -> TrackList:
     """Track paths of a list file, one per line (see :func:`read_lines`).
 
     A relative path is resolved against the list file's folder; paths are made absolute
-    (links are kept as given).
+    (links are kept as given). A path may be listed once: a second line of it would make
+    one track two (scored as each other's version).
 
     Raises:
         InputError: the list is missing, unreadable, empty, or a line holds a TAB, a NUL or
-            bytes that are not UTF-8.
+            bytes that are not UTF-8, or repeats the path of an earlier line (after
+            resolving: ``a.wav`` and ``./a.wav`` are one path).
     """
     base = base_folder(path)
     paths, numbers, bad = [], [], []
+    first_line: dict[Path, int] = {}
     for number, line in read_lines(path):
         if "\t" in line:
             bad.append(f"  line {number}: {line!r} contains a TAB, which the output format forbids")
             continue
-        paths.append(Path(os.path.abspath(base / line)))
+        track = Path(os.path.abspath(base / line))
+        if track in first_line:
+            bad.append(f"  line {number}: repeats line {first_line[track]} ({track})")
+            continue
+        first_line[track] = number
+        paths.append(track)
         numbers.append(number)
     if bad:
         raise bad_lines(path, bad)
@@ -158,3 +169,31 @@ def read_labels(path: Path) -> dict[Path, str]:
         raise InputError(f"{path}: no clique holds two tracks, so no query has a version to "
                          "find; nothing to score")
     return labels
+
+
+def write_errors(path: Path, rows: Iterable[tuple[object, str]],
+                 header: str | None = "path") -> None:
+    """The errors file of skipped tracks: ``track<TAB>reason`` per row, after a
+    ``header<TAB>reason`` line unless ``header`` is None.
+
+    Each reason is folded onto one line; bytes of a track name that are not UTF-8 are
+    written back as they were (surrogateescape). The file is replaced atomically, after
+    the temporaries of an earlier killed write are swept.
+
+    Raises:
+        OSError: the file could not be written (whether that fails the run is the caller's call).
+    """
+    remove_stale_temporaries(path.parent, of=path.name)
+    with atomic_open(path, "w", encoding="utf-8", errors="surrogateescape") as f:
+        if header is not None:
+            f.write(f"{header}\treason\n")
+        f.writelines(f"{track}\t{' '.join(reason.split())}\n" for track, reason in rows)
+
+
+def read_errors(path: Path) -> dict[str, str]:
+    """``{track: reason}`` of an errors file written without a header (:func:`write_errors`);
+    empty when there is none."""
+    if not path.is_file():
+        return {}
+    text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    return dict(line.split("\t", 1) for line in text.splitlines() if "\t" in line)

@@ -4,7 +4,8 @@ Tracks are embedded by :func:`~mirex_vi.inference.embed.embed_tracks` (parallel 
 error handling, and an :class:`~mirex_vi.inference.cache.EmbeddingCache`, by default
 ``INDEX_DIR/embeddings``), so a killed build, run again, embeds only what the cache lacks.
 A track that cannot be embedded is left out of the index and listed in
-``INDEX_DIR/errors.tsv``. The folder format is :mod:`mirex_vi.search.folder`.
+``INDEX_DIR/errors.tsv``, rewritten by every build and add. The folder format is
+:mod:`mirex_vi.search.folder`.
 """
 
 from __future__ import annotations
@@ -23,14 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import torch
 
-from ..core.atomic import atomic_open
-from ..core.runtime import amp_enabled, resolve_device
-from ..features.workers import default_workers
-from ..inference.cache import EmbeddingCache, inference_settings
+from ..inference.cache import EmbeddingCache
 from ..inference.embed import EmbeddingRun, embed_tracks
-from ..io.lists import InputError, read_list
+from ..inference.settings import EmbedSettings
+from ..io.lists import InputError, read_list, write_errors
 from ..model.weights import LoadedWeights, load_weights, resolve_weights
 from . import faiss_index
 from .folder import (MANIFEST, IndexFolderError, Manifest, OpenIndex, Shard, Track,
@@ -45,12 +43,11 @@ ERRORS_FILE = "errors.tsv"
 
 @dataclass(frozen=True)
 class Embedder:
-    """How tracks become embeddings: weights, device, worker processes and cache."""
+    """How tracks become embeddings: weights, embedding settings and cache."""
 
     weights: LoadedWeights
     weights_source: str  # the resolved folder or file the weights were loaded from
-    device: torch.device
-    workers: int
+    settings: EmbedSettings
     cache: EmbeddingCache | None
     progress: bool = True
 
@@ -58,27 +55,23 @@ class Embedder:
         """``(N, D)`` embeddings of ``paths`` (failed rows zero and listed in ``errors``)."""
         from tqdm import tqdm
 
-        batch_size = 16 if self.device.type == "cuda" else 1
         with tqdm(total=len(paths), desc="embed", unit="track", disable=not self.progress) as bar:
-            return embed_tracks(paths, self.weights, self.device, amp_enabled(self.device, True),
-                                self.workers, batch_size, self.cache, on_track=bar.update)
+            return embed_tracks(paths, self.weights, self.settings, self.cache, on_track=bar.update)
 
 
-def make_embedder(weights: str | Path | None, device: str, workers: int | None,
-                  cache_dir: Path | None, progress: bool = True) -> Embedder:
-    """Load and verify the weights, resolve the device, open the cache (None: no cache).
+def make_embedder(weights: str | Path | None, settings: EmbedSettings, cache_dir: Path | None,
+                  progress: bool = True) -> Embedder:
+    """Load and verify the weights and open the cache (None: no cache).
 
     Raises:
-        ValueError: unknown or corrupt weights, an unavailable device.
+        ValueError: unknown or corrupt weights.
     """
     loaded = load_weights(weights)
-    dev = resolve_device(device)
     cache = None
     if cache_dir is not None:
         cache = EmbeddingCache(cache_dir, loaded.sha256, loaded.features,
-                               loaded.model.cfg.embedding_dim, inference_settings(dev, True))
-    return Embedder(loaded, str(resolve_weights(weights).resolve()), dev,
-                    workers or default_workers(), cache, progress)
+                               loaded.model.cfg.embedding_dim, settings)
+    return Embedder(loaded, str(resolve_weights(weights).resolve()), settings, cache, progress)
 
 
 def index_weights(manifest: Manifest) -> str:
@@ -175,18 +168,11 @@ def embed_all(tracks: Sequence[Track], embedder: Embedder) -> Embedded:
     """Embed ``tracks`` and read their durations; failed tracks are dropped."""
     run = embedder.embed([Path(t.path) for t in tracks])
     ok = [i for i in range(len(tracks)) if i not in run.errors]
-    with ThreadPoolExecutor(max_workers=embedder.workers) as pool:
+    with ThreadPoolExecutor(max_workers=embedder.settings.workers) as pool:
         durations = list(pool.map(audio_duration, [tracks[i].path for i in ok]))
     return Embedded([replace(tracks[i], duration=d) for i, d in zip(ok, durations)],
                     run.embeddings[ok], [(tracks[i].path, why) for i, why in sorted(run.errors.items())],
                     run.n_cached)
-
-
-def write_errors(folder: Path, errors: Sequence[tuple[str, str]]) -> None:
-    """``path<TAB>reason`` per track left out (header first); rewritten by every build/add."""
-    with atomic_open(folder / ERRORS_FILE, "w", encoding="utf-8", errors="surrogateescape") as f:
-        f.write("path\treason\n")
-        f.writelines(f"{path}\t{' '.join(reason.split())}\n" for path, reason in errors)
 
 
 def _refuse_existing(folder: Path) -> None:
@@ -218,7 +204,7 @@ def build_index(source: Path, folder: Path, embedder: Embedder, kind: str = "aut
     with writing(folder):
         _refuse_existing(folder)
         done = embed_all(tracks, embedder)
-        write_errors(folder, done.errors)
+        write_errors(folder / ERRORS_FILE, done.errors)
         if not done.tracks:
             raise InputError(f"{source}: no track could be embedded (see {folder / ERRORS_FILE})")
         dim = done.vectors.shape[1]
@@ -247,7 +233,7 @@ def add_tracks(folder: Path, source: Path, embedder: Embedder,
         known = {t.path for t in opened.tracks}
         new = [t for t in read_tracks(source, audio_root) if t.path not in known]
         done = embed_all(new, embedder)
-        write_errors(folder, done.errors)
+        write_errors(folder / ERRORS_FILE, done.errors)
         faiss_index.add(opened.index, done.vectors)
         manifest = save(folder, opened.manifest, opened.index, chain(opened.tracks, done.tracks))
     return IndexSummary(folder, manifest, len(done.tracks), done.n_cached, done.errors,

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.atomic import atomic_open
+from ..inference.settings import EmbedSettings
 from . import faiss_index
 from .build import CACHE_FOLDER, Embedder, index_weights, make_embedder
 from .folder import OpenIndex, check_weights, open_index
@@ -40,7 +41,7 @@ class QueryResult:
     hits: list[Hit]
 
 
-def open_for_queries(folder: Path, weights: str | None, device: str, workers: int | None,
+def open_for_queries(folder: Path, weights: str | None, settings: EmbedSettings,
                      cache_dir: Path | None, progress: bool = True) -> tuple[OpenIndex, Embedder]:
     """Open ``folder`` memory-mapped and an embedder with the index's weights.
 
@@ -56,8 +57,8 @@ def open_for_queries(folder: Path, weights: str | None, device: str, workers: in
         if not os.access(cache_dir if cache_dir.exists() else folder, os.W_OK | os.X_OK):
             log.info("%s is not writable: queries are embedded without a cache", cache_dir)
             cache_dir = None
-    embedder = make_embedder(weights or index_weights(opened.manifest), device, workers,
-                             cache_dir, progress)
+    embedder = make_embedder(weights or index_weights(opened.manifest), settings, cache_dir,
+                             progress)
     check_weights(opened.manifest, embedder.weights, folder)
     return opened, embedder
 
@@ -158,7 +159,7 @@ class IndexFigures:
 
 
 def evaluate_labels(folder: Path, labels_tsv: Path, k: int, nprobe: int | None,
-                    weights: str | None, device: str, workers: int | None,
+                    weights: str | None, settings: EmbedSettings,
                     progress: bool = True) -> IndexFigures:
     """Search every track of a labels TSV in the index (itself excluded) and score the
     top ``k``.
@@ -171,7 +172,7 @@ def evaluate_labels(folder: Path, labels_tsv: Path, k: int, nprobe: int | None,
     from ..io.lists import InputError
 
     labels = {str(path): clique for path, clique in read_labels(labels_tsv).items()}
-    opened, embedder = open_for_queries(folder, weights, device, workers, None, progress)
+    opened, embedder = open_for_queries(folder, weights, settings, None, progress)
     queries = list(labels)
     ok, vectors, errors = embed_queries([Path(q) for q in queries], embedder)
     if errors:
