@@ -45,8 +45,10 @@ def midi_bytes(events: np.ndarray, programs: Sequence[int], velocities: Sequence
     """A type-0 Standard MIDI File at 120 bpm (960 ticks per second).
 
     Args:
-        events: (M, 4) onset_s, duration_s, key, part (-1 = drums).
-        programs, velocities, pans: one per pitched part.
+        events: (M, 4) onset_s, duration_s, key, part (-1 = drums), or (M, 5) with each
+            note's own velocity (1..127) in the fifth column.
+        programs, velocities, pans: one per pitched part (a fifth column of ``events``
+            overrides ``velocities``).
         duration_s: the end-of-track time.
         vibrato: (cents, hz) of a pitch-bend vibrato on part 0; 0 cents: none.
     """
@@ -58,10 +60,13 @@ def midi_bytes(events: np.ndarray, programs: Sequence[int], velocities: Sequence
                      (0, 0, bytes([0xB0 | channel, 7, 100]))]
     if vibrato[0] > 0:
         messages += vibrato_bends(vibrato[0], vibrato[1], duration_s, channel_of(0))
-    for onset, dur, key, part in events:
+    for row in events:
+        onset, dur, key, part = row[:4]
         part = int(part)
         channel = channel_of(part)
         velocity = 90 if part < 0 else velocities[part % len(velocities)]
+        if len(row) > 4:
+            velocity = int(np.clip(round(row[4]), 1, 127))
         key = int(key)
         on = int(round(onset * TICKS_PER_SECOND))
         off = max(on + 1, int(round((onset + dur) * TICKS_PER_SECOND)))
