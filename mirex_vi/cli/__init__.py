@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import click
 
-from .corpus import corpus_command
+from .corpus import corpus_command, corpus_real_command
+from .download import download
 from .evaluate import evaluate
 from .extract import extract
 from .identify import identify, warmup
@@ -30,6 +31,6 @@ def main() -> None:
     """Discogs-VINet-MIREX cover song identification: MIREX matrices, training, evaluation."""
 
 
-for command in (identify, warmup, extract, train, evaluate, corpus_command, weights_group,
-                index_group, search_command):
+for command in (identify, warmup, extract, train, evaluate, corpus_command, corpus_real_command,
+                weights_group, index_group, search_command, download):
     main.add_command(command)
