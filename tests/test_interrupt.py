@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import write_list
-from mirex_vi.synth import write_audio
+from mirex_vi.synth import sines, write_audio
 
 pytestmark = pytest.mark.slow
 
@@ -192,7 +192,7 @@ def test_an_unwritable_results_folder_fails_the_file_with_a_reason(tmp_path):
     from mirex_vi.config import FeatureConfig
     from mirex_vi.features.workers import _pool_job
 
-    path = write_audio(tmp_path / "a.wav", np.full(22050 * 5, 0.1, np.float32))
+    path = write_audio(tmp_path / "a.wav", sines([220.0], 5.0))
     reply = _pool_job(3, str(path), FeatureConfig(), False, str(tmp_path / "gone"))
     assert reply.index == 3 and "could not be handed over" in reply.error
 
@@ -204,8 +204,7 @@ def test_without_a_temporary_folder_files_are_done_in_process(tmp_path, monkeypa
     from mirex_vi.features.workers import iter_files
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
-    paths = [write_audio(tmp_path / f"{i}.wav", np.full(22050 * 5, 0.1 * (i + 1), np.float32))
-             for i in range(3)]
+    paths = [write_audio(tmp_path / f"{i}.wav", sines([220.0 * (i + 1)], 5.0)) for i in range(3)]
     results = list(iter_files(paths, FeatureConfig(), workers=2))
     assert [r.index for r in results] == [0, 1, 2] and all(r.cqt is not None for r in results)
     assert "no temporary folder for worker processes" in caplog.text

@@ -30,6 +30,7 @@ from typing import Protocol
 import numpy as np
 
 from ..core.atomic import atomic_open
+from ..core.lock import FolderBusy, writing
 from ..io.metadata import Cliques, count_versions
 from .frontend import pool_cqt
 from .layout import has_feature, load_feature
@@ -205,12 +206,16 @@ def write_store(out: str | Path, items: Iterable[tuple[str, np.ndarray]],
     """Write a store from ``(youtube_id, (T', n_bins) pooled magnitude)`` pairs, streaming.
 
     Each version is encoded and written as it arrives (memory holds one version and the
-    index). Both files are written atomically, the index last.
+    index). Both files are written atomically, the index last. The folder is locked
+    (:mod:`~mirex_vi.core.lock`) from the first check to the index: a second writer is
+    refused at once, since it could only find the store written (and refuse it) or mix its
+    rows with the other's index.
 
     Returns:
         The number of versions written.
 
     Raises:
+        FolderBusy: another process is writing a store in the folder (a ``ValueError``).
         ValueError: an unknown encoding, a folder that already holds a store (it is never
             replaced: a failed rewrite would lose it), no items, a duplicate id, or a version
             that is empty, not finite or of another width (naming the id).
@@ -218,23 +223,11 @@ def write_store(out: str | Path, items: Iterable[tuple[str, np.ndarray]],
     if encoding not in ENCODINGS:
         raise ValueError(f"unknown encoding {encoding!r}; known: {', '.join(ENCODINGS)}")
     folder = Path(out)
-    other = [rows_name(e) for e in ENCODINGS if e != encoding and (folder / rows_name(e)).is_file()]
-    if other:
-        raise ValueError(f"{folder} already holds {other[0]}; a store has one rows file")
-    if is_store(folder):
-        raise ValueError(f"{folder} already holds a pooled store; write to a new folder")
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        # Rows without an index (a writer killed between the two) are rewritten; an index
-        # without rows is removed, so that it never stands beside the new rows.
-        (folder / INDEX_NAME).unlink(missing_ok=True)
-        lines: list[str] = []
-        with atomic_open(folder / rows_name(encoding)) as f:
-            total = _write_rows(f, items, encoding, lines)
-        with atomic_open(folder / INDEX_NAME, "w", encoding="utf-8") as f:
-            f.write("\t".join(INDEX_HEADER) + "\n")
-            f.writelines(lines)
+        with writing(folder, "pooled store"):
+            lines, total = _write_files(folder, items, encoding)
     except BaseException:
         if created:  # a failed write leaves no folder it made (rmdir takes only an empty one)
             with contextlib.suppress(OSError):
@@ -242,6 +235,26 @@ def write_store(out: str | Path, items: Iterable[tuple[str, np.ndarray]],
         raise
     log.info("%s: %d versions, %d rows (%s)", folder, len(lines), total, encoding)
     return len(lines)
+
+
+def _write_files(folder: Path, items: Iterable[tuple[str, np.ndarray]],
+                 encoding: str) -> tuple[list[str], int]:
+    """The body of ``write_store`` in the locked ``folder``: the index lines and the rows."""
+    other = [rows_name(e) for e in ENCODINGS if e != encoding and (folder / rows_name(e)).is_file()]
+    if other:
+        raise ValueError(f"{folder} already holds {other[0]}; a store has one rows file")
+    if is_store(folder):
+        raise ValueError(f"{folder} already holds a pooled store; write to a new folder")
+    # Rows without an index (a writer killed between the two) are rewritten; an index
+    # without rows is removed, so that it never stands beside the new rows.
+    (folder / INDEX_NAME).unlink(missing_ok=True)
+    lines: list[str] = []
+    with atomic_open(folder / rows_name(encoding)) as f:
+        total = _write_rows(f, items, encoding, lines)
+    with atomic_open(folder / INDEX_NAME, "w", encoding="utf-8") as f:
+        f.write("\t".join(INDEX_HEADER) + "\n")
+        f.writelines(lines)
+    return lines, total
 
 
 def _write_rows(f, items: Iterable[tuple[str, np.ndarray]], encoding: str,
@@ -374,7 +387,7 @@ def convert_features(sources: Sequence[str | Path], ids: Iterable[str], out: str
     try:
         written = write_store(out, items(), encoding)
     except ValueError as err:  # write_store's "no versions to write": say which and why
-        if len(skipped) < len(ids):
+        if isinstance(err, FolderBusy) or len(skipped) < len(ids):
             raise
         held = f"none of the {len(ids)} versions asked for" if ids else "no versions"
         raise ValueError(f"{', '.join(map(str, sources))}: holds {held} (at least one pool of "

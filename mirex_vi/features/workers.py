@@ -3,7 +3,8 @@
 Workers decode and, unless asked only to decode, compute the CQT; the caller (identification,
 evaluation on audio, dataset extraction) receives each file's array (decoded audio as int16
 ``PackedAudio``, half the bytes of float32) or the reason it failed as soon as it is done,
-in completion order.
+in completion order, with the decoder's warnings (a file cut short of its header's length),
+which are also logged here, in the main process.
 Workers are started with ``forkserver`` so they never inherit the parent's torch threads,
 and die with the main process (:mod:`~mirex_vi.core.lifeline`).
 
@@ -35,7 +36,7 @@ import numpy as np
 
 from ..config import FeatureConfig
 from ..core import lifeline
-from ..io.audio import AudioError, load_audio
+from ..io.audio import AudioError, decode_audio
 from .frontend import PackedAudio, checked_cqt
 
 log = logging.getLogger(__name__)
@@ -45,32 +46,25 @@ log = logging.getLogger(__name__)
 class FileResult:
     """One finished file: ``cqt`` (``(T, n_bins)`` float16) when CQTs were asked for, ``audio``
     (``(N,)`` samples at ``cfg.sample_rate``, packed) when only decoding was, or ``error``
-    saying why neither."""
+    saying why neither; ``warnings`` about a file that was used (one line each)."""
 
     index: int
     cqt: np.ndarray | None = None
     audio: PackedAudio | None = None
     error: str | None = None
+    warnings: tuple[str, ...] = ()
 
 
 def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def file_to_cqt(path: str | Path, cfg: FeatureConfig) -> np.ndarray:
-    """Decode one file and return its ``(T, n_bins)`` float16 CQT.
-
-    Raises:
-        AudioError: the file is unusable (missing, unreadable, silent...).
-    """
-    return checked_cqt(load_audio(path, cfg.sample_rate), cfg)
-
-
 def _job(index: int, path: str, cfg: FeatureConfig, decode_only: bool) -> FileResult:
     try:
+        samples, warnings = decode_audio(path, cfg.sample_rate)
         if decode_only:
-            return FileResult(index, audio=PackedAudio.pack(load_audio(path, cfg.sample_rate)))
-        return FileResult(index, cqt=file_to_cqt(path, cfg))
+            return FileResult(index, audio=PackedAudio.pack(samples), warnings=warnings)
+        return FileResult(index, cqt=checked_cqt(samples, cfg), warnings=warnings)
     except AudioError as err:
         return FileResult(index, error=_short(str(err)))
     except Exception as err:  # noqa: BLE001 - a decoder/transform crash on one file is that file's error
@@ -85,12 +79,13 @@ def _short(reason: str, limit: int = 1000) -> str:
 @dataclass(frozen=True)
 class _Reply:
     """A pool worker's answer for file ``index``: its error, or that its array is in
-    ``<results folder>/<index>.npy`` (with the audio's ``shift`` when it is decoded audio).
-    A few hundred bytes pickled, whatever the file."""
+    ``<results folder>/<index>.npy`` (with the audio's ``shift`` when it is decoded audio)
+    and its warnings. A few hundred bytes pickled, whatever the file."""
 
     index: int
     error: str | None = None
     shift: int | None = None
+    warnings: tuple[str, ...] = ()
 
 
 def _array_file(results_dir: str, index: int) -> str:
@@ -112,7 +107,8 @@ def _pool_job(index: int, path: str, cfg: FeatureConfig, decode_only: bool,
         with contextlib.suppress(OSError):
             os.unlink(file)
         return _Reply(index, error=_short(f"its result could not be handed over: {err}"))
-    return _Reply(index, shift=None if result.audio is None else result.audio.shift)
+    return _Reply(index, shift=None if result.audio is None else result.audio.shift,
+                  warnings=tuple(map(_short, result.warnings)))
 
 
 def _collect(reply: _Reply, results_dir: str) -> FileResult:
@@ -128,8 +124,8 @@ def _collect(reply: _Reply, results_dir: str) -> FileResult:
         with contextlib.suppress(OSError):
             os.unlink(file)
     if reply.shift is None:
-        return FileResult(reply.index, cqt=array)
-    return FileResult(reply.index, audio=PackedAudio(array, reply.shift))
+        return FileResult(reply.index, cqt=array, warnings=reply.warnings)
+    return FileResult(reply.index, audio=PackedAudio(array, reply.shift), warnings=reply.warnings)
 
 
 # The reason given to the files in flight when a worker process dies (the kernel's OOM
@@ -149,6 +145,16 @@ def iter_files(paths: Sequence[str | Path], cfg: FeatureConfig, workers: int,
     workers ignore Ctrl-C (the main process handles it) and die with the main process,
     however it ends.
     """
+    with contextlib.closing(_iter_results(paths, cfg, workers, decode_only)) as results:
+        for result in results:  # closed with this generator: the workers stop at once
+            for warning in result.warnings:
+                log.warning("%s: %s", paths[result.index], warning)
+            yield result
+
+
+def _iter_results(paths: Sequence[str | Path], cfg: FeatureConfig, workers: int,
+                  decode_only: bool) -> Iterator[FileResult]:
+    """:func:`iter_files`, in this process or in a pool."""
     results = _results_folder() if workers > 1 and len(paths) > 1 else None
     if results is None:
         for i, path in enumerate(paths):

@@ -80,27 +80,19 @@ def read_list(path: Path) -> TrackList:
     """Track paths of a list file, one per line (see :func:`read_lines`).
 
     A relative path is resolved against the list file's folder; paths are made absolute
-    (links are kept as given). A path may be listed once: a second line of it would make
-    one track two (scored as each other's version).
+    (links are kept as given).
 
     Raises:
         InputError: the list is missing, unreadable, empty, or a line holds a TAB, a NUL or
-            bytes that are not UTF-8, or repeats the path of an earlier line (after
-            resolving: ``a.wav`` and ``./a.wav`` are one path).
+            bytes that are not UTF-8.
     """
     base = base_folder(path)
     paths, numbers, bad = [], [], []
-    first_line: dict[Path, int] = {}
     for number, line in read_lines(path):
         if "\t" in line:
             bad.append(f"  line {number}: {line!r} contains a TAB, which the output format forbids")
             continue
-        track = Path(os.path.abspath(base / line))
-        if track in first_line:
-            bad.append(f"  line {number}: repeats line {first_line[track]} ({track})")
-            continue
-        first_line[track] = number
-        paths.append(track)
+        paths.append(Path(os.path.abspath(base / line)))
         numbers.append(number)
     if bad:
         raise bad_lines(path, bad)
@@ -120,13 +112,34 @@ def _first(items: list[str], n: int = 20) -> str:
     return "\n".join(items[:n]) + more
 
 
-def query_positions(collection: TrackList, queries: TrackList) -> list[int]:
-    """The 0-based collection index of each query.
+def refuse_repeats(tracks: TrackList) -> None:
+    """Refuse a list that names a track twice (after resolving: ``a.wav`` and ``./a.wav``
+    are one path): in a matrix it would be two tracks, each the other's version. (An index
+    build takes a list with repeats, and indexes each path once.)
 
     Raises:
-        InputError: naming every query line that is not in the collection.
+        InputError: naming each line that repeats an earlier one, and that line.
     """
-    where = {p: i for i, p in reversed(list(enumerate(collection.paths)))}
+    first: dict[Path, int] = {}
+    bad = []
+    for track, number in zip(tracks.paths, tracks.lines):
+        if track in first:
+            bad.append(f"  line {number}: repeats line {first[track]} ({track})")
+        first.setdefault(track, number)
+    if bad:
+        raise bad_lines(tracks.source, bad)
+
+
+def query_positions(collection: TrackList, queries: TrackList) -> list[int]:
+    """The 0-based collection index of each query, once each list is checked for repeats.
+
+    Raises:
+        InputError: naming the lines that repeat an earlier one (:func:`refuse_repeats`),
+            or every query line that is not in the collection.
+    """
+    refuse_repeats(collection)
+    refuse_repeats(queries)
+    where = {p: i for i, p in enumerate(collection.paths)}
     missing = [f"  line {n}: {q}" for q, n in zip(queries.paths, queries.lines) if q not in where]
     if missing:
         raise InputError(

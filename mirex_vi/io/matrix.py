@@ -6,6 +6,7 @@ leaves a partial matrix; rows are formatted one at a time, so memory stays O(N).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.atomic import atomic_open
+from .lists import base_folder
 
 
 def format_row(values: np.ndarray) -> bytes:
@@ -77,22 +79,32 @@ class DistanceMatrix:
 def iter_distance_matrix(path: Path) -> Iterator[str | list[str] | tuple[int, np.ndarray]]:
     """Strictly parse a MIREX matrix, streaming: yields the name, the path list, then rows.
 
-    Lines end at ``\n`` (or ``\r\n``) only; a UTF-8 BOM is skipped.
+    Lines end at ``\n`` (or ``\r\n``) only; a UTF-8 BOM is skipped. A track may be listed
+    once (relative paths resolved against the matrix's folder) and a query given one row:
+    a repeat would be scored as a track of its own.
 
     Raises:
-        ValueError: any deviation from the format, with the line number.
+        ValueError: any deviation from the format, with the line number; a repeated track
+            or query row, naming both lines.
     """
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="\n") as f:
         lines = (line.removesuffix("\n").removesuffix("\r") for line in f)
         number = 1
         yield next(lines, "")
         paths: list[str] = []
+        track_line: dict[str, int] = {}  # resolved path -> its line
+        base = base_folder(path)
         for number, line in enumerate(lines, 2):
             if line.startswith("Q/R\t"):
                 break
             index, sep, track = line.partition("\t")
             if not sep or index != str(len(paths) + 1) or not track:
                 raise ValueError(f"{path}:{number}: expected '{len(paths) + 1}<TAB>path'")
+            resolved = os.path.abspath(base / track)
+            if resolved in track_line:
+                raise ValueError(f"{path}:{number}: repeats the track of line "
+                                 f"{track_line[resolved]} ({resolved})")
+            track_line[resolved] = number
             paths.append(track)
         else:
             raise ValueError(f"{path}: no 'Q/R' line")
@@ -100,10 +112,15 @@ def iter_distance_matrix(path: Path) -> Iterator[str | list[str] | tuple[int, np
         if not n or line.split("\t")[1:] != [str(i) for i in range(1, n + 1)]:
             raise ValueError(f"{path}:{number}: 'Q/R' line must list 1..{n}")
         yield paths
+        row_line: dict[int, int] = {}  # query -> the line of its row
         for number, line in enumerate(lines, number + 1):
             fields = line.split("\t")
             if len(fields) != n + 1 or not fields[0].isdigit() or not 1 <= int(fields[0]) <= n:
                 raise ValueError(f"{path}:{number}: expected a collection index and {n} distances")
+            if int(fields[0]) in row_line:
+                raise ValueError(f"{path}:{number}: repeats the row of query {fields[0]} (line "
+                                 f"{row_line[int(fields[0])]})")
+            row_line[int(fields[0])] = number
             try:
                 row = np.array(fields[1:], dtype=np.float64)
             except ValueError as err:
