@@ -9,7 +9,10 @@ augmentation setting, out of range (``FEATURE_BOUNDS``, ``MODEL_BOUNDS``, ``TRAI
 
 A YAML config may start from another: ``base: other.yaml`` (a path relative to the
 including file) loads that file first, and this file's keys override its values; nested
-sections such as ``features:`` merge key by key, and a base may have a base of its own.
+sections such as ``features:`` merge key by key, lists (``mix:``) are replaced whole, and a
+base may have a base of its own. ``--set`` (``with_overrides``) takes dotted keys, with an
+item of a list named by its index (``mix.0.share=0.3``), or a whole value in YAML
+(``mix=[{features_dir: F, train_metadata: M, share: 0.3}]``).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ class Bounds:
 
     def describe(self) -> str:
         if self.high < math.inf:
-            return f"in [{self.low:g}, {self.high:g}]"
+            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
         return f"> {self.low:g}" if self.low_open else f">= {self.low:g}"
 
     def admits(self, value: float) -> bool:
@@ -60,7 +63,7 @@ FEATURE_BOUNDS = {
     "min_crop_frames": Bounds(0),
     "eps": Bounds(0, low_open=True),
 }
-TEMPO_SCALE_BOUNDS = Bounds(0.25, 4)  # each of FeatureConfig.tempo_scales
+TEMPO_SCALE_BOUNDS = Bounds(0.25, 4)  # each of FeatureConfig.tempo_scales, teacher_tempo_scales
 MODEL_BOUNDS = {"channels": Bounds(1), "embedding_dim": Bounds(1)}
 # Every numeric training field, so that a bad value is refused as the config is read, not
 # met as a traceback (a division by zero, a NaN loss) once the run folder is written.
@@ -80,7 +83,9 @@ TRAIN_BOUNDS = {
     "cls_weight": Bounds(0),
     "label_smoothing": Bounds(0, 1),
     "memory_size": Bounds(0),
+    "distill_weight": Bounds(0),
 }
+MIX_SHARE_BOUNDS = Bounds(0, 1, low_open=True)  # each of TrainConfig.mix's shares
 
 
 def _check_bounds(obj: Any, bounds: dict[str, Bounds]) -> None:
@@ -95,6 +100,22 @@ def _check_bounds(obj: Any, bounds: dict[str, Bounds]) -> None:
         if not (math.isfinite(value) and allowed.admits(value)):
             raise ValueError(f"{type(obj).__name__}.{name} must be {allowed.describe()}, "
                              f"got {value!r}")
+
+
+def _tempo_scales(name: str, scales: Any) -> tuple[float, ...]:
+    """``scales`` (a list, as JSON and YAML give it, or a tuple) as a tuple of floats.
+
+    Raises:
+        ValueError: naming the field ``name``, unless they are one or more numbers
+            within ``TEMPO_SCALE_BOUNDS``.
+    """
+    items = scales if isinstance(scales, (list, tuple)) else ()
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items)
+    if not (items and numbers and all(math.isfinite(v) and TEMPO_SCALE_BOUNDS.admits(v)
+                                      for v in items)):
+        raise ValueError(f"{name} must be one or more numbers {TEMPO_SCALE_BOUNDS.describe()}, "
+                         f"got {list(items) or scales!r}")
+    return tuple(float(v) for v in items)
 
 
 def _check_types(obj: Any) -> None:
@@ -130,10 +151,9 @@ class FeatureConfig:
     tempo_scales: tuple[float, ...] = (1.0,)
 
     def __post_init__(self) -> None:
-        if isinstance(self.tempo_scales, list):  # as JSON and YAML give it
-            object.__setattr__(self, "tempo_scales", tuple(self.tempo_scales))
+        object.__setattr__(self, "tempo_scales",
+                           _tempo_scales("FeatureConfig.tempo_scales", self.tempo_scales))
         _check_bounds(self, FEATURE_BOUNDS)
-        self._check_tempo_scales()
         # The band up to one bin above the top bin must stay below Nyquist (a margin wider
         # than librosa's filter bandwidth); compared in octaves, which cannot overflow.
         octaves_above_fmin = self.n_bins / self.bins_per_octave
@@ -142,15 +162,6 @@ class FeatureConfig:
                 f"FeatureConfig.n_bins: {self.n_bins} bins from fmin {self.fmin:g} Hz at "
                 f"{self.bins_per_octave} per octave pass the Nyquist frequency of sample_rate "
                 f"{self.sample_rate} ({self.sample_rate / 2:g} Hz)")
-
-    def _check_tempo_scales(self) -> None:
-        scales = self.tempo_scales
-        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scales)
-        if not (scales and numbers and all(math.isfinite(v) and TEMPO_SCALE_BOUNDS.admits(v)
-                                           for v in scales)):
-            raise ValueError(f"FeatureConfig.tempo_scales must be one or more numbers "
-                             f"{TEMPO_SCALE_BOUNDS.describe()}, got {list(scales)!r}")
-        object.__setattr__(self, "tempo_scales", tuple(float(v) for v in scales))
 
     @property
     def frame_rate(self) -> float:
@@ -228,6 +239,48 @@ MODEL_SIZES: dict[str, ModelConfig] = {
 
 
 @dataclass(frozen=True)
+class MixSource:
+    """A further store of training cliques that ``train`` mixes with the main one
+    (``TrainConfig.mix``): its features, its training split and its share of each batch's
+    cliques (docs/training.md, "Several stores")."""
+
+    features_dir: str = ""
+    train_metadata: str = ""  # light JSON (.train split) or JSONL
+    share: float = 0.0  # in (0, 1]; the shares of all extra sources sum to less than 1
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        if not (math.isfinite(self.share) and MIX_SHARE_BOUNDS.admits(self.share)):
+            raise ValueError(f"share must be {MIX_SHARE_BOUNDS.describe()}, got {self.share!r}")
+
+
+def _mix_sources(value: Any) -> tuple[MixSource, ...]:
+    """``TrainConfig.mix`` from YAML (a list of mappings) or code (MixSource items).
+
+    Raises:
+        ValueError: naming the item (``TrainConfig.mix.0: ...``) that is not a source, or
+            when the shares leave the main source none.
+    """
+    if not isinstance(value, (list, tuple)):
+        raise ValueError("TrainConfig.mix must be a list of {features_dir, train_metadata, "
+                         f"share}}, got {value!r}")
+    sources = []
+    for i, item in enumerate(value):
+        if not isinstance(item, (dict, MixSource)):
+            raise ValueError(f"TrainConfig.mix.{i}: expected a mapping of features_dir, "
+                             f"train_metadata and share, got {item!r}")
+        try:
+            sources.append(item if isinstance(item, MixSource) else from_dict(MixSource, item))
+        except ValueError as err:
+            raise ValueError(f"TrainConfig.mix.{i}: {err}") from err
+    total = sum(m.share for m in sources)
+    if sources and not round(1.0 - total, 9) > 0:
+        raise ValueError(f"TrainConfig.mix: the shares sum to {total:g}, which leaves the main "
+                         "source (features_dir, train_metadata) none: they must sum to < 1")
+    return tuple(sources)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Training recipe (docs/REFERENCE.md §3); paths are filled in by the user."""
 
@@ -254,10 +307,21 @@ class TrainConfig:
     cls_weight: float = 0.0  # > 0: add this x a BNNeck classification loss (not the report)
     label_smoothing: float = 0.1  # of the classification loss
     memory_size: int = 0  # > 0: hardest negatives also from the last N embeddings (not the report)
+    val_features_dir: str = ""  # features of the val_metadata versions; empty: features_dir
+    # Further training stores, each with its share of every batch's cliques; the main one
+    # (features_dir, train_metadata) takes the rest (docs/training.md, "Several stores").
+    mix: tuple[MixSource, ...] = ()
+    # > 0: add this x mean(1 - cos) between the embedding and the init_weights model's at
+    # teacher_tempo_scales, on the same crop (not the report)
+    distill_weight: float = 0.0
+    teacher_tempo_scales: tuple[float, ...] = (0.7, 1.0, 1.4)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # all off: the report
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "mix", _mix_sources(self.mix))
+        object.__setattr__(self, "teacher_tempo_scales", _tempo_scales(
+            "TrainConfig.teacher_tempo_scales", self.teacher_tempo_scales))
         _check_bounds(self, TRAIN_BOUNDS)
         if self.model not in MODEL_SIZES:
             raise ValueError(f"TrainConfig.model must be one of {', '.join(MODEL_SIZES)}, "
@@ -266,6 +330,11 @@ class TrainConfig:
     @property
     def model_config(self) -> ModelConfig:
         return MODEL_SIZES[self.model]
+
+    @property
+    def shares(self) -> tuple[float, ...]:
+        """The share of each training source's cliques in a batch: the main one, then ``mix``."""
+        return (1.0 - sum(m.share for m in self.mix), *(m.share for m in self.mix))
 
 
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:
@@ -360,7 +429,8 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 def with_overrides(cfg: T, assignments: list[str]) -> T:
-    """Apply ``key=value`` overrides (``features.crop_frames=3600``); values parsed as YAML."""
+    """Apply ``key=value`` overrides (``features.crop_frames=3600``, ``mix.0.share=0.3``: an
+    item the list already holds, by its index); values parsed as YAML."""
     data = to_dict(cfg)
     for item in assignments:
         key, sep, raw = item.partition("=")
@@ -369,16 +439,27 @@ def with_overrides(cfg: T, assignments: list[str]) -> T:
         *parents, leaf = key.strip().split(".")
         node = data
         for p in parents:
-            if not isinstance(node.get(p), dict):
-                raise ValueError(f"override {item!r}: {p!r} is not a section")
-            node = node[p]
-        if leaf not in node:
+            slot = _slot(node, p)
+            if slot is None or not isinstance(node[slot], (dict, list)):
+                raise ValueError(f"override {item!r}: {p!r} is not a section or a list item")
+            node = node[slot]
+        slot = _slot(node, leaf)
+        if slot is None:
             raise ValueError(f"override {item!r}: unknown key {key!r}")
         try:
-            node[leaf] = yaml.safe_load(raw)
+            node[slot] = yaml.safe_load(raw)
         except yaml.YAMLError as err:
             raise ValueError(f"override {item!r}: not a YAML value ({_one_line(err)})") from err
     return from_dict(type(cfg), data)
+
+
+def _slot(node: dict | list, name: str) -> str | int | None:
+    """Where ``name`` is in a section (its key) or a list (its index); None if nowhere."""
+    if isinstance(node, dict):
+        return name if name in node else None
+    if isinstance(node, list) and name.isdigit() and int(name) < len(node):
+        return int(name)
+    return None
 
 
 def _dataclass_type(f: dataclasses.Field) -> type | None:

@@ -1,4 +1,5 @@
-"""Metadata readers, feature filtering, the training dataset and the clique batch sampler."""
+"""Metadata readers, feature filtering, the training dataset and the clique batch sampler, from
+one store or several."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
+from conftest import random_store
 
 from mirex_vi.config import AugmentConfig, FeatureConfig
 from mirex_vi.features.frontend import preprocess
@@ -16,7 +19,7 @@ from mirex_vi.features.pooled import filter_available
 from mirex_vi.features.pooled import convert_features, layout_ids
 from mirex_vi.features.stored import FullTrackDataset
 from mirex_vi.io.metadata import Version, read_metadata, youtube_id_from_url
-from mirex_vi.train.data import CliqueBatchSampler, TrainDataset, make_train_loader
+from mirex_vi.train.data import CliqueBatchSampler, Source, TrainDataset, make_train_loader
 
 LIGHT = {
     "C-0000001": [
@@ -163,6 +166,71 @@ def test_too_few_cliques_is_an_error():
         CliqueBatchSampler(_members([2, 3]), 3, 2, seed=0)
 
 
+# Three sources: cliques 0-11 (SIZES) the main one, 12-29 and 30-37 two extra ones.
+MIXED = SIZES + [3, 5, 2, 8, 4, 2, 6, 3, 2, 4, 7, 2, 3, 5, 2, 4, 6, 2] + [2, 9, 3, 4, 2, 6, 3, 5]
+MIXED_SOURCE = [0] * len(SIZES) + [1] * 18 + [2] * 8
+
+
+def _source_counts(members, sampler, batch, k):
+    """Cliques of each source in one batch (version indices, K per group)."""
+    clique_of = _clique_of(members)
+    cliques = [clique_of[v] for v in batch[::k]]
+    assert len(set(cliques)) == sampler.p  # distinct cliques, across sources too
+    return Counter(MIXED_SOURCE[c] for c in cliques)
+
+
+@pytest.mark.parametrize("p, shares", [(10, (0.5, 0.3, 0.2)), (7, (0.6, 0.25, 0.15)),
+                                       (4, (0.7, 0.2, 0.1))])
+def test_several_sources_fill_each_batch_and_the_epoch_in_their_shares(p, shares):
+    members, k = _members(MIXED), 3
+    sampler = CliqueBatchSampler(members, p, k, seed=2, clique_source=MIXED_SOURCE, shares=shares)
+    total = Counter()
+    for epoch in range(8):
+        batches = sampler.epoch_batches(epoch)
+        assert len(batches) == sampler.batches_per_epoch
+        counts = [_source_counts(members, sampler, b, k) for b in batches]
+        for s, share in enumerate(shares):  # per batch: floor or ceil of share * P, per epoch
+            per_batch = {c[s] for c in counts}  # within one clique of share * P * batches
+            assert per_batch <= {math.floor(share * p + 1e-9), math.ceil(share * p - 1e-9)}
+            assert abs(sum(c[s] for c in counts) - share * p * len(batches)) < 1
+            total[s] += sum(c[s] for c in counts)
+        main = {v for b in batches for v in b if MIXED_SOURCE[_clique_of(members)[v]] == 0}
+        assert main == set(range(sum(SIZES)))  # an epoch: every main version
+    n = sum(total.values())
+    assert [total[s] / n for s in range(3)] == pytest.approx(shares, abs=1 / (8 * p))
+    if p == 10:  # whole shares: exactly 5, 3 and 2 of every batch
+        assert all(_source_counts(members, sampler, b, k) == {0: 5, 1: 3, 2: 2}
+                   for b in sampler.epoch_batches(3))
+
+
+def test_an_extra_source_runs_through_whole_passes_across_epochs_and_resumes():
+    members, k = _members(MIXED), 2
+
+    def make():
+        return CliqueBatchSampler(members, 6, k, seed=9, clique_source=MIXED_SOURCE,
+                                  shares=(0.5, 0.3, 0.2))
+
+    sampler = make()
+    small = {v for c, s in enumerate(MIXED_SOURCE) if s == 2 for v in members[c]}
+    groups_per_pass = sum(math.ceil(len(members[c]) / k) for c, s in enumerate(MIXED_SOURCE)
+                          if s == 2)
+    epochs = math.ceil(3 * groups_per_pass / sampler.per_epoch[2])  # three passes at least
+    seen = Counter(v for e in range(epochs) for b in sampler.epoch_batches(e) for v in b
+                   if v in small)
+    assert set(seen) == small and min(seen.values()) >= 2
+    assert make().epoch_batches(epochs - 1) == sampler.epoch_batches(epochs - 1)  # no state
+
+
+@pytest.mark.parametrize("source, shares, message", [
+    (MIXED_SOURCE, (0.5, 0.5), "source below len"),
+    (MIXED_SOURCE, (0.5, 0.3, 0.3), "sum to 1"),
+    ([0] * 36 + [1] * 2, (0.5, 0.5), "cliques cannot fill its 5 of each batch's 10"),
+])
+def test_several_sources_refuse_bad_shares_and_sources_too_small(source, shares, message):
+    with pytest.raises(ValueError, match=message):
+        CliqueBatchSampler(_members(MIXED), 10, 2, seed=0, clique_source=source, shares=shares)
+
+
 # --- datasets ------------------------------------------------------------------------------
 
 
@@ -180,6 +248,21 @@ def test_train_dataset_crops_and_pads(tmp_path):
     x_short = ds[(1, 0)][0].numpy()
     assert x_short.shape == (84, 10)
     assert np.all(x_short[:, :2] > 0.99) and np.all(x_short[:, 3:] == 0)  # 50 frames, then pad
+
+
+def test_a_dataset_of_two_stores_keeps_equal_ids_apart(tmp_path):
+    """Both stores hold cliques C-0.. and youtube ids v0.. with other features."""
+    cfg = FeatureConfig(crop_frames=2000)
+    main, extra = random_store(tmp_path / "a", [3, 2], seed=1), random_store(tmp_path / "b", [2, 4])
+    cliques = [read_metadata(d / "meta.json") for d in (main, extra)]
+    ds = TrainDataset(cliques[0], main / "store", cfg, extra=[Source("mix.0", cliques[1],
+                                                                     extra / "store")])
+    assert ds.clique_ids == ["main/C-0", "main/C-1", "mix.0/C-0", "mix.0/C-1"]
+    assert ds.clique_source == [0, 0, 1, 1] and ds.labels.tolist() == [0, 0, 0, 1, 1, 2, 2, 3, 3, 3, 3]
+    alone = TrainDataset(cliques[1], extra / "store", cfg)
+    x, label, index = ds[(5, 42)]  # mix.0/C-0's first version, id v0xxxxxxxxx
+    assert (label, index) == (2, 5) and torch.equal(x, alone[(0, 42)][0])
+    assert not torch.equal(x, ds[(0, 42)][0])  # the main store's v0xxxxxxxxx
 
 
 def test_full_track_dataset_caps_length(tmp_path):

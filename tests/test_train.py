@@ -1,7 +1,9 @@
-"""LR schedule, a tiny end-to-end run on synthetic features, resume, and 2-process DDP."""
+"""LR schedule, a tiny end-to-end run on synthetic features, resume, 2-process DDP, training
+from two stores, and distillation from a teacher."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -24,6 +26,7 @@ from mirex_vi.train.checkpoint import BEST, LAST, METRICS
 from mirex_vi.train.distributed import Ranks, init_distributed
 from mirex_vi.train.loop import (build_train_loader, build_training_state, lr_at, run_training,
                                  train_epoch)
+from mirex_vi.train.losses import triplet_loss
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = "configs/tiny.yaml"
@@ -235,10 +238,10 @@ def test_rerunning_stage_5_from_a_later_stages_shipped_package_is_refused(tmp_pa
     """Stage 5 starts from weights/vinet-mirex-synth, which now holds stage 16's output."""
     monkeypatch.chdir(REPO)  # init_weights is a path relative to the repository
     result = CliRunner().invoke(main, [
-        "train", "--config", "configs/vinet-mirex-synth-cpu-stage5.yaml", "--device", "cpu",
+        "train", "--config", "configs/history/vinet-mirex-synth-cpu-stage5.yaml", "--device", "cpu",
         "--quiet", "--set", f"output_dir={tmp_path / 'run'}"])
     shipped = load_weights("vinet-mirex-synth").sha256
-    pin = load_yaml(REPO / "configs" / "vinet-mirex-synth-cpu-stage5.yaml").init_sha256
+    pin = load_yaml(REPO / "configs" / "history" / "vinet-mirex-synth-cpu-stage5.yaml").init_sha256
     assert result.exit_code == 2
     assert f"sha256 {shipped}" in result.output and f"init_sha256 {pin}" in result.output
     assert not (tmp_path / "run" / LAST).exists()
@@ -386,3 +389,125 @@ def test_train_settings_out_of_range_are_refused_before_the_run_folder(tmp_path,
                                        f"output_dir={tmp_path / 'run'}", "--set", setting])
     assert result.exit_code == 2 and f"error: {expected}" in result.output, result.output
     assert isinstance(result.exception, SystemExit) and not (tmp_path / "run").exists()
+
+
+# --- several stores, distillation ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mix_dir(tmp_path_factory):
+    """A second store whose clique ids and youtube ids are the main store's (offset 0), with
+    other features: ids collide unless each source keeps its own."""
+    root = tmp_path_factory.mktemp("mix")
+    _write_split(root, "light.json.train", 6, 4, np.random.default_rng(1))
+    return root
+
+
+def _mix(root, share):
+    return (f"mix=[{{features_dir: {root / 'features'}, "
+            f"train_metadata: {root / 'light.json.train'}, share: {share}}}]")
+
+
+def test_two_stores_fill_every_batch_in_their_shares_and_keep_their_ids(dataset_dir, mix_dir,
+                                                                         tmp_path):
+    cfg = _cfg(dataset_dir, tmp_path / "mix", _mix(mix_dir, 0.25))  # 3 + 1 of P = 4
+    loader, sampler = build_train_loader(cfg, Ranks(), torch.device("cpu"))
+    dataset = loader.dataset
+    assert len(dataset.clique_ids) == len(set(dataset.clique_ids)) == 16
+    assert dataset.clique_ids[0] == "main/C-0000000" and dataset.clique_ids[10] == "mix.0/C-0000000"
+    main_x, mix_x = (dataset[(dataset.members[c][0], 7)][0] for c in (0, 10))  # one youtube id
+    assert dataset.versions[dataset.members[10][0]] == dataset.versions[dataset.members[0][0]]
+    assert not torch.equal(main_x, mix_x)  # each read from its own store
+    per_batch = []
+    for _, labels, _ in loader:
+        cliques = labels[::cfg.versions_per_clique].tolist()  # one per group of K
+        per_batch.append(sum(dataset.clique_source[c] for c in cliques))
+    assert per_batch == [1] * len(sampler) and len(sampler) == 7  # 20 main groups, 3 a batch
+
+
+def test_training_from_two_stores_runs_resumes_identically_and_validates_where_told(
+        dataset_dir, mix_dir, tmp_path, monkeypatch):
+    """The small store is the main one here (4 batches an epoch), validated on the other's
+    split through ``val_features_dir``."""
+    sets = [f"train_metadata={mix_dir / 'light.json.train'}", f"features_dir={mix_dir / 'features'}",
+            f"val_metadata={dataset_dir / 'light.json.val'}",
+            f"val_features_dir={dataset_dir / 'features'}", f"output_dir={tmp_path / 'cli'}",
+            "epochs=2", _mix(dataset_dir, 0.25)]
+    result = CliRunner().invoke(main, ["train", "--config", str(REPO / TINY), "--device", "cpu",
+                                       "--quiet", *[a for s in sets for a in ("--set", s)]])
+    assert result.exit_code == 0, result.output
+    records = _metrics(tmp_path / "cli")
+    assert [r["steps"] for r in records] == [4, 4] and records[0]["val"]["n_queries"] == 8
+    cfg = load_yaml(tmp_path / "cli" / "config.yaml")
+    assert cfg.mix[0].share == 0.25 and cfg.mix[0].features_dir == str(dataset_dir / "features")
+    resumed = _kill_before_last_epoch_and_resume(
+        with_overrides(cfg, [f"output_dir={tmp_path / 'killed'}"]), monkeypatch)
+    a, b = (torch.load(d / LAST, weights_only=True)["model_state_dict"]
+            for d in (tmp_path / "cli", resumed))
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+@pytest.mark.parametrize("setting, expected", [
+    ("mix=[{share: 1.2}]", "error: TrainConfig.mix.0: share must be in (0, 1], got 1.2"),
+    ("mix=[{share: 0.6}, {share: 0.4}]",
+     "error: TrainConfig.mix: the shares sum to 1, which leaves the main source"),
+    ("mix=[{share: 0.5, store: x}]", "error: TrainConfig.mix.0: unknown MixSource key(s): store"),
+    ("mix.0.share=0.5", "error: override 'mix.0.share=0.5': '0' is not a section or a list item"),
+    ("mix=[{share: 0.5}]", "error: mix.0.train_metadata is not set: --set mix.0.train_metadata=PATH"),
+    ("mix=[{share: 0.5, train_metadata: {root}/light.json.val, features_dir: {root}/features}]",
+     ("error: mix.0.train_metadata {root}/light.json.val: 4 cliques have two or more versions "
+      "with features in {root}/features; 6 needed")),  # half of each batch of 12
+    ("distill_weight=0.5", "error: distill_weight=0.5 needs init_weights"),
+])
+def test_bad_mix_and_distillation_settings_are_one_error_line(dataset_dir, tmp_path, setting,
+                                                              expected):
+    sets = [f"train_metadata={dataset_dir / 'light.json.train'}",
+            f"features_dir={dataset_dir / 'features'}", f"output_dir={tmp_path / 'run'}",
+            "cliques_per_batch=12", "versions_per_clique=1",
+            setting.replace("{root}", str(dataset_dir))]
+    result = CliRunner().invoke(main, ["train", "--config", str(REPO / TINY), "--device", "cpu",
+                                       "--quiet", *[a for s in sets for a in ("--set", s)]])
+    assert result.exit_code == 2 and expected.format(root=dataset_dir) in result.output, \
+        result.output
+    assert isinstance(result.exception, SystemExit) and not (tmp_path / "run").exists()
+
+
+def _first_batch(cfg):
+    loader, _ = build_train_loader(cfg, Ranks(), torch.device("cpu"))
+    return next(iter(loader))
+
+
+def test_distill_weight_zero_loads_no_teacher_and_leaves_the_loss_bit_identical(dataset_dir,
+                                                                                tmp_path):
+    cfg = _cfg(dataset_dir, tmp_path / "d0", "distill_weight=0")
+    batch = _first_batch(cfg)
+    state = build_training_state(cfg, torch.device("cpu"), Ranks())
+    assert state.teacher is None
+    reference = build_training_state(cfg, torch.device("cpu"), Ranks()).model.train()
+    x, labels, versions = batch
+    emb = reference(x.unsqueeze(1).contiguous(memory_format=torch.channels_last))
+    expected, _ = triplet_loss(emb, labels, cfg.margin, versions, torch.Generator().manual_seed(3))
+    state.model.train()
+    stats = train.training_step(state, batch, cfg, torch.Generator().manual_seed(3))
+    assert torch.equal(stats["loss"], expected.detach()) and "distill_loss" not in stats
+
+
+def test_distillation_pulls_the_one_pass_embedding_toward_the_teachers_three_tempi(
+        dataset_dir, tiny_package, tmp_path):
+    cfg = _cfg(dataset_dir, tmp_path / "d1", f"init_weights={tiny_package}",
+               "distill_weight=10", "margin=0")
+    batch = _first_batch(cfg)
+    state = build_training_state(cfg, torch.device("cpu"), Ranks())
+    assert not state.teacher.training and state.teacher_sha256 == state.init_sha256
+    state.model.train()
+    teacher_before = {k: v.clone() for k, v in state.teacher.state_dict().items()}
+    losses = [train.training_step(state, batch, cfg, torch.Generator().manual_seed(0))
+              ["distill_loss"].item() for _ in range(6)]
+    assert losses[0] > 0.01 and losses[-1] < 0.5 * losses[0], losses
+    for name, tensor in state.teacher.state_dict().items():  # the teacher stays frozen
+        assert torch.equal(tensor, teacher_before[name]), name
+    checkpoint.save_checkpoint(tmp_path / LAST, checkpoint.checkpoint_payload(
+        dataclasses.replace(state, init_sha256="f" * 64), cfg, {"loss": 0.5}, {}))
+    with pytest.raises(WeightsError, match="is not the model this run started from"):
+        checkpoint.restore_checkpoint(tmp_path / LAST, state, cfg)

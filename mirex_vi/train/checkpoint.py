@@ -12,6 +12,11 @@ A checkpoint holds the authors' keys (``model_state_dict``, ``optimizer_state_di
 ``config``, ``git_commit``, ``val_metrics``, ``best_mAP``, ``init_sha256`` and, when the
 run trains a classification head, ``head_state_dict`` (which no weight package receives),
 and, when it keeps a cross-batch memory of negatives, ``memory_state_dict``.
+
+No sampler state is saved: the batches of an epoch, from one store or several, are a
+function of ``seed``, the epoch and the config (``data.CliqueBatchSampler``), so a resumed
+run draws the same ones. Nor is the distillation teacher: it is ``init_weights`` again,
+and a resumed run refuses a teacher whose sha256 is not the one the run started from.
 """
 
 from __future__ import annotations
@@ -55,6 +60,9 @@ class TrainingState:
         init_sha256: sha256 of the weights the run started from (package model or ``.pth``
             file); None for a random initialisation, or when resumed from a checkpoint
             written before this key existed.
+        teacher: the frozen ``init_weights`` model that ``distill_weight`` distils from, on
+            ``device``; None when that weight is 0. Never saved.
+        teacher_sha256: its weights' sha256.
         epoch: finished epochs, i.e. the index of the next epoch to run.
         best_map: the best validation MAP so far (``-inf`` before the first).
     """
@@ -67,6 +75,8 @@ class TrainingState:
     head: nn.Module | None = None
     memory: NegativeMemory | None = None
     init_sha256: str | None = None
+    teacher: nn.Module | None = None
+    teacher_sha256: str | None = None
     epoch: int = 0
     best_map: float = -math.inf
 
@@ -144,6 +154,9 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 def restore_checkpoint(path: Path, state: TrainingState, cfg: TrainConfig) -> None:
     """Load a checkpoint into ``state`` in place, warning about config keys that changed.
 
+    Raises:
+        WeightsError: ``state`` has a teacher whose sha256 is not the run's ``init_sha256``.
+
     A disabled GradScaler (CPU, or ``amp: false``) saves ``{}``; that state is not loaded,
     so an enabled scaler (a run moved to CUDA with AMP) starts from its defaults.
     """
@@ -164,6 +177,10 @@ def restore_checkpoint(path: Path, state: TrainingState, cfg: TrainConfig) -> No
     state.epoch = int(ckpt["epoch"])
     state.best_map = float(ckpt["best_mAP"])
     state.init_sha256 = ckpt.get("init_sha256")
+    if state.teacher is not None and state.init_sha256 not in (None, state.teacher_sha256):
+        raise WeightsError(f"distill_weight: the teacher, init_weights {cfg.init_weights!r} "
+                           f"(sha256 {state.teacher_sha256}), is not the model this run started "
+                           f"from (sha256 {state.init_sha256})")
     log.info("resumed from %s after epoch %d", path, state.epoch)
 
 
@@ -228,6 +245,20 @@ def initial_model(cfg: TrainConfig) -> tuple[CQTNet, str | None]:
                            f"not the {cfg.model!r} model {cfg.model_config}")
     log.info("initialised from %s (sha256 %s)", cfg.init_weights, loaded.sha256)
     return loaded.model, loaded.sha256  # a fresh CQTNet; train_epoch switches it to training
+
+
+def load_teacher(cfg: TrainConfig) -> tuple[CQTNet, str]:
+    """The distillation teacher: the ``cfg.init_weights`` model, in eval mode with no
+    gradients, and its weights' sha256.
+
+    Raises:
+        WeightsError: ``init_weights`` is empty, or as :func:`initial_model`.
+    """
+    if not cfg.init_weights:
+        raise WeightsError("distill_weight > 0 needs init_weights: the teacher")
+    loaded = load_weights(cfg.init_weights)
+    _check_pin(cfg, loaded.sha256)
+    return loaded.model.eval().requires_grad_(False), loaded.sha256
 
 
 def check_init_pin(cfg: TrainConfig) -> None:

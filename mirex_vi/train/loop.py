@@ -13,6 +13,12 @@ uninterrupted one (up to cuDNN nondeterminism).
 Initial weights: ``init_weights`` (a package or a ``.pth``) and its pin ``init_sha256``; a
 pinned run refuses to start from other weights, and every checkpoint records the initial
 weights' sha256. Those weights, the run folder and checkpoints are in ``checkpoint.py``.
+
+Sources: ``features_dir`` with ``train_metadata`` (the main store) and each of ``mix``, every
+batch holding each one's share of its cliques (``data.CliqueBatchSampler``); validation on
+``val_metadata`` in ``val_features_dir`` (default: the main store). With ``distill_weight``
+> 0 the ``init_weights`` model, frozen, embeds every crop at ``teacher_tempo_scales`` as a
+target for the one-pass embedding (``losses.distillation_loss``).
 """
 
 from __future__ import annotations
@@ -37,12 +43,13 @@ from ..features.stored import FullTrackDataset
 from ..io.metadata import Cliques, read_metadata
 from ..model.cqtnet import CQTNet, build_model
 from .checkpoint import (BEST, LAST, METRICS, TrainingState, append_metrics, check_init_pin,
-                         checkpoint_payload, initial_model, prepare_run_dir, restore_checkpoint,
-                         save_checkpoint, truncate_metrics)
-from .data import CliqueBatchSampler, TrainDataset, make_train_loader
+                         checkpoint_payload, initial_model, load_teacher, prepare_run_dir,
+                         restore_checkpoint, save_checkpoint, truncate_metrics)
+from .data import (MAIN, CliqueBatchSampler, Source, TrainDataset, cliques_needed,
+                   make_train_loader)
 from .distributed import Ranks, barrier, distribute, init_distributed
 from .heads import ClassificationHead, classification_loss
-from .losses import NegativeMemory, triplet_loss
+from .losses import NegativeMemory, distillation_loss, teacher_embeddings, triplet_loss
 
 log = logging.getLogger(__name__)
 
@@ -80,20 +87,27 @@ class TrainInputError(ValueError):
 
 def check_inputs(cfg: TrainConfig) -> None:
     """Refuse, before anything is read or written, a config whose data paths are unset or
-    missing, or whose crops are shorter than the model's minimum input (172 pooled frames).
+    missing, whose crops are shorter than the model's minimum input (172 pooled frames), or
+    that distils without a teacher.
 
     Raises:
         TrainInputError: naming the key.
     """
-    for key in ("train_metadata", "features_dir"):
-        if not getattr(cfg, key):
-            raise TrainInputError(f"{key} is not set: --set {key}=PATH")
-    for key in ("train_metadata", "val_metadata"):
-        path = getattr(cfg, key)
-        if path and not Path(path).is_file():
-            raise TrainInputError(f"{key} {path}: no such file")
-    if not Path(cfg.features_dir).is_dir():
-        raise TrainInputError(f"features_dir {cfg.features_dir}: no such folder")
+    for prefix, metadata, features in _training_sources(cfg):
+        for key, path in (("train_metadata", metadata), ("features_dir", features)):
+            if not path:
+                raise TrainInputError(f"{prefix}{key} is not set: --set {prefix}{key}=PATH")
+        if not Path(metadata).is_file():
+            raise TrainInputError(f"{prefix}train_metadata {metadata}: no such file")
+        if not Path(features).is_dir():
+            raise TrainInputError(f"{prefix}features_dir {features}: no such folder")
+    if cfg.val_metadata and not Path(cfg.val_metadata).is_file():
+        raise TrainInputError(f"val_metadata {cfg.val_metadata}: no such file")
+    if cfg.val_features_dir and not Path(cfg.val_features_dir).is_dir():
+        raise TrainInputError(f"val_features_dir {cfg.val_features_dir}: no such folder")
+    if cfg.distill_weight > 0 and not cfg.init_weights:
+        raise TrainInputError(f"distill_weight={cfg.distill_weight:g} needs init_weights: the "
+                              "teacher is the package the run starts from")
     feats = cfg.features
     if feats.crop_frames // feats.downsample_factor < CQTNet.min_pooled_frames:
         raise TrainInputError(f"features.crop_frames={feats.crop_frames} is too short: CQT-Net "
@@ -103,50 +117,70 @@ def check_inputs(cfg: TrainConfig) -> None:
                               f"[0, crop_frames={feats.crop_frames}]")
 
 
-def _usable_cliques(cfg: TrainConfig, key: str, at_least: int) -> Cliques:
-    """The cliques of the split file ``cfg.<key>`` that keep two or more versions with
-    features in ``cfg.features_dir``; TrainInputError if that file is not a split or leaves
-    fewer than ``at_least``."""
-    path = getattr(cfg, key)
+def _training_sources(cfg: TrainConfig) -> list[tuple[str, str, str]]:
+    """``(key prefix, train_metadata, features_dir)`` of each training source, the main one
+    (prefix ``""``) first, then ``mix`` (``"mix.0."``, ...)."""
+    return [("", cfg.train_metadata, cfg.features_dir),
+            *((f"mix.{i}.", m.train_metadata, m.features_dir) for i, m in enumerate(cfg.mix))]
+
+
+def _usable_cliques(key: str, path: str, features_dir: str, at_least: int) -> Cliques:
+    """The cliques of the split file ``path`` (config key ``key``) that keep two or more
+    versions with features in ``features_dir``; TrainInputError if that file is not a split
+    or leaves fewer than ``at_least``."""
     try:
-        cliques = filter_available(read_metadata(path), cfg.features_dir)
+        cliques = filter_available(read_metadata(path), features_dir)
     except ValueError as err:  # not JSON, not a light JSON or JSONL split (err names path)
         raise TrainInputError(f"{key}: {err}") from err
     if len(cliques) < at_least:
         raise TrainInputError(f"{key} {path}: {len(cliques)} cliques have two or more versions "
-                              f"with features in {cfg.features_dir}; {at_least} needed")
+                              f"with features in {features_dir}; {at_least} needed")
     return cliques
 
 
 def build_train_loader(cfg: TrainConfig, ranks: Ranks,
                        device: torch.device) -> tuple[DataLoader, CliqueBatchSampler]:
-    """Dataset, sampler and DataLoader of the training split (missing features dropped),
-    with ``cfg.augment`` applied to every crop.
+    """Dataset, sampler and DataLoader of the training split (missing features dropped) of
+    the main source and of each ``mix`` source, each with its share of every batch
+    (``CliqueBatchSampler``), with ``cfg.augment`` applied to every crop.
 
     Raises:
-        TrainInputError: as :func:`check_inputs`, or fewer usable cliques than a batch takes.
+        TrainInputError: as :func:`check_inputs`, or a source with fewer usable cliques
+            than a batch takes of it.
     """
     check_inputs(cfg)
-    cliques = _usable_cliques(cfg, "train_metadata", cfg.cliques_per_batch)
-    dataset = TrainDataset(cliques, cfg.features_dir, cfg.features, cfg.augment)
+    needed = cliques_needed(cfg.shares, cfg.cliques_per_batch).tolist()
+    main, *extra = [_usable_cliques(f"{prefix}train_metadata", metadata, features, n)
+                    for (prefix, metadata, features), n in zip(_training_sources(cfg), needed)]
+    sources = [Source(f"mix.{i}", cliques, m.features_dir)
+               for i, (cliques, m) in enumerate(zip(extra, cfg.mix))]
+    dataset = TrainDataset(main, cfg.features_dir, cfg.features, cfg.augment, sources)
     sampler = CliqueBatchSampler(dataset.members, cfg.cliques_per_batch, cfg.versions_per_clique,
-                                 cfg.seed, ranks.rank, ranks.world_size)
+                                 cfg.seed, ranks.rank, ranks.world_size, dataset.clique_source,
+                                 cfg.shares)
+    if sources:
+        log.info("training sources: %s", ", ".join(
+            f"{name} {share:.3f} of each batch ({len(c)} cliques, {t} groups per epoch)"
+            for name, share, c, t in zip([MAIN, *(s.name for s in sources)], cfg.shares,
+                                         [main, *extra], sampler.per_epoch)))
     loader = make_train_loader(dataset, sampler, cfg.num_workers, pin_memory=device.type == "cuda")
     return loader, sampler
 
 
 def build_val_set(cfg: TrainConfig) -> FullTrackDataset | None:
-    """The validation split's whole tracks (None without ``val_metadata``)."""
+    """The validation split's whole tracks, from ``val_features_dir`` (empty: the main
+    source's ``features_dir``); None without ``val_metadata``."""
     if not cfg.val_metadata:
         return None
-    cliques = _usable_cliques(cfg, "val_metadata", 1)
-    return FullTrackDataset(cliques, cfg.features_dir, cfg.features, cfg.max_val_frames)
+    features = cfg.val_features_dir or cfg.features_dir
+    cliques = _usable_cliques("val_metadata", cfg.val_metadata, features, 1)
+    return FullTrackDataset(cliques, features, cfg.features, cfg.max_val_frames)
 
 
 def build_training_state(cfg: TrainConfig, device: torch.device, ranks: Ranks,
                          initial_weights: bool = True, n_classes: int = 0) -> TrainingState:
     """Seeded model and head (DDP-wrapped when distributed), Adam over both, the per-epoch
-    LR schedule and the scaler.
+    LR schedule and the scaler; with ``distill_weight`` > 0 the frozen teacher too.
 
     Args:
         initial_weights: load ``cfg.init_weights`` (checking its pin); False when a
@@ -174,7 +208,11 @@ def build_training_state(cfg: TrainConfig, device: torch.device, ranks: Ranks,
     optimizer = torch.optim.Adam(params, lr=cfg.lr_peak, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_at(e, cfg) / cfg.lr_peak)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_enabled(device, cfg.amp))
-    return TrainingState(model, optimizer, scheduler, scaler, device, head, memory, init_sha256)
+    state = TrainingState(model, optimizer, scheduler, scaler, device, head, memory, init_sha256)
+    if cfg.distill_weight > 0:
+        teacher, state.teacher_sha256 = load_teacher(cfg)
+        state.teacher = teacher.to(device)
+    return state
 
 
 # --- one step, one epoch -------------------------------------------------------------------
@@ -191,8 +229,9 @@ def training_step(state: TrainingState, batch: tuple[torch.Tensor, ...], cfg: Tr
 
     Returns:
         Detached 0-dim tensors on the device (no sync): ``loss`` (triplet plus
-        ``cls_weight`` x classification), ``active`` (the share of anchors with a positive
-        triplet loss) and, with a head, ``cls_loss``.
+        ``cls_weight`` x classification plus ``distill_weight`` x distillation),
+        ``active`` (the share of anchors with a positive triplet loss) and, with a head,
+        ``cls_loss``, with a teacher, ``distill_loss``.
     """
     x, labels, versions = batch
     device = state.device
@@ -201,6 +240,8 @@ def training_step(state: TrainingState, batch: tuple[torch.Tensor, ...], cfg: Tr
     with autocast(device, amp_enabled(device, cfg.amp)):
         emb = state.model(x)  # (B, D)
         logits = state.head(emb) if state.head is not None else None  # (B, n_classes)
+        target = (teacher_embeddings(state.teacher, x, cfg.teacher_tempo_scales)  # (B, D)
+                  if state.teacher is not None else None)
     loss, stats = triplet_loss(emb, labels, cfg.margin, versions.to(device), generator,
                                state.memory)
     extra = {}
@@ -208,6 +249,10 @@ def training_step(state: TrainingState, batch: tuple[torch.Tensor, ...], cfg: Tr
         cls_loss = classification_loss(logits, labels, cfg.label_smoothing)
         loss = loss + cfg.cls_weight * cls_loss
         extra["cls_loss"] = cls_loss.detach()
+    if target is not None:
+        distill_loss = distillation_loss(emb, target)
+        loss = loss + cfg.distill_weight * distill_loss
+        extra["distill_loss"] = distill_loss.detach()
     state.optimizer.zero_grad(set_to_none=True)
     state.scaler.scale(loss).backward()
     state.scaler.step(state.optimizer)
@@ -220,12 +265,13 @@ def training_step(state: TrainingState, batch: tuple[torch.Tensor, ...], cfg: Tr
 def train_epoch(state: TrainingState, loader, cfg: TrainConfig, generator: torch.Generator,
                 ranks: Ranks = Ranks(), progress: bool = True) -> dict[str, float]:
     """One pass over this rank's batches (with a progress bar on rank 0 if ``progress``);
-    returns the mean ``loss``, ``active`` and ``cls_loss`` (0 without a head) over all ranks'
-    steps, and ``steps`` (per rank)."""
+    returns the mean ``loss``, ``active``, ``cls_loss`` (0 without a head) and
+    ``distill_loss`` (0 without a teacher) over all ranks' steps, and ``steps`` (per rank)."""
     state.model.train()
     if state.head is not None:
         state.head.train()
-    totals = torch.zeros(4, dtype=torch.float64, device=state.device)  # loss, active, cls, steps
+    names = ("loss", "active", "cls_loss", "distill_loss")
+    totals = torch.zeros(len(names) + 1, dtype=torch.float64, device=state.device)  # + steps
     zero = torch.zeros((), device=state.device)
     from tqdm import tqdm
 
@@ -233,16 +279,15 @@ def train_epoch(state: TrainingState, loader, cfg: TrainConfig, generator: torch
                disable=not (progress and ranks.is_main))
     for batch in bar:
         stats = training_step(state, batch, cfg, generator)
-        totals += torch.stack([stats["loss"], stats["active"], stats.get("cls_loss", zero),
+        totals += torch.stack([*(stats.get(n, zero) for n in names),
                                torch.ones((), device=state.device)]).double()
         if state.device.type == "cpu":  # a per-step readout costs a device sync on CUDA
             bar.set_postfix(loss=f"{stats['loss'].item():.4f}")
     if ranks.world_size > 1:
         torch_dist.all_reduce(totals)
-    loss_sum, active_sum, cls_sum, steps = totals.tolist()
-    steps_or_1 = max(steps, 1)
-    return dict(loss=loss_sum / steps_or_1, active=active_sum / steps_or_1,
-                cls_loss=cls_sum / steps_or_1, steps=int(steps) // ranks.world_size)
+    *sums, steps = totals.tolist()
+    means = {n: total / max(steps, 1) for n, total in zip(names, sums)}
+    return dict(means, steps=int(steps) // ranks.world_size)
 
 
 @torch.inference_mode()
@@ -345,7 +390,8 @@ def _run_epoch(state: TrainingState, run: RunContext) -> None:
             save_checkpoint(run.run_dir / BEST, ckpt)
         seconds = time.perf_counter() - t0
         record = dict(epoch=state.epoch, lr=lr, train_loss=train["loss"], active=train["active"],
-                      cls_loss=train["cls_loss"], steps=train["steps"],
+                      cls_loss=train["cls_loss"], distill_loss=train["distill_loss"],
+                      steps=train["steps"],
                       seconds=round(seconds, 2), val=val, best=improved)
         append_metrics(run.run_dir / METRICS, record)
         log.info("epoch %d/%d loss %.4f active %.3f lr %.2e val MAP %.4f MR1 %.1f %s(%.1f s)",

@@ -16,6 +16,11 @@ The hardest of a large pool tends to be nearer than the positive itself, and may
 false negative (distinct works on one tune: chorale harmonisations of a hymn, variants of a
 folk tune); on the synthetic corpus it made almost every anchor active and cost 0.056
 validation MAP in one epoch.
+
+Distillation (not in the report): a frozen teacher's embedding of the same crop at several
+tempi (``inference.embed.embed_batch``, the three-tempo package as it runs at inference) is
+a target for the student's one pass, ``mean(1 - cos)`` between the two, so one pass may
+carry what the tempi add.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from ..inference.embed import embed_batch
 
 
 @dataclass
@@ -168,3 +176,18 @@ def triplet_loss(
         d_neg = torch.minimum(d_neg, memory.nearest_negative(unit[rows], labels[rows], d_pos))
     per_anchor = F.relu(d_pos - d_neg + margin)
     return per_anchor.mean(), dict(active=(per_anchor.detach() > 0).float().mean())
+
+
+@torch.no_grad()
+def teacher_embeddings(teacher: nn.Module, x: torch.Tensor,
+                       tempo_scales: tuple[float, ...]) -> torch.Tensor:
+    """``(B, D)`` unit-norm targets: ``teacher`` (frozen, in eval mode) on ``(B, 1, F, T')``
+    crops at each of ``tempo_scales``, summed and normalised (:func:`embed_batch`); no
+    gradient flows into the teacher."""
+    return F.normalize(embed_batch(teacher, x, tempo_scales).float(), dim=1)
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean ``1 - cos`` between the rows of ``(B, D)`` ``student`` and ``teacher``
+    embeddings, in float32: 0 when every student row points where its teacher's does."""
+    return (1.0 - F.cosine_similarity(student.float(), teacher.float(), dim=1)).mean()
