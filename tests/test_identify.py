@@ -13,6 +13,7 @@ import pytest
 
 from conftest import kill_midway, leave_temporaries, noise_tracks, run_cli, write_list
 from mirex_vi.core.runtime import tolerance
+from mirex_vi.inference.identify import errors_file
 from mirex_vi.io.matrix import format_row, read_distance_matrix
 from mirex_vi.synth import sines, write_audio
 
@@ -87,7 +88,7 @@ def test_bad_audio_is_skipped_with_max_distance(tmp_path, tracks, tiny_package, 
     d = read_distance_matrix(tmp_path / "out.txt").distances
     assert d[1, 1] == 0 and np.all(d[1, [0, 2]] == 2.0) and np.all(d[[0, 2], 1] == 2.0)
     assert 0 < d[0, 2] < 2
-    errors = (tmp_path / "work" / "out.txt.errors.tsv").read_text().splitlines()
+    errors = errors_file(tmp_path / "work", tmp_path / "out.txt").read_text().splitlines()
     assert errors[0] == "path\treason" and errors[1].startswith(f"{bad}\t")
 
 

@@ -21,6 +21,7 @@ import mirex_vi.io.matrix
 from conftest import DiskFull, run_cli, write_list
 from mirex_vi.config import FeatureConfig
 from mirex_vi.inference.cache import EmbeddingCache
+from mirex_vi.inference.identify import errors_file
 from mirex_vi.inference.settings import EmbedSettings
 from mirex_vi.io.audio import FileIdentity
 from mirex_vi.io.matrix import read_distance_matrix
@@ -52,7 +53,7 @@ def assert_skipped(code, out, tmp_path, bad: Path, reason: str):
     assert code == 0 and f"skipped {bad}: {reason}" in out and "Traceback" not in out, out
     d = read_distance_matrix(tmp_path / "o.txt").distances
     assert np.all(d[1, [0, 2]] == 2.0) and np.all(d[[0, 2], 1] == 2.0) and 0 < d[0, 2] < 2
-    log = (tmp_path / "o.txt.work" / "o.txt.errors.tsv").read_text().splitlines()
+    log = errors_file(tmp_path / "o.txt.work", tmp_path / "o.txt").read_text().splitlines()
     assert log[1] == f"{bad}\t{reason}"
 
 
@@ -221,7 +222,7 @@ def test_an_error_log_on_a_full_disk_warns_and_carries_on(tmp_path, tracks, tiny
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("cannot write the error log" in w and "No space left" in w for w in warnings)
     assert read_distance_matrix(tmp_path / "o.txt").distances[0, 1] == 2.0
-    assert not (tmp_path / "o.txt.work" / "o.txt.errors.tsv").exists()
+    assert not errors_file(tmp_path / "o.txt.work", tmp_path / "o.txt").exists()
 
 
 def test_an_output_folder_that_passes_access_but_refuses_files_faked(tmp_path, tracks, tiny_package,

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import leave_temporaries, run_cli, write_list
+from mirex_vi.inference.identify import errors_file
 from mirex_vi.io.lists import read_errors, write_errors
 from mirex_vi.io.matrix import read_distance_matrix
 from mirex_vi.synth import melody, write_audio
@@ -99,7 +100,7 @@ def test_runs_sharing_a_workdir_keep_their_own_error_logs(tmp_path, tracks, tiny
         collection = write_list(tmp_path / f"c-{name}", [str(tracks[0]), str(tmp_path / bad)])
         assert call(collection, collection, tmp_path / name, tiny_package, "--workdir", work)[0] == 0
     for name, bad in (("one.txt", "gone-1.wav"), ("two.txt", "gone-2.wav")):
-        log = (work / f"{name}.errors.tsv").read_text().splitlines()
+        log = errors_file(work, tmp_path / name).read_text().splitlines()
         assert len(log) == 2 and log[1].startswith(str(tmp_path / bad))
 
 

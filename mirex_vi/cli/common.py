@@ -64,11 +64,38 @@ def share_cores_with_workers() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+class _LineHandler(logging.StreamHandler):
+    """Each message as a ``warning: ...`` or ``info: ...`` line on stderr, in the form of the
+    ``error: ...`` lines, starting a line of its own even while a progress bar is drawn
+    (``tqdm.write`` clears the bar, writes the line, then draws the bar again)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(f"{record.levelname.lower()}: {self.format(record)}", file=self.stream)
+        except Exception:  # noqa: BLE001 - logging's own rule: a failed message never raises
+            self.handleError(record)
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` for the command line: a library's warning as one
+    ``warning: ...`` line, without its file, line number and source line."""
+    logging.getLogger("mirex_vi").warning("%s", " ".join(str(message).split()))
+
+
 def setup_logging(quiet: bool) -> None:
-    """Info messages unless ``quiet``; with ``quiet``, also no library warnings (librosa's
-    on very short clips), in the worker processes too (they inherit the environment)."""
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    """Info messages unless ``quiet``, every message one ``level: ...`` line; library
+    warnings of this process become ``warning: ...`` lines too, where this sets up logging
+    (not when the command runs inside a program that has, such as a test). With ``quiet``,
+    no library warnings, in the worker processes too (they inherit the environment)."""
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s",
+                        handlers=[_LineHandler()])
+    if any(isinstance(h, _LineHandler) for h in logging.getLogger().handlers):
+        warnings.showwarning = _warning_line
     if quiet:
         warnings.simplefilter("ignore")
         os.environ["PYTHONWARNINGS"] = "ignore"

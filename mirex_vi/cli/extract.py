@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 
 import click
 
-from .common import fail, interruptible, setup_logging
+from .common import EXIT_OUTPUT, fail, interruptible, setup_logging
 
 
 @click.command()
@@ -41,6 +42,7 @@ def extract(out_dir, metadata, audio_root, list_file, encoding, from_features, w
     from ..core.atomic import make_folder
     from ..features.extract import extract_features, extract_pooled
     from ..features.workers import default_workers
+    from ..io.lists import OutputError
     from ..io.metadata import items_from_list, items_from_metadata
 
     if (metadata is None) == (list_file is None) or (metadata is not None and audio_root is None):
@@ -57,14 +59,21 @@ def extract(out_dir, metadata, audio_root, list_file, encoding, from_features, w
                                        progress=not quiet)
     except (ValueError, OSError) as err:
         fail(str(err))
+    except OutputError as err:  # after the work: a full disk is no bad input
+        fail(str(err), EXIT_OUTPUT)
     click.echo(summary.describe(out_dir), err=True)
     if summary.failed and summary.done == 0 and summary.skipped == 0:
         sys.exit(1)
 
 
+# What only a write meets: reading the sources never fills a disk.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
 def _convert_features(sources: tuple[Path, ...], out_dir: Path, metadata: Path | None,
                       encoding: str | None) -> None:
     """``extract --from-features``: layout folders and pooled stores -> one pooled store."""
+    from ..features.extract import RERUN, cannot_write
     from ..features.pooled import convert_features, stored_ids
     from ..io.metadata import read_metadata
 
@@ -74,6 +83,11 @@ def _convert_features(sources: tuple[Path, ...], out_dir: Path, metadata: Path |
         ids = ([v.youtube_id for vs in read_metadata(metadata).values() for v in vs] if metadata
                else sorted({yt for source in sources for yt in stored_ids(source)}))
         written = convert_features(sources, ids, out_dir, encoding)
-    except (ValueError, OSError) as err:
+    except OSError as err:
+        if err.errno in DISK_FULL:
+            fail(str(cannot_write(out_dir, "the pooled store", err, f"no store written: {RERUN}")),
+                 EXIT_OUTPUT)
+        fail(str(err))
+    except ValueError as err:
         fail(str(err))
     click.echo(f"wrote {written} of {len(ids)} versions to a pooled store in {out_dir}", err=True)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
-from .common import (embed_settings, fail, interruptible, require_faiss, setup_logging,
-                     share_cores_with_workers)
+from .common import (EXIT_OUTPUT, embed_settings, fail, interruptible, require_faiss,
+                     setup_logging, share_cores_with_workers)
 
 
 def _embedding_options(command):
@@ -50,6 +50,8 @@ def _kind_options(command):
 # What Ctrl-C or SIGTERM leaves of an index command (each write replaces the manifest last).
 UNCHANGED = "no index written or changed"
 INDEX_KEPT = f"{UNCHANGED}; finished embeddings are kept in the cache"
+# What an index command that embedded tracks but could not write the index adds (exit 3).
+RERUN = "rerun the same command once the problem is solved: it reuses what the cache {} holds"
 
 
 def _report(summary) -> None:
@@ -79,16 +81,20 @@ def index_build(source, index_dir, audio_root, kind, nprobe, shard, weights_spec
     setup_logging(quiet)
     share_cores_with_workers()
     require_faiss()
+    from ..io.lists import OutputError
     from ..search import build
     from ..search.folder import Shard
 
+    cache_dir = cache_dir or index_dir / build.CACHE_FOLDER
     try:
         part = Shard.parse(shard) if shard else None
-        embedder = build.make_embedder(weights_spec, embed_settings(device, workers),
-                                       cache_dir or index_dir / build.CACHE_FOLDER, not quiet)
+        embedder = build.make_embedder(weights_spec, embed_settings(device, workers), cache_dir,
+                                       not quiet)
         summary = build.build_index(source, index_dir, embedder, kind, part, nprobe, audio_root)
     except ValueError as err:
         fail(str(err))
+    except OutputError as err:
+        fail(f"{err}; {RERUN.format(cache_dir)}", EXIT_OUTPUT)
     _report(summary)
 
 
@@ -103,16 +109,20 @@ def index_add(index_dir, source, audio_root, weights_spec, device, workers, cach
     setup_logging(quiet)
     share_cores_with_workers()
     require_faiss()
+    from ..io.lists import OutputError
     from ..search import build
     from ..search.folder import read_manifest
 
+    cache_dir = cache_dir or index_dir / build.CACHE_FOLDER
     try:
         weights_spec = weights_spec or build.index_weights(read_manifest(index_dir))
-        embedder = build.make_embedder(weights_spec, embed_settings(device, workers),
-                                       cache_dir or index_dir / build.CACHE_FOLDER, not quiet)
+        embedder = build.make_embedder(weights_spec, embed_settings(device, workers), cache_dir,
+                                       not quiet)
         summary = build.add_tracks(index_dir, source, embedder, audio_root)
     except ValueError as err:
         fail(str(err))
+    except OutputError as err:
+        fail(f"{err}; {RERUN.format(cache_dir)}", EXIT_OUTPUT)
     _report(summary)
 
 
@@ -128,12 +138,15 @@ def index_merge(index_dir, inputs, kind, nprobe, quiet) -> None:
     setup_logging(quiet)
     share_cores_with_workers()
     require_faiss()
+    from ..io.lists import OutputError
     from ..search import build
 
     try:
         summary = build.merge_indexes(index_dir, list(inputs), kind, nprobe)
     except ValueError as err:
         fail(str(err))
+    except OutputError as err:
+        fail(str(err), EXIT_OUTPUT)
     _report(summary)
 
 
@@ -157,7 +170,9 @@ def index_info(index_dir) -> None:
 @click.option("--top-k", type=click.IntRange(1), default=10, show_default=True,
               help="Results per query.")
 @click.option("--format", "fmt", type=click.Choice(["tsv", "json"]), default="tsv",
-              show_default=True, help="tsv: query<TAB>rank<TAB>path<TAB>distance per result.")
+              show_default=True,
+              help="tsv: query<TAB>rank<TAB>path<TAB>distance per result, a backslash, TAB, "
+                   r"CR or LF in a path written as \\, \t, \r, \n (docs/search.md).")
 @click.option("--exclude-self", is_flag=True, help="Drop a query that is in the index from "
                                                    "its own results.")
 @click.option("--nprobe", type=click.IntRange(1),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..config import FeatureConfig
 from ..core.atomic import remove_stale_temporaries
-from ..io.lists import read_errors, write_errors
+from ..io.lists import OutputError, read_errors, write_errors
 from .frontend import pool_cqt
 from .layout import has_feature, save_feature
 from .pooled import PooledStore, is_store, write_store
@@ -38,6 +38,8 @@ class ExtractSummary:
 
 
 ERRORS_FILE = "extract_errors.tsv"
+# What an output that failed once the work was done asks of the user.
+RERUN = "rerun the same command once the problem is solved"
 
 
 def extract_features(
@@ -52,6 +54,10 @@ def extract_features(
     Finished tracks are skipped, so an interrupted run resumes; each file is written
     atomically (temporaries a killed run left are swept first); a failed track writes
     nothing and is reported with its reason.
+
+    Raises:
+        OutputError: a feature file or the errors file could not be written (disk full...);
+            the tracks written before are kept, so a rerun goes on from there.
     """
     from tqdm import tqdm
 
@@ -61,16 +67,19 @@ def extract_features(
     if skipped:
         log.info("%d of %d tracks already extracted; skipping them", skipped, len(items))
     failed: dict[str, str] = {}
-    bar = tqdm(total=len(todo), desc="extract", unit="track", disable=not progress)
-    for result in iter_files([p for _, p in todo], cfg, workers):
-        tid, path = todo[result.index]
-        if result.error is not None:
-            failed[tid] = result.error
-            log.warning("%s (%s): %s", tid, path, result.error)
-        else:
-            save_feature(out_dir, tid, result.cqt)
-        bar.update()
-    bar.close()
+    with tqdm(total=len(todo), desc="extract", unit="track", disable=not progress) as bar:
+        for result in iter_files([p for _, p in todo], cfg, workers):
+            tid, path = todo[result.index]
+            if result.error is not None:
+                failed[tid] = result.error
+                log.warning("%s (%s): %s", tid, path, result.error)
+            else:
+                try:
+                    save_feature(out_dir, tid, result.cqt)
+                except OSError as err:
+                    raise cannot_write(out_dir, f"the features of {tid}", err,
+                                        f"the tracks written before it are kept: {RERUN}") from err
+            bar.update()
     _write_errors(out_dir, failed)
     return ExtractSummary(done=len(todo) - len(failed), skipped=skipped, failed=failed)
 
@@ -92,6 +101,7 @@ def extract_pooled(
     Raises:
         ValueError: ``out_dir`` holds a store that lacks other tracks of ``items`` (a store
             is written in one go: choose a new folder), or no track could be extracted.
+        OutputError: the store or the errors file could not be written (disk full...).
     """
     from tqdm import tqdm
 
@@ -121,9 +131,11 @@ def extract_pooled(
         if len(failed) < len(items):
             raise
         done = 0
+    except OSError as err:
+        raise cannot_write(out_dir, "the pooled store", err, f"no store written: {RERUN}") from err
     finally:
         bar.close()
-        _write_errors(out_dir, failed)
+    _write_errors(out_dir, failed)
     return ExtractSummary(done=done, skipped=0, failed=failed)
 
 
@@ -140,6 +152,22 @@ def _finished_store(items: Sequence[tuple[str, Path]], out_dir: Path) -> Extract
 
 
 def _write_errors(out_dir: Path, failed: dict[str, str]) -> None:
-    """``track_id<TAB>reason`` per failed track (no header), when there are any."""
-    if failed:
+    """``track_id<TAB>reason`` per failed track (no header), when there are any.
+
+    Raises:
+        OutputError: the file could not be written.
+    """
+    if not failed:
+        return
+    try:
         write_errors(out_dir / ERRORS_FILE, failed.items(), header=None)
+    except OSError as err:
+        raise cannot_write(out_dir, f"{ERRORS_FILE}, the reasons of {len(failed)} failed "
+                            "track(s)", err, "the features are written and the reasons were "
+                            "logged above") from err
+
+
+def cannot_write(out_dir: Path, what: str, err: OSError, then: str) -> OutputError:
+    """The one-line error of ``out_dir`` refusing ``what`` once the work is done: the
+    system's reason, then what is kept and what to do (``then``)."""
+    return OutputError(f"{out_dir}: cannot write {what} ({err.strerror or err}); {then}")

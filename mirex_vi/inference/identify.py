@@ -8,6 +8,8 @@ run once the work has started, and then the cached embeddings are kept for a rer
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
 import time
@@ -67,8 +69,11 @@ def default_workdir(output: Path) -> Path:
 
 
 def errors_file(workdir: Path, output: Path) -> Path:
-    """The per-run error log: named after the output, so runs sharing a workdir keep theirs."""
-    return workdir / f"{output.name}.errors.tsv"
+    """The run's error log, ``<output name>.<key>.errors.tsv``: ``key``, the first 8 hex
+    digits of the sha256 of the output's resolved path, keeps apart the logs of runs that
+    share a workdir, also when their outputs share a name (``A/out.txt``, ``B/out.txt``)."""
+    key = hashlib.sha256(os.fsencode(os.path.realpath(output))).hexdigest()[:8]
+    return workdir / f"{output.name}.{key}.errors.tsv"
 
 
 def prepare(collection: Path, queries: Path, output: str | Path, workdir: Path | None,
@@ -76,7 +81,8 @@ def prepare(collection: Path, queries: Path, output: str | Path, workdir: Path |
     """Validate the whole call before any audio is processed.
 
     OUTPUT must be a new name or a regular file in a folder that takes files, and neither
-    an input (list, track, weights file) nor the workdir.
+    an input (list, track, weights file) nor the workdir. The workdir is made last, so a
+    refusal leaves nothing behind; one it makes and then refuses is removed.
 
     Raises:
         ValueError: (``InputError``, ``WeightsError`` included) with a message for the user.
@@ -86,19 +92,43 @@ def prepare(collection: Path, queries: Path, output: str | Path, workdir: Path |
     query_indices = query_positions(tracks, query_list)
     inputs = [collection, queries, *weight_files(weights), *tracks.paths]
     output = check_output_location(output, inputs)
-    remove_stale_temporaries(output.parent, of=output.name)
     workdir = Path(os.path.abspath(workdir)) if workdir else default_workdir(output)
     if find_same_file(workdir, [output]):
         raise InputError(f"{workdir}: the work folder cannot be the output")
+    loaded, device = load_weights(weights), resolve_device(device)
+    _make_workdir(workdir)
+    remove_stale_temporaries(output.parent, of=output.name)
+    return IdentifyJob(tracks, query_indices, output, workdir, loaded, device)
+
+
+def _make_workdir(workdir: Path) -> None:
+    """Make ``workdir`` (and its parents) and check that it takes files; if it does not,
+    remove the folders made here.
+
+    Raises:
+        InputError: naming the folder and why.
+    """
+    made = next((p for p in reversed([workdir, *workdir.parents]) if not p.exists()), None)
     try:
         make_folder(workdir, "work folder")
-    except OSError as err:
+        if not os.access(workdir, os.W_OK | os.X_OK):
+            raise InputError(f"{workdir}: work folder is not writable")
+        check_accepts_files(workdir, "work folder")
+    except OSError as err:  # make_folder's, one line naming the folder
+        _remove_made(workdir, made)
         raise InputError(str(err)) from err
-    if not os.access(workdir, os.W_OK | os.X_OK):
-        raise InputError(f"{workdir}: work folder is not writable")
-    check_accepts_files(workdir, "work folder")
-    return IdentifyJob(tracks, query_indices, output, workdir, load_weights(weights),
-                       resolve_device(device))
+    except InputError:
+        _remove_made(workdir, made)
+        raise
+
+
+def _remove_made(workdir: Path, made: Path | None) -> None:
+    """Remove the empty folders from ``workdir`` up to ``made``, the topmost that was made."""
+    for folder in [workdir, *workdir.parents] if made else []:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+        if folder == made:
+            break
 
 
 def identify(job: IdentifyJob, settings: EmbedSettings, strict: bool = False,

@@ -262,11 +262,24 @@ def model_with_state(state: dict[str, torch.Tensor], model_cfg: ModelConfig,
         raise WeightsError(f"{where}: {len(bad)} tensor(s) hold NaN or infinite values "
                            f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
     model = CQTNet(model_cfg)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise WeightsError(f"{where}: weights do not fit CQT-Net {model_cfg}: {err}") from err
+    misfits = _misfits(state, model.state_dict())
+    if misfits:
+        raise WeightsError(f"{where}: weights do not fit CQT-Net {model_cfg}: "
+                           f"{'; '.join(misfits[:3])}{'; ...' if len(misfits) > 3 else ''}")
+    model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+def _misfits(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> list[str]:
+    """Why ``state`` cannot load into a model whose state dict is ``expected``, one short
+    phrase per tensor (torch's own message takes a line each)."""
+    def shape(t: torch.Tensor) -> str:
+        return "x".join(map(str, t.shape)) or "a scalar"
+
+    return ([f"{k} is {shape(state[k])} in the weights, {shape(v)} in the model"
+             for k, v in expected.items() if k in state and state[k].shape != v.shape]
+            + [f"{k} is missing" for k in expected if k not in state]
+            + [f"{k} is not in the model" for k in state if k not in expected])
 
 
 def read_package_config(folder: Path) -> dict[str, Any]:

@@ -32,7 +32,8 @@ from ..io.lists import InputError, read_list, write_errors
 from ..model.weights import LoadedWeights, load_weights, resolve_weights
 from . import faiss_index
 from .folder import (MANIFEST, IndexFolderError, Manifest, OpenIndex, Shard, Track,
-                     bytes_per_track, check_weights, manifest_for, open_index, save, writing)
+                     bytes_per_track, check_weights, manifest_for, open_index, save, write_failed,
+                     writing)
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,8 @@ def read_tracks(source: Path, audio_root: Path | None = None) -> list[Track]:
     path once.
 
     Raises:
-        InputError: an unreadable list, or metadata without ``audio_root``.
+        InputError: an unreadable list, metadata without ``audio_root``, or a path with a
+            TAB (the track table's separator; a list refuses it by itself).
     """
     try:
         with open(source, encoding="utf-8") as f:
@@ -122,6 +124,10 @@ def read_tracks(source: Path, audio_root: Path | None = None) -> list[Track]:
             raise InputError(f"{source}: metadata needs --audio-root (the folder holding audio/)")
         tracks = [Track(str(path), youtube_id)
                   for youtube_id, path in items_from_metadata(source, audio_root)]
+        tabbed = [t.path for t in tracks if "\t" in t.path]
+        if tabbed:
+            raise InputError(f"{source}: {len(tabbed)} path(s) hold a TAB, which the index's "
+                             f"track table cannot (e.g. {tabbed[0]!r})")
     else:
         tracks = [Track(str(path)) for path in read_list(source).paths]
     first: dict[str, Track] = {}
@@ -191,6 +197,8 @@ def build_index(source: Path, folder: Path, embedder: Embedder, kind: str = "aut
     Raises:
         ValueError: bad input, a folder that already holds an index, a kind the tracks
             cannot have, or no track that could be embedded.
+        OutputError: the folder could not take the index once the tracks were embedded
+            (disk full...); the cache keeps what was embedded.
     """
     start = time.perf_counter()
     tracks = read_tracks(source, audio_root)
@@ -204,7 +212,7 @@ def build_index(source: Path, folder: Path, embedder: Embedder, kind: str = "aut
     with writing(folder):
         _refuse_existing(folder)
         done = embed_all(tracks, embedder)
-        write_errors(folder / ERRORS_FILE, done.errors)
+        _write_errors(folder, done.errors, existed=False)
         if not done.tracks:
             raise InputError(f"{source}: no track could be embedded (see {folder / ERRORS_FILE})")
         dim = done.vectors.shape[1]
@@ -225,6 +233,7 @@ def add_tracks(folder: Path, source: Path, embedder: Embedder,
     Raises:
         ValueError: no index in ``folder``, or ``embedder``'s weights or feature config
             differ from the index's.
+        OutputError: as :func:`build_index`; the index is left as it was.
     """
     start = time.perf_counter()
     with writing(folder):
@@ -233,11 +242,20 @@ def add_tracks(folder: Path, source: Path, embedder: Embedder,
         known = {t.path for t in opened.tracks}
         new = [t for t in read_tracks(source, audio_root) if t.path not in known]
         done = embed_all(new, embedder)
-        write_errors(folder / ERRORS_FILE, done.errors)
+        _write_errors(folder, done.errors, existed=True)
         faiss_index.add(opened.index, done.vectors)
         manifest = save(folder, opened.manifest, opened.index, chain(opened.tracks, done.tracks))
     return IndexSummary(folder, manifest, len(done.tracks), done.n_cached, done.errors,
                         time.perf_counter() - start)
+
+
+def _write_errors(folder: Path, errors: list[tuple[str, str]], existed: bool) -> None:
+    """``folder/errors.tsv``; an ``OutputError`` (see :func:`~.folder.write_failed`) when the
+    folder cannot take it."""
+    try:
+        write_errors(folder / ERRORS_FILE, errors)
+    except OSError as err:
+        raise write_failed(folder, ERRORS_FILE, err, existed) from err
 
 
 def merge_indexes(folder: Path, inputs: Sequence[Path], kind: str = "auto",
@@ -251,6 +269,7 @@ def merge_indexes(folder: Path, inputs: Sequence[Path], kind: str = "auto",
     Raises:
         ValueError: an input that is not flat, other weights or feature configs, a shard
             missing or repeated, a track in two inputs, or an output that holds an index.
+        OutputError: the folder could not take the index (disk full...).
     """
     start = time.perf_counter()
     parts = _merge_order([open_index(p) for p in inputs])

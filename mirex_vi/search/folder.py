@@ -14,7 +14,8 @@
 A writer writes generation ``g + 1`` beside ``g``, each file through a temporary, then
 replaces ``index.json``: that rename is the commit. Readers only open what the manifest
 names, so a killed writer leaves the previous index whole; its files are removed by the
-next writer. One writer at a time holds ``INDEX_DIR/.lock``.
+next writer (a writer whose disk is full removes them itself). One writer at a time holds
+``INDEX_DIR/.lock``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from ..config import to_dict
-from ..core.atomic import atomic_open, remove_stale_temporaries
+from ..core.atomic import atomic_open, make_folder, remove_stale_temporaries
+from ..io.lists import OutputError
 from ..model.weights import LoadedWeights
 from . import faiss_index
 
@@ -223,10 +225,19 @@ def writing(folder: Path) -> Iterator[None]:
     """Hold ``folder/.lock`` while writing.
 
     Raises:
-        IndexFolderError: another process is writing the index.
+        IndexFolderError: the folder cannot be made or take files, or another process is
+            writing the index.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a") as lock:
+    try:
+        make_folder(folder, "index folder")
+    except OSError as err:
+        raise IndexFolderError(str(err)) from err
+    try:
+        lock = open(folder / ".lock", "a")
+    except OSError as err:
+        raise IndexFolderError(f"{folder}: the index folder does not take new files "
+                               f"({err.strerror})") from err
+    with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as err:
@@ -236,9 +247,33 @@ def writing(folder: Path) -> Iterator[None]:
 
 def save(folder: Path, manifest: Manifest, index, tracks: Iterable[Track]) -> Manifest:
     """Write ``index`` and ``tracks`` as the next generation and commit it (call it inside
-    :func:`writing`); returns the manifest written, with its count and generation."""
+    :func:`writing`); returns the manifest written, with its count and generation.
+
+    Raises:
+        OutputError: a file could not be written (disk full...); the files of the new
+            generation are removed and the previous one, if any, stays the index.
+    """
     previous = read_manifest(folder).generation if (folder / MANIFEST).is_file() else 0
     manifest = replace(manifest, count=int(index.ntotal), generation=previous + 1)
+    try:
+        _write_generation(folder, manifest, index, tracks)
+    except OSError as err:
+        for suffix in ("faiss", "tsv", "offsets.npy"):
+            manifest.file(folder, suffix).unlink(missing_ok=True)
+        raise write_failed(folder, "the index", err, previous > 0) from err
+    _remove_other_generations(folder, manifest)
+    return manifest
+
+
+def write_failed(folder: Path, what: str, err: OSError, existed: bool) -> OutputError:
+    """The error of an index folder that could not take ``what`` (``err``): one line naming
+    the folder, the system's reason and what became of the index."""
+    kept = "the index is unchanged" if existed else "no index written"
+    return OutputError(f"{folder}: cannot write {what} ({err.strerror or err}); {kept}")
+
+
+def _write_generation(folder: Path, manifest: Manifest, index, tracks: Iterable[Track]) -> None:
+    """The files of ``manifest``'s generation, the manifest last (the commit)."""
     with atomic_open(manifest.file(folder, "faiss")) as f:
         faiss_index.write(index, f)
     offsets = _write_table(manifest.file(folder, "tsv"), tracks)
@@ -248,8 +283,6 @@ def save(folder: Path, manifest: Manifest, index, tracks: Iterable[Track]) -> Ma
         np.save(f, np.frombuffer(offsets, dtype=np.int64))
     with atomic_open(folder / MANIFEST, "w", encoding="utf-8") as f:
         f.write(manifest.to_json())
-    _remove_other_generations(folder, manifest)
-    return manifest
 
 
 def _write_table(path: Path, tracks: Iterable[Track]) -> array:

@@ -114,11 +114,19 @@ def _hits(opened: OpenIndex, query: str, distances: np.ndarray, ids: np.ndarray,
     return [Hit(rank, path, round(d, 6)) for rank, (d, _, path) in enumerate(found, 1)]
 
 
+# The usual TSV escapes (Linear TSV, PostgreSQL's text format): a name with a TAB or a line
+# break stays one field of one row, and unescaping gives it back. Other characters are as is.
+TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
 def write_tsv(results: Iterable[QueryResult], out) -> None:
-    """``query<TAB>rank<TAB>path<TAB>distance`` per hit, distances as ``%.6f``."""
+    r"""``query<TAB>rank<TAB>path<TAB>distance`` per hit, distances as ``%.6f``; the paths
+    escaped by ``TSV_ESCAPES`` (``\\``, ``\t``, ``\n``, ``\r``)."""
     for result in results:
+        query = result.query.translate(TSV_ESCAPES)
         for hit in result.hits:
-            out.write(f"{result.query}\t{hit.rank}\t{hit.path}\t{hit.distance:.6f}\n")
+            out.write(f"{query}\t{hit.rank}\t{hit.path.translate(TSV_ESCAPES)}\t"
+                      f"{hit.distance:.6f}\n")
 
 
 def write_json(results: Iterable[QueryResult], out) -> None:
