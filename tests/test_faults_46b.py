@@ -306,8 +306,6 @@ def test_library_warnings_become_project_lines(tmp_path, tracks, tiny_package):
     assert "warning: n_fft=256 is too large for input signal of length=22\n" in done.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="libmpg123's notes are written to fd 2 from C inside "
-                   "soundfile; io/audio.py must capture them per file (#46 fault 9)")
 def test_an_odd_list_leaves_only_project_lines_on_stderr(tmp_path, tracks, tiny_package):
     if shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg makes the MP3")

@@ -25,11 +25,12 @@ import signal
 import tempfile
 import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -60,11 +61,15 @@ def default_workers() -> int:
 
 
 def _job(index: int, path: str, cfg: FeatureConfig, decode_only: bool) -> FileResult:
+    """One file's CQT (or decoded audio); library warnings become the file's own warnings."""
     try:
-        samples, warnings = decode_audio(path, cfg.sample_rate)
-        if decode_only:
-            return FileResult(index, audio=PackedAudio.pack(samples), warnings=warnings)
-        return FileResult(index, cqt=checked_cqt(samples, cfg), warnings=warnings)
+        with warnings.catch_warnings(record=True) as caught:  # under the filters --quiet sets
+            samples, notes = decode_audio(path, cfg.sample_rate)
+            if decode_only:
+                result = FileResult(index, audio=PackedAudio.pack(samples))
+            else:
+                result = FileResult(index, cqt=checked_cqt(samples, cfg))
+        return replace(result, warnings=(*notes, *(str(w.message) for w in caught)))
     except AudioError as err:
         return FileResult(index, error=_short(str(err)))
     except Exception as err:  # noqa: BLE001 - a decoder/transform crash on one file is that file's error

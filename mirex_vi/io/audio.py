@@ -15,14 +15,17 @@ header promises (a cut-off copy) is decoded as far as it goes, with a warning.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 import shutil
 import stat
 import subprocess
+import tempfile
 import threading
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -119,18 +122,20 @@ def decode_audio(path: str | Path, sample_rate: int) -> Decoded:
     """
     path = Path(path)
     file_identity(path)
+    notes: list[str] = []
     try:
-        mono, promised = _read_soundfile(path, sample_rate)
+        mono, promised = _read_soundfile(path, sample_rate, notes)
     except _SoundfileFailed as failed:
         if shutil.which("ffmpeg") is None:
             raise AudioError(f"unreadable by soundfile ({failed}); ffmpeg is not installed") from None
-        mono, promised = _read_ffmpeg(path, sample_rate), failed.promised
+        mono, promised, notes = _read_ffmpeg(path, sample_rate), failed.promised, []
     samples = mono.samples()
+    warnings = (f"the decoder's notes: {' '.join(notes)}",) if notes else ()
     if promised is None or mono.frames >= promised:
-        return Decoded(samples)
+        return Decoded(samples, warnings)
     return Decoded(samples, (f"cut short: its header promises {promised / mono.rate:.2f} s "
                              f"({promised} frames), only {mono.frames / mono.rate:.2f} s "
-                             f"({mono.frames} frames) could be decoded",))
+                             f"({mono.frames} frames) could be decoded", *warnings))
 
 
 class _Mono:
@@ -195,7 +200,7 @@ class _Mono:
         if not self._finite:
             raise AudioError("audio contains NaN or infinite samples")
         if seconds < MIN_SECONDS:
-            raise AudioError(f"too short ({seconds:.3g} s; tracks under {MIN_SECONDS:g} s hold "
+            raise AudioError(f"too short ({seconds:.2f} s; tracks under {MIN_SECONDS:g} s hold "
                              "too little to identify)")
         if not self._nonzero:
             raise AudioError("digital silence (every sample is zero)")
@@ -217,11 +222,16 @@ class _SoundfileFailed(Exception):
         self.promised = promised
 
 
-def _read_soundfile(path: Path, sample_rate: int) -> tuple[_Mono, int | None]:
-    """The file through soundfile, block by block, and the frames its header promises."""
+def _read_soundfile(path: Path, sample_rate: int, notes: list[str]) -> tuple[_Mono, int | None]:
+    """The file through soundfile, block by block, and the frames its header promises;
+    what the decoder writes to stderr meanwhile (libmpg123's notes on an MP3) goes to
+    ``notes``, one line each."""
     promised = None
     try:
-        with sf.SoundFile(path) as f:
+        # libmpg123 writes its notes on a damaged MP3 to fd 2 from C: caught for MP3s only,
+        # since catching fd 2 catches every thread's stderr meanwhile (a progress bar).
+        catch = _stderr_lines(notes) if path.suffix.lower() == ".mp3" else contextlib.nullcontext()
+        with catch, sf.SoundFile(path) as f:
             promised = _promised_frames(f)
             mono = _Mono(f.samplerate, sample_rate, f.frames)
             block = np.empty((BLOCK_FRAMES, f.channels), dtype=np.float32)
@@ -231,6 +241,29 @@ def _read_soundfile(path: Path, sample_rate: int) -> tuple[_Mono, int | None]:
         raise _SoundfileFailed(str(err).strip() or type(err).__name__, promised) from err
     mono.finish()
     return mono, promised
+
+
+@contextlib.contextmanager
+def _stderr_lines(lines: list[str]) -> Iterator[None]:
+    """Append to ``lines`` what is written to file descriptor 2 meanwhile, instead of letting
+    it reach the terminal: C libraries (libmpg123 inside libsndfile) write there directly.
+    Best left to one thread: in a process with others, their stderr is caught too. Without
+    a temporary file (a full TMPDIR) nothing is caught."""
+    try:
+        sink = tempfile.TemporaryFile()
+    except OSError:
+        yield
+        return
+    saved = os.dup(2)
+    with sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines += [t for t in sink.read().decode(errors="replace").splitlines() if t.strip()]
 
 
 # libsndfile's log of a WAV header: the data chunk's length, where the file holds less.
