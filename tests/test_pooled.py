@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from mirex_vi.features.layout import load_feature, save_feature
 from mirex_vi.features.pooled import (INDEX_NAME, AuthorsLayout, PooledStore, convert_features,
                                       decode_u8, encode_u8, layout_ids, open_features, write_store)
 
-SHARED = Path("/work/shared/corpus/synth-vi-4000")
+# A real corpus store (the synthetic corpus, `mirex-vi extract --pooled u8`), where one is at hand.
+SHARED = Path(os.environ.get("MIREX_VI_CORPUS_STORE", "/nonexistent"))
 U8_STEP_DB = 80 / 255
 
 
@@ -225,7 +227,7 @@ def test_write_rejects_bad_versions_and_leaves_no_store(tmp_path, items, message
 # --- the shared corpus ------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not (SHARED / INDEX_NAME).is_file(), reason="no shared corpus on this machine")
+@pytest.mark.skipif(not (SHARED / INDEX_NAME).is_file(), reason="set MIREX_VI_CORPUS_STORE to a corpus store")
 def test_shared_corpus_opens_and_decodes():
     store = open_features(SHARED, 20)
     assert isinstance(store, PooledStore) and store.encoding == "u8" and len(store) == 15999

@@ -6,7 +6,7 @@
 
 The sets, each a light JSON split and the stored features of its versions:
 
-- ``--realdev DIR``: real covers (``../shared/realdev``), its ``*-light.json`` and its store;
+- ``--realdev DIR``: real covers (a store of real cover recordings made with ``mirex-vi extract --pooled u8``), its ``*-light.json`` and its store;
 - ``--synthetic DIR``: the synthetic corpus's test split, its ``*-light.json.test`` and its
   store; again on the first ``--excerpt`` seconds of every version (0: not);
 - ``--ood METADATA``: the out-of-distribution set, its features in ``--ood-features``
