@@ -12,6 +12,7 @@ import os
 import hashlib
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,8 @@ from click.testing import CliRunner
 from mirex_vi.cli import main as cli_main
 from mirex_vi.corpus.arrangement import KICK, bar_chords, quarters_to_seconds
 from mirex_vi.corpus.catalogue import corpus_root, list_candidates, youtube_id
-from mirex_vi.corpus.driver import build_corpus, check_generator_version, split_cliques, write_json
+from mirex_vi.corpus.driver import (CorpusSpec, build_corpus, check_generator_version,
+                                    split_cliques, write_json)
 from mirex_vi.corpus.midi import midi_bytes
 from mirex_vi.corpus.scores import part_notes
 from mirex_vi.corpus.versions import GENERATOR_VERSION
@@ -30,7 +32,7 @@ from render_support import needs_music21, needs_render
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY = dict(n_works=3, versions_per_work=2, seconds=4.0, seed=5, jobs=1, quiet=True,
+TINY = CorpusSpec(n_works=3, versions_per_work=2, seconds=4.0, seed=5, jobs=1, quiet=True,
             collections=("essenFolksong", "bach"))
 NAME = "Synth-VI-YT"
 YID = re.compile(r"^[A-Za-z0-9_-]{11}$")
@@ -39,7 +41,7 @@ YID = re.compile(r"^[A-Za-z0-9_-]{11}$")
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("corpus")
-    build_corpus(out, **TINY)
+    build_corpus(out, TINY)
     return out
 
 
@@ -166,7 +168,7 @@ def test_versions_of_a_work_differ(tiny):
 
 @needs_render
 def test_same_seed_same_corpus_whatever_the_jobs(tiny, tmp_path):
-    build_corpus(tmp_path, **{**TINY, "jobs": 2})
+    build_corpus(tmp_path, replace(TINY, jobs=2))
     assert _light(tmp_path) == _light(tiny)
     for versions in _light(tiny).values():
         for v in versions:
@@ -179,7 +181,7 @@ def test_growing_a_corpus_keeps_its_cliques_splits_and_audio(tiny, tmp_path):
     grown = tmp_path / "grown"
     shutil.copytree(tiny, grown)
     before = {p: p.stat().st_mtime_ns for p in grown.rglob("*.flac")}
-    build_corpus(grown, **{**TINY, "n_works": 5})
+    build_corpus(grown, replace(TINY, n_works=5))
     light = _light(grown)
     assert len(light) == 5 and all(light[c] == v for c, v in _light(tiny).items())
     for split in ("train", "val", "test"):
@@ -194,13 +196,13 @@ def test_growing_with_other_options_is_refused_before_rendering(tiny, tmp_path):
     shutil.copytree(tiny, other)
     n_files = len(list(other.rglob("*.flac")))
     with pytest.raises(ValueError, match="other options"):
-        build_corpus(other, **{**TINY, "seed": 6})
+        build_corpus(other, replace(TINY, seed=6))
     assert len(list(other.rglob("*.flac"))) == n_files and _light(other) == _light(tiny)
 
 
 @needs_render
 def test_demo_lists(tmp_path):
-    cliques = build_corpus(tmp_path, **{**TINY, "n_works": 2, "seed": 9}, demo=True)
+    cliques = build_corpus(tmp_path, replace(TINY, n_works=2, seed=9, demo=True))
     root = corpus_root()
     demo_keys = {r.key for r in list_candidates(root, "demo")}
     assert all(v["source"].removeprefix("music21:") in demo_keys for vs in cliques.values() for v in vs)
@@ -235,7 +237,7 @@ def test_growing_a_folder_of_another_generator_version_is_refused_before_renderi
     n_files = len(list(other.rglob("*.flac")))
     with pytest.raises(ValueError, match=f"generator version {GENERATOR_VERSION + 1}, this is "
                                          f"version {GENERATOR_VERSION}"):
-        build_corpus(other, **{**TINY, "n_works": 5})
+        build_corpus(other, replace(TINY, n_works=5))
     assert len(list(other.rglob("*.flac"))) == n_files and _light(other) == light
 
 
@@ -255,7 +257,7 @@ def test_a_run_leaves_no_temporaries_and_sweeps_stale_ones(tiny, tmp_path):
     stale = flac.with_name(f".{flac.name}.x1y2z3.tmp")  # what a SIGKILLed atomic_open leaves
     stale.write_bytes(b"partial")
     os.utime(stale, (stale.stat().st_atime - 7200, stale.stat().st_mtime - 7200))
-    build_corpus(again, **TINY)
+    build_corpus(again, TINY)
     assert not list(again.rglob("*.tmp")) and _light(again) == _light(tiny)
 
 
@@ -306,8 +308,8 @@ def _sha256(path: Path) -> str:
 def test_demo_renders_as_generator_version_1_did(tmp_path):
     """The bundled demo (rendered by version 1) is what --demo renders today, byte for byte."""
     demo = REPO / "examples" / "demo"
-    cliques = build_corpus(tmp_path, n_works=2, versions_per_work=3, seconds=20.0, seed=2024,
-                           jobs=1, quiet=True, demo=True, name="demo")
+    cliques = build_corpus(tmp_path, CorpusSpec(n_works=2, versions_per_work=3, seconds=20.0,
+                                                seed=2024, quiet=True, demo=True, name="demo"))
     bundled = json.loads((demo / "demo-light.json").read_text())
     assert [c for c in bundled][:2] == list(cliques)
     for clique, versions in cliques.items():
@@ -322,7 +324,7 @@ def test_a_corpus_whose_renders_all_fail_writes_no_metadata(tmp_path, monkeypatc
 
     monkeypatch.setattr(driver, "render_version", lambda task: None)
     with pytest.raises(RuntimeError, match="no work kept two rendered versions"):
-        build_corpus(tmp_path, **TINY)
+        build_corpus(tmp_path, TINY)
     assert not list(tmp_path.glob(f"{NAME}*"))
 
 

@@ -17,7 +17,7 @@ from mirex_vi.corpus.arrangement import (KICK, SNARE, band_drums, band_notes, ch
                                          layered_notes, swing)
 from mirex_vi.corpus.catalogue import HELD_OUT_COLLECTION, WorkRef, corpus_root, list_candidates
 from mirex_vi.corpus.codec import codec_pass
-from mirex_vi.corpus.driver import build_corpus, check_tools
+from mirex_vi.corpus.driver import CorpusSpec, build_corpus, check_tools
 from mirex_vi.corpus.midi import midi_bytes
 from mirex_vi.corpus.render import fluidsynth_render
 from mirex_vi.corpus.scores import Work
@@ -199,8 +199,9 @@ def test_held_out_collection_is_never_drawn_for_training():
 
 @needs_ood
 def test_ood_set_renders_held_out_works_with_the_held_out_soundfont(tmp_path):
-    cliques = build_corpus(tmp_path, n_works=2, versions_per_work=2, seconds=4.0, seed=3, jobs=1,
-                           quiet=True, ood=True, mix=Mix(soundfonts.HELD_OUT, 0.5, 0.5, 0.5, 0.5))
+    cliques = build_corpus(tmp_path, CorpusSpec(n_works=2, versions_per_work=2, seconds=4.0, seed=3,
+                                                quiet=True, ood=True,
+                                                mix=Mix(soundfonts.HELD_OUT, 0.5, 0.5, 0.5, 0.5)))
     versions = [v for vs in cliques.values() for v in vs]
     assert len(versions) == 4
     assert all(v["source"].startswith(f"music21:{HELD_OUT_COLLECTION}/") for v in versions)

@@ -36,7 +36,17 @@ another version is refused before anything is rendered. ``--rerender METADATA`` 
 again the versions a metadata file lists (a corpus kept as features only), after checking
 each version's drawn choices against its record.
 
+Pseudo-covers of real recordings (``mirex-vi corpus-real``, ``tools/real-pool.sh``) follow
+their own line: ``real_audio`` (reading pool files: audio, tracker modules, archive members,
+raw PCM) -> ``pool`` (each file's package, licence, duration and sha256; recordings, a Frets
+on Fire song's stems being one; splits by recording; segments) -> ``real_cliques`` (one
+recording -> its cliques' pooled CQTs: the segment, ``audio_fx`` versions, renders of the
+notes ``transcribe`` hears in it, a song's mix without its guitar) -> ``real`` (workers, resumable
+parts, the u8 pooled store with its light JSON, the pool manifest). ``planetblupi`` music is
+refused: it is reserved for independent evaluation.
+
 Requires: fluidsynth, ffmpeg and the soundfonts of ``soundfonts.PACKAGES`` (Debian
 packages; ``tools/setup.sh`` installs all but the held-out one) and
-``pip install mirex-vi[corpus]`` (music21).
+``pip install mirex-vi[corpus]`` (music21); for real recordings also rubberband-cli and
+basic-pitch's model (``transcribe.INSTALL_HINT``).
 """

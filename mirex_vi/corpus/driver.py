@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -139,6 +140,47 @@ def default_mix(pool: str) -> Mix:
     return {"demo": CLASSIC_MIX, "ood": Mix(soundfonts.HELD_OUT)}.get(pool, Mix())
 
 
+@dataclasses.dataclass(frozen=True)
+class CorpusSpec:
+    """What ``build_corpus`` makes: the works, their versions, the splits and how it runs.
+
+    ``mix`` (None: the pool's, see ``default_mix``) sets the soundfonts and the
+    probabilities of the version-2 features; ``fractions`` are the train/val/test shares of
+    cliques; ``collections`` limits the music21 folders drawn from. ValueError for both
+    ``demo`` and ``ood``.
+    """
+
+    n_works: int = 360
+    versions_per_work: int = 4
+    seconds: float = 60.0  # mean clip length (±15 %)
+    seed: int = 27
+    fractions: tuple[float, ...] = (0.8, 0.1, 0.1)
+    jobs: int = 1
+    name: str = "Synth-VI-YT"  # metadata file prefix
+    demo: bool = False
+    ood: bool = False
+    mix: Mix | None = None
+    collections: tuple[str, ...] = tuple(COLLECTION_WEIGHTS)
+    soundfont_dir: Path = soundfonts.SOUNDFONT_ROOT
+    overwrite: bool = False  # re-render existing audio files
+    quiet: bool = False  # no progress bars
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fractions", tuple(self.fractions))
+        object.__setattr__(self, "collections", tuple(self.collections))
+        pool_of(self.demo, self.ood)  # both: refused here
+
+    @property
+    def pool(self) -> str:
+        """The pool of works: "demo", "ood" or "train"."""
+        return pool_of(self.demo, self.ood)
+
+    @property
+    def render_mix(self) -> Mix:
+        """``mix``, or the pool's when it is None."""
+        return self.mix or default_mix(self.pool)
+
+
 def check_tools(mix: Mix, pool: str, soundfont_dir: Path) -> None:
     """Raise RuntimeError for a missing program or soundfont, and ValueError if a corpus
     other than the out-of-distribution set would render with the held-out soundfont."""
@@ -230,45 +272,42 @@ def render_tasks(tasks: Sequence[Task], mapper, quiet: bool) -> list[dict | None
                      disable=quiet, file=sys.stderr))
 
 
-def build_corpus(out_dir: Path, n_works: int, versions_per_work: int, seconds: float, seed: int,
-                 fractions: Sequence[float] = (0.8, 0.1, 0.1), jobs: int = 1, demo: bool = False,
-                 name: str = "Synth-VI-YT", overwrite: bool = False, quiet: bool = False,
-                 collections: Iterable[str] = COLLECTION_WEIGHTS,
-                 soundfont_dir: Path = soundfonts.SOUNDFONT_ROOT, ood: bool = False,
-                 mix: Mix | None = None) -> dict[str, list[dict]]:
-    """Make a corpus in ``out_dir``; returns the clique -> versions mapping that was written
-    (RuntimeError, and no metadata, if no work kept two rendered versions).
+def build_corpus(out_dir: Path, spec: CorpusSpec) -> dict[str, list[dict]]:
+    """Make the corpus ``spec`` describes in ``out_dir``; returns the clique -> versions
+    mapping that was written (RuntimeError, and no metadata, if no work kept two rendered
+    versions).
 
-    Cliques keep at least two rendered versions (others are dropped and logged). ``demo``
-    draws from the reserved demo pool, renders as generator version 1 did at 22.05 kHz mono
-    without added noise, and writes the MIREX-style lists. ``ood`` draws the held-out
-    collection's works that no corpus trained on and renders them with the held-out
-    soundfont. ``mix`` (default: the pool's, see ``default_mix``) sets the soundfonts and
-    the probabilities of the version-2 features.
+    Cliques keep at least two rendered versions (others are dropped and logged). A demo
+    spec draws from the reserved demo pool, renders as generator version 1 did at 22.05 kHz
+    mono without added noise, and writes the MIREX-style lists. An ``ood`` spec draws the
+    held-out collection's works that no corpus trained on and renders them with the held-out
+    soundfont.
     """
-    pool_name = pool_of(demo, ood)
-    mix = mix or default_mix(pool_name)
-    check_tools(mix, pool_name, soundfont_dir)
+    mix = spec.render_mix
+    check_tools(mix, spec.pool, spec.soundfont_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    check_generator_version(out_dir, name)
+    check_generator_version(out_dir, spec.name)
     remove_stale_temporaries(out_dir)
     root = corpus_root()
-    candidates = order_candidates(list_candidates(root, pool_name, collections), seed)
-    log.info("%d candidate works in the %s pool", len(candidates), pool_name)
-    with parallel_map(jobs) as mapper:
-        works = pick_works(candidates, n_works, root, mapper, quiet)
+    candidates = order_candidates(list_candidates(root, spec.pool, spec.collections), spec.seed)
+    log.info("%d candidate works in the %s pool", len(candidates), spec.pool)
+    n = spec.versions_per_work
+    with parallel_map(spec.jobs) as mapper:
+        works = pick_works(candidates, spec.n_works, root, mapper, spec.quiet)
         clique_ids = [f"C-{i + 1:07d}" for i in range(len(works))]
-        kept = existing_splits(out_dir, name, {c: work.ref.source for c, work in zip(clique_ids, works)})
-        tasks = [Task(work, k, clique_ids[i], f"V-{i * versions_per_work + k + 1:07d}",
-                      youtube_id(seed, work.ref.key, k), seed, seconds, out_dir, soundfont_dir, overwrite,
-                      mix, DEMO_OVERRIDES if demo else ())
-                 for i, work in enumerate(works) for k in range(versions_per_work)]
-        records = render_tasks(tasks, mapper, quiet)
+        kept = existing_splits(out_dir, spec.name,
+                               {c: work.ref.source for c, work in zip(clique_ids, works)})
+        tasks = [Task(work, k, clique_ids[i], f"V-{i * n + k + 1:07d}",
+                      youtube_id(spec.seed, work.ref.key, k), spec.seed, spec.seconds, out_dir,
+                      spec.soundfont_dir, spec.overwrite, mix, DEMO_OVERRIDES if spec.demo else ())
+                 for i, work in enumerate(works) for k in range(n)]
+        records = render_tasks(tasks, mapper, spec.quiet)
     cliques = group_cliques(tasks, records)
     if not cliques:
         raise RuntimeError(f"no work kept two rendered versions (the warnings say why): no "
                            f"metadata written to {out_dir}")
-    write_metadata(out_dir, name, cliques, split_cliques(list(cliques), fractions, seed, kept))
-    if demo:
+    write_metadata(out_dir, spec.name, cliques,
+                   split_cliques(list(cliques), spec.fractions, spec.seed, kept))
+    if spec.demo:
         write_demo_lists(out_dir, cliques)
     return cliques
