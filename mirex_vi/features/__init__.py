@@ -8,6 +8,7 @@
 - ``pooled``: the pooled store (one array for a whole dataset) and feature sources.
 - ``stored``: whole stored tracks as model inputs (validation, evaluation, precise BN).
 - ``extract``: a dataset's audio -> a layout folder or a pooled store.
+- ``download``: ``mirex-vi download --pooled-store``: fetched audio straight into a store.
 
 Imports: ``io``, ``core``, ``config``. Nothing here knows the model.
 """

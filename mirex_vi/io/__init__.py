@@ -5,6 +5,7 @@
 - ``outputs``: an output location checked before the work (not an input, writable, short enough).
 - ``matrix``: the distance matrix, written atomically row by row and read back.
 - ``metadata``: Discogs-VI-YT light JSON / JSONL as ``{clique: [Version]}``, and audio paths.
+- ``download``, ``ytdlp``: a dataset's audio fetched with yt-dlp into the layout ``extract`` reads.
 
 Imports: ``core`` (and ``config``).
 """
