@@ -27,20 +27,27 @@ from .common import EXIT_OUTPUT, fail, interruptible, setup_logging
               help="With --pooled: convert this authors'-layout folder or pooled store instead "
                    "of decoding audio (the versions of --metadata, or every stored one). "
                    "Repeat it to merge folders: each version comes from the first that holds it.")
+@click.option("--shard", metavar="I/N",
+              help="Only part I of N (1 <= I <= N) of the versions: sorted by id, every N-th "
+                   "from the I-th, so N machines can share a dataset (docs/reproduce.md); "
+                   "give each shard its own OUT_DIR with --pooled, then merge them with "
+                   "--from-features.")
 @click.option("--workers", type=click.IntRange(1), help="Processes [default: CPU count].")
 @click.option("--quiet", is_flag=True)
 @interruptible("no partial file is left (an authors'-layout folder resumes where it stopped)")
-def extract(out_dir, metadata, audio_root, list_file, encoding, from_features, workers,
+def extract(out_dir, metadata, audio_root, list_file, encoding, from_features, shard, workers,
             quiet) -> None:
     """CQT features of a dataset: the authors' layout (OUT_DIR/<id[:2]>/<id>.mm + .npy), or
     with --pooled one pooled store (OUT_DIR/pooled.<enc>.npy + pooled.index.tsv)."""
     setup_logging(quiet)
     if from_features:
+        if shard:
+            fail("--shard splits the extraction; --from-features merges the shards' stores")
         _convert_features(from_features, out_dir, metadata, encoding)
         return
     from ..config import FeatureConfig
     from ..core.atomic import make_folder
-    from ..features.extract import extract_features, extract_pooled
+    from ..features.extract import extract_features, extract_pooled, parse_shard, select_shard
     from ..features.workers import default_workers
     from ..io.lists import OutputError
     from ..io.metadata import items_from_list, items_from_metadata
@@ -49,6 +56,8 @@ def extract(out_dir, metadata, audio_root, list_file, encoding, from_features, w
         fail("give either --metadata with --audio-root, or --list")
     try:
         items = items_from_metadata(metadata, audio_root) if metadata else items_from_list(list_file)
+        if shard:
+            items = select_shard(items, *parse_shard(shard))
         make_folder(out_dir, "output folder")
         workers = workers or default_workers()
         if encoding:

@@ -42,6 +42,31 @@ ERRORS_FILE = "extract_errors.tsv"
 RERUN = "rerun the same command once the problem is solved"
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)`` with ``1 <= I <= N``.
+
+    Raises:
+        ValueError: anything else.
+    """
+    index, sep, count = text.partition("/")
+    if not (sep and index.isdigit() and count.isdigit() and 1 <= int(index) <= int(count)):
+        raise ValueError(f"--shard {text!r}: give I/N with 1 <= I <= N, e.g. 3/8")
+    return int(index), int(count)
+
+
+def select_shard(items: Sequence[tuple[str, Path]], index: int,
+                 count: int) -> list[tuple[str, Path]]:
+    """Shard ``index`` (1-based) of ``count`` of ``items``: sorted by track id, every
+    ``count``-th from ``index - 1``.
+
+    A function of the ids alone, whatever order the metadata lists them in, so every machine
+    of a scheduler's array computes the same split; the shards are disjoint and cover every
+    item; round robin over the sorted ids gives shards of equal size within one and, as ids
+    are random, an even mix of long and short tracks.
+    """
+    return sorted(items, key=lambda item: item[0])[index - 1::count]
+
+
 def extract_features(
     items: Sequence[tuple[str, Path]],
     out_dir: Path,
