@@ -5,7 +5,8 @@
   and CQT agreement).
 - ``speed``: time and memory (identify against the authors' serial recipe, FAISS search,
   the pooled store, a training step, the metrics, ``--expand``).
-- ``device``: the acceptance test of a GPU machine: eight steps, one JSON report.
+- ``device``: a GPU machine's checks, one JSON report each: the acceptance test (eight
+  steps) and the throughput run.
 - ``common``: the helpers the three share.
 - ``results/``: the reports and JSON of recorded runs.
 

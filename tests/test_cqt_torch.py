@@ -126,3 +126,23 @@ def test_other_settings_match_librosa() -> None:
 def test_rejects_filters_above_nyquist() -> None:
     with pytest.raises(ValueError, match="Nyquist"):
         TorchCQT(n_bins=120)
+
+
+def test_a_padded_batch_gives_each_track_its_own_frames(cqt: TorchCQT) -> None:
+    """Tracks of several lengths zero-padded into one batch: with ``lengths`` each track's
+    frames are its CQT alone, to float32 rounding; without, its last frames are not (the
+    low octaves' decimated signals run on past the track's end)."""
+    tracks = [piano_like(seconds, seed=i) for i, seconds in enumerate((3.1, 7.7, 5.0))]
+    n = max(map(len, tracks)) + 4096
+    batch = torch.stack([torch.from_numpy(np.pad(y, (0, n - len(y)))) for y in tracks])
+    with torch.no_grad():
+        masked = cqt(batch, torch.tensor([len(y) for y in tracks])).numpy()
+        unmasked = cqt(batch).numpy()
+    allowed = tolerance("cpu", amp=False).cqt
+    for b, y in enumerate(tracks):
+        alone = torch_cqt(cqt, y)  # (84, T)
+        t = alone.shape[1]
+        assert relative_error(masked[b, :, :t], alone) <= allowed / 10
+        assert relative_error(masked[b, :, t - 8 : t], alone[:, -8:]) <= allowed
+        if len(y) < n - 4096:  # padded by more than the guard: its end no longer matches
+            assert relative_error(unmasked[b, :, t - 8 : t], alone[:, -8:]) > 10 * allowed

@@ -15,7 +15,7 @@ from mirex_vi.core import runtime
 from mirex_vi.core.runtime import disable_tf32_without_amp, is_out_of_memory, tolerance
 from mirex_vi.features.cqt_torch import TorchCQT
 from mirex_vi.features.frontend import PackedAudio, TorchFrontEnd, _HostStaging
-from mirex_vi.inference import embed
+from mirex_vi.inference import embed, threads
 from mirex_vi.inference.cache import EmbeddingCache
 from mirex_vi.inference.embed import embed_inputs, embed_tracks
 from mirex_vi.inference.selfcheck import PathAgreement, torch_cqt_agrees
@@ -146,10 +146,10 @@ class _FailingFrontEnd(TorchFrontEnd):
 
     mode = "oom"
 
-    def __call__(self, audio):
+    def batch(self, audios):
         if self.mode == "oom":
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        return torch.full_like(super().__call__(audio), float("nan"))
+        return [torch.full_like(x, float("nan")) for x in super().batch(audios)]
 
 
 def _settings(backend):
@@ -223,7 +223,7 @@ def test_cache_batch_write_syncs_once_and_reads_back(tracks, weights, tmp_path, 
 
 def test_model_thread_keeps_order_and_passes_errors_back():
     seen: list[int] = []
-    embed._consume_in_thread(iter(range(50)), seen.append, depth=3)
+    threads.consume_in_thread(iter(range(50)), seen.append, depth=3)
     assert seen == list(range(50))
 
     drawn: list[int] = []
@@ -238,7 +238,7 @@ def test_model_thread_keeps_order_and_passes_errors_back():
             raise ValueError("track 5")
 
     with pytest.raises(ValueError, match="track 5"):
-        embed._consume_in_thread(draw(), consume, depth=2)
+        threads.consume_in_thread(draw(), consume, depth=2)
     assert len(drawn) < 20  # drawing stopped soon after the failure
 
     def broken_draw():
@@ -247,7 +247,7 @@ def test_model_thread_keeps_order_and_passes_errors_back():
 
     seen.clear()
     with pytest.raises(KeyError):
-        embed._consume_in_thread(broken_draw(), seen.append, depth=2)
+        threads.consume_in_thread(broken_draw(), seen.append, depth=2)
     assert seen == [1]
 
 

@@ -303,7 +303,8 @@ def test_library_warnings_become_project_lines(tmp_path, tracks, tiny_package):
                "--workers", "1", script=patch)
     assert done.returncode == 0, done.stderr
     assert not foreign_lines(done.stderr), done.stderr
-    assert "warning: n_fft=256 is too large for input signal of length=22\n" in done.stderr
+    assert f"warning: {tracks[0]}: n_fft=256 is too large for input signal of length=22\n" \
+        in done.stderr  # the track's own warning line
 
 
 def test_an_odd_list_leaves_only_project_lines_on_stderr(tmp_path, tracks, tiny_package):

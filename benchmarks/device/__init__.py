@@ -4,9 +4,14 @@
   precision and batching, ``identify``) and the JSON report.
 - ``gpu_check_training``: steps 6-8 (AMP training, a CPU checkpoint resumed on the
   device, one-rank DDP).
+- ``throughput``: ``identify`` on 1,000 synthetic 3.5-min WAVs (issue #44): tracks/s with
+  three tempi and one, the steady rate, each stage alone, agreement with the CPU path.
 
     python -m benchmarks.device.gpu_check --out gpu_check.json
     python -m benchmarks.device.gpu_check --smoke --device cpu --out smoke.json
 
-The smoke run is part of the test suite (tests/test_gpu_check.py).
+    python -m benchmarks.device.throughput --out throughput.json
+
+The smoke runs (``--smoke --device cpu``) are part of the test suite
+(tests/test_gpu_check.py, tests/test_throughput_smoke.py).
 """

@@ -8,6 +8,8 @@
 - ``test_subsets``: figures on a grown corpus's split and the subsets of its earlier sizes.
 - ``pair_breakdown``: the version pairs a package fails on, grouped by how they differ.
 - ``baselines``: a package beside chance, random weights and chroma + Qmax alignment.
+- ``rerank``: segment matching and the chroma re-rank of a shortlist against plain scoring,
+  with their costs.
 - ``compare_stores``: two pooled stores, version by version (re-extraction against a kept one).
 - ``cqt_accuracy``: ``TorchCQT`` against ``librosa.cqt``, error and time.
 

@@ -1,6 +1,7 @@
 """Time and memory of the package's paths, on synthetic data unless told otherwise.
 
-- ``identify``: ``mirex-vi identify`` against the authors' serial recipe, stage by stage.
+- ``identify``: ``mirex-vi identify`` (three tempi and one) against the authors' serial
+  recipe, stage by stage, each against the bound of the cores it has.
 - ``search``: FAISS ``flat`` and ``ivfpq`` indexes: build, size, queries/s, recall.
 - ``pooled_store``: the pooled store against the authors' layout: size, crop reads, error.
 - ``train_step``: seconds per training step of CQT-Net on random inputs.

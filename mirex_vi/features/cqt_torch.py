@@ -189,11 +189,16 @@ class TorchCQT(nn.Module):
         """Number of CQT frames librosa returns for ``n_samples`` input samples."""
         return 1 + n_samples // self.hop_length
 
-    def forward(self, audio: Tensor) -> Tensor:
+    def forward(self, audio: Tensor, lengths: Tensor | None = None) -> Tensor:
         """CQT magnitude.
 
         Args:
             audio: (B, N) float32 waveform at ``sample_rate``.
+            lengths: (B,) int64 true sample counts when the rows are tracks of different
+                lengths zero-padded to ``N``: row ``b``'s first ``n_frames(lengths[b])``
+                frames then equal that track's CQT alone within float32 rounding (~1e-6
+                relative), because every decimated signal is cut where the track's own
+                would end, as librosa's is. ``None``: every row is ``N`` samples long.
 
         Returns:
             (B, n_bins, 1 + N // hop_length) float32 magnitudes.
@@ -204,7 +209,7 @@ class TorchCQT(nn.Module):
         n_frames = self.n_frames(audio.shape[-1])
         out = audio.new_zeros(audio.shape[0], self.n_bins, n_frames)
         with _no_autocast(audio.device):  # FFTs and the projection stay in float32
-            signals = self._decimated(audio)
+            signals = self._decimated(audio, lengths)
             for i, octave in enumerate(self._octaves):
                 basis = getattr(self, f"basis{i}")
                 out[:, octave.lo : octave.hi] = self._octave_response(
@@ -212,11 +217,13 @@ class TorchCQT(nn.Module):
                 )
         return out
 
-    def _decimated(self, audio: Tensor) -> dict[int, Tensor]:
+    def _decimated(self, audio: Tensor, lengths: Tensor | None) -> dict[int, Tensor]:
         """Low-passed, decimated copies of ``audio`` keyed by factor: (B, ceil(N / factor)).
 
         Follows librosa's cascade (one early step, then halving per octave) so that the
-        truncation of each intermediate signal to ``ceil(n / 2)`` samples is the same.
+        truncation of each intermediate signal to ``ceil(n / 2)`` samples is the same; with
+        ``lengths``, each row is zeroed from ``ceil(lengths / factor)`` on, the truncation
+        its own track would get (nested ceilings of halvings are one ceiling).
         """
         signals = {}
         current, factor = audio, 1
@@ -224,6 +231,10 @@ class TorchCQT(nn.Module):
             if octave.factor != factor:
                 current = _decimate(current, octave.factor // factor)
                 factor = octave.factor
+                if lengths is not None:
+                    ends = -(-lengths.to(current.device) // factor)  # (B,)
+                    samples = torch.arange(current.shape[-1], device=current.device)
+                    current = current.masked_fill(samples >= ends[:, None], 0.0)
             signals[factor] = current
         return signals
 

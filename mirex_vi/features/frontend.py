@@ -6,8 +6,9 @@ Every constant comes from ``FeatureConfig`` (``docs/REFERENCE.md §1``). A store
 - numpy: ``compute_cqt`` (what the dataset stores; ``checked_cqt`` refuses a non-finite one)
   and ``preprocess`` (pad, pool, normalise);
 - torch: ``preprocess_tensor`` (the same steps on a tensor) and ``TorchFrontEnd`` (decoded
-  audio -> model input on a device, through ``cqt_torch.TorchCQT``), which takes audio as
-  the workers send it, ``PackedAudio`` (int16, half the bytes of float32).
+  audio -> model input on a device, through ``cqt_torch.TorchCQT``, a track or a batch of
+  them at a time), which takes audio as the workers send it, ``PackedAudio`` (int16, half
+  the bytes of float32); ``length_bucket`` groups tracks into batches by length.
 
 torch is imported only inside the torch half, so the decode/CQT worker processes, which load
 this module for ``compute_cqt``, never load torch.
@@ -16,6 +17,7 @@ this module for ``compute_cqt``, never load torch.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -153,6 +155,13 @@ def preprocess_tensor(cqt: torch.Tensor, cfg: FeatureConfig, min_frames: int | N
     return (x / (x.max() + cfg.eps)).T.contiguous()
 
 
+def length_bucket(n_samples: int, steps_per_octave: int = 8) -> int:
+    """The bucket of tracks of about ``n_samples`` that share a batch of the torch front end:
+    lengths within a factor ``2 ** (1 / steps_per_octave)`` (9 %) of each other, so padding
+    a batch to its longest track costs at most that."""
+    return math.ceil(steps_per_octave * math.log2(max(1, n_samples)))
+
+
 @dataclass(frozen=True)
 class PackedAudio:
     """Decoded audio as the workers send it to the torch front end: ``samples`` =
@@ -191,7 +200,7 @@ class _HostStaging:
     """Two host buffers, used in turn, through which audio is copied to ``device``.
 
     On CUDA they are page-locked, so the copy runs asynchronously, overlapping the previous
-    track's CQT; a buffer is refilled only once its last copy has finished (a CUDA event).
+    batch's CQT; a buffer is refilled only once its last copy has finished (a CUDA event).
     On the CPU they are plain memory and the same steps run, the copy being a plain one.
     """
 
@@ -204,19 +213,27 @@ class _HostStaging:
 
     def to_device(self, samples: np.ndarray) -> torch.Tensor:
         """``(N,)`` host array -> a new ``(N,)`` tensor of its dtype on ``device``."""
+        return self.rows_to_device([samples])[0]
+
+    def rows_to_device(self, rows: Sequence[np.ndarray]) -> torch.Tensor:
+        """``B`` host arrays of one dtype, lengths ``N_b`` -> a new ``(B, max N_b)`` tensor on
+        ``device``, each row zero-padded at the end."""
         import torch
 
         slot, self._turn = self._turn, 1 - self._turn
         if self._copied[slot] is not None:
             self._copied[slot].synchronize()
-        source = torch.from_numpy(np.ascontiguousarray(samples))
-        nbytes = source.numel() * source.element_size()
+        dtype = torch.from_numpy(np.asarray(rows[0][:0])).dtype
+        shape = (len(rows), max(len(r) for r in rows))
+        nbytes = shape[0] * shape[1] * dtype.itemsize
         buffer = self._buffers[slot]
         if buffer is None or buffer.numel() < nbytes:
             buffer = torch.empty(nbytes + nbytes // 4, dtype=torch.uint8, pin_memory=self._pinned)
             self._buffers[slot] = buffer
-        host = buffer[:nbytes].view(source.dtype)
-        host.copy_(source)
+        host = buffer[:nbytes].view(dtype).view(shape)
+        for row, samples in zip(host, rows):
+            row[: len(samples)].copy_(torch.from_numpy(np.ascontiguousarray(samples)))
+            row[len(samples) :].zero_()
         on_device = host.to(self.device, non_blocking=True, copy=True)
         if self._pinned:
             self._copied[slot] = torch.cuda.Event()
@@ -225,12 +242,13 @@ class _HostStaging:
 
 
 class TorchFrontEnd:
-    """Decoded audio -> model input on ``device``, mirroring ``compute_cqt`` + ``preprocess``.
+    """Decoded audio -> model input on ``device``, mirroring ``compute_cqt`` + ``preprocess``,
+    one track at a time (``__call__``) or a batch of tracks of any lengths (:meth:`batch`).
 
     The CQT is :class:`~mirex_vi.features.cqt_torch.TorchCQT` (agrees with librosa to ~1e-6
     relative); it goes through float16 as stored features do, then :func:`preprocess_tensor`.
     On CUDA the cuFFT plan cache of ``device`` is bounded (``runtime.bound_fft_plan_cache``):
-    every distinct track length needs plans of its own.
+    every distinct batch shape needs plans of its own.
     """
 
     def __init__(self, cfg: FeatureConfig, device: torch.device):
@@ -253,15 +271,57 @@ class TorchFrontEnd:
             AudioError: the float16 CQT is not finite (``NON_FINITE_CQT``) or all zero
                 (``ZERO_CQT``), as :func:`checked_cqt` refuses it.
         """
+        result = self.batch([audio])[0]
+        if isinstance(result, AudioError):
+            raise result
+        return result
+
+    def _small(self, values: list, dtype: torch.dtype) -> torch.Tensor:
+        """A short list as a tensor on ``device``; on CUDA through page-locked memory, so the
+        copy is queued behind the device's work instead of waiting for it."""
         import torch
 
-        packed = isinstance(audio, PackedAudio)
-        samples, scale = (audio.samples, audio.scale) if packed else (audio, 1.0)
+        tensor = torch.tensor(values, dtype=dtype)
+        if self.device.type != "cuda":
+            return tensor.to(self.device)
+        return tensor.pin_memory().to(self.device, non_blocking=True)
+
+    def batch(self, audios: Sequence[PackedAudio | np.ndarray]) -> list[torch.Tensor | AudioError]:
+        """Several tracks -> their model inputs, through one CQT of the tracks zero-padded to
+        the longest (``TorchCQT`` with ``lengths``: each track's frames equal its CQT alone
+        within ``runtime.tolerance(...).cqt``), with one device sync for the whole batch.
+
+        Args:
+            audios: ``PackedAudio`` or ``(N_b,)`` float32 samples, any lengths.
+
+        Returns:
+            Per track, in order: its ``(n_bins, T'_b)`` float32 model input on ``device``, or
+            the ``AudioError`` refusing its CQT (``NON_FINITE_CQT``, ``ZERO_CQT``).
+        """
+        import torch
+
+        if all(isinstance(a, PackedAudio) for a in audios):
+            rows, scales = [a.samples for a in audios], [a.scale for a in audios]
+        else:
+            rows = [a.unpack() if isinstance(a, PackedAudio) else np.asarray(a, np.float32)
+                    for a in audios]
+            scales = [1.0] * len(rows)
+        lengths = [len(r) for r in rows]
+        frames = [1 + n // self.cfg.hop_length for n in lengths]  # TorchCQT.n_frames
         with torch.inference_mode():
-            wave = self._staging.to_device(samples).float() / scale  # (N,); exact, a power of 2
-            spec = self.cqt(wave[None])[0].T.half().float()  # (T, n_bins), float16 round trip
-            if not bool(torch.isfinite(spec).all()):
-                raise AudioError(NON_FINITE_CQT)
-            if not bool(spec.any()):
-                raise AudioError(ZERO_CQT)
-            return preprocess_tensor(spec, self.cfg)
+            scale = self._small(scales, torch.float32)[:, None]
+            waves = self._staging.rows_to_device(rows).float() / scale  # (B, N); exact: powers of 2
+            if len(set(lengths)) == 1:
+                spec = self.cqt(waves)  # (B, n_bins, T)
+            else:
+                spec = self.cqt(waves, self._small(lengths, torch.int64))
+            spec = spec.half().float()  # the float16 round trip of stored features
+            valid = (torch.arange(spec.shape[-1], device=self.device)
+                     < self._small(frames, torch.int64)[:, None])[:, None]  # (B, 1, T)
+            finite = (torch.isfinite(spec) | ~valid).flatten(1).all(dim=1)
+            nonzero = ((spec != 0) & valid).flatten(1).any(dim=1)
+            flags = torch.stack([finite, nonzero]).cpu()  # (2, B): the batch's one sync
+            return [AudioError(NON_FINITE_CQT) if not flags[0, b]
+                    else AudioError(ZERO_CQT) if not flags[1, b]
+                    else preprocess_tensor(spec[b, :, : frames[b]].T, self.cfg)
+                    for b in range(len(rows))]

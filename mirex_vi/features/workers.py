@@ -6,7 +6,9 @@ evaluation on audio, dataset extraction) receives each file's array (decoded aud
 in completion order, with the decoder's warnings (a file cut short of its header's length),
 which are also logged here, in the main process.
 Workers are started with ``forkserver`` so they never inherit the parent's torch threads,
-and die with the main process (:mod:`~mirex_vi.core.lifeline`).
+and die with the main process (:mod:`~mirex_vi.core.lifeline`). The forkserver imports what
+the workers need once (librosa's CQT alone costs 1.6 s of CPU), so every worker forked from
+it starts warm; :func:`start_forkserver` starts it early, while the main process loads torch.
 
 A worker hands its array over through a file in a private temporary folder and sends only a
 short reply (:class:`_Reply`) through the pool's result pipe. A reply that short is written
@@ -54,6 +56,24 @@ class FileResult:
     audio: PackedAudio | None = None
     error: str | None = None
     warnings: tuple[str, ...] = ()
+
+
+def _preloaded(decode_only: bool) -> list[str]:
+    """The modules the forkserver imports before it forks any worker, by name (the first
+    must never be imported in the main process)."""
+    names = ["mirex_vi.core.forkserver_preload", __name__]
+    return names if decode_only else [*names, "librosa.core.constantq"]
+
+
+def start_forkserver(decode_only: bool = False) -> None:
+    """Start the worker pool's forkserver now, in the background, importing what the
+    workers need (``decode_only``: no librosa), so that a pool started later forks warm
+    workers at once. Optional: a pool starts the forkserver itself when none is running.
+    Call it from the main thread (see :mod:`~mirex_vi.core.lifeline`)."""
+    from multiprocessing import forkserver
+
+    mp.get_context("forkserver").set_forkserver_preload(_preloaded(decode_only))
+    forkserver.ensure_running()
 
 
 def default_workers() -> int:
@@ -188,7 +208,7 @@ def _run_pool(queue: deque[tuple[int, str]], cfg: FeatureConfig, workers: int,
     ``workers`` processes, until it is empty or a worker dies; arrays travel through
     ``results_dir``."""
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["mirex_vi.core.forkserver_preload"])  # by name: never import it here
+    ctx.set_forkserver_preload(_preloaded(decode_only))  # if the forkserver is not yet running
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_start_worker,
                                initargs=(os.getpid(),))
     pending: dict[Future, int] = {}  # -> index
