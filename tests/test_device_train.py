@@ -106,7 +106,7 @@ def test_the_corpus_travels_in_parts_trains_and_comes_back_as_a_package(here, tm
     assert "2 run(s) of" in trained.stdout
     result = there / "runs" / "device-result"
     for run in ("1", "2"):
-        assert (result / run / "probe.log").read_text().count("mirex_vi.train.loop: epoch ") == 2
+        assert (result / run / "probe.log").read_text().count("info: epoch ") == 2
     metrics = [(result / run / "metrics.jsonl").read_text() for run in ("1", "2")]
     assert metrics[0] != metrics[1]
     three = _script(there, "train", "5", *TINY_RUN, "--vs", *TINY_RUN, "--vs", *TINY_RUN, env=env)

@@ -111,6 +111,17 @@ def test_a_file_cut_short_of_its_header_is_used_with_a_warning(tmp_path, tracks,
     assert read_distance_matrix(tmp_path / "o.txt").distances[0, 1] < 2.0  # still used
 
 
+def test_strict_stops_at_a_file_cut_short(tmp_path, tracks, tiny_package):
+    cut = tmp_path / "cut.wav"
+    sf.write(cut, 0.5 * piano_like(6.0, sr=44100), 44100, subtype="PCM_16")
+    with open(cut, "r+b") as f:
+        f.truncate(os.path.getsize(cut) // 2)
+    collection = write_list(tmp_path / "c.txt", [str(tracks[0]), str(cut)])
+    code, out = identify(collection, tmp_path / "o.txt", tiny_package, "--quiet", "--strict")
+    assert code == 1 and "cut short" in out and str(cut) in out, out
+    assert not (tmp_path / "o.txt").exists()
+
+
 def test_a_wav_written_to_a_pipe_is_not_cut_short(tmp_path):
     """ffmpeg writing to a pipe cannot fill in the data length: 0xFFFFFFFF is no promise."""
     if shutil.which("ffmpeg") is None:

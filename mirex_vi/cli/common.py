@@ -122,6 +122,97 @@ expand_option = click.option(
          "version found (model card). 0: plain scoring.")
 
 
+def _segments(ctx, param, value: str | None) -> tuple[int, int] | None:
+    """``--segments LENGTH,HOP`` (pooled frames) or ``off`` as ``(length, hop)``."""
+    if value is None:
+        return None
+    if value == "off":
+        return 0, 0
+    try:
+        length, hop = (int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give LENGTH,HOP in pooled frames, or off") from None
+    _scoring_check(dict(segment_length=length, segment_hop=hop))
+    return length, hop
+
+
+def _segment_rule(ctx, param, value: str | None) -> tuple[str, int] | None:
+    """``--segment-rule max|topkK|diagK`` as ``(rule, k)``."""
+    if value is None:
+        return None
+    rule = value.rstrip("0123456789")
+    k = int(value[len(rule):] or 1)
+    _scoring_check(dict(segment_rule=rule, segment_k=k))
+    return rule, k
+
+
+def _segment_tempi(ctx, param, value: str | None) -> tuple[float, ...] | None:
+    """``--segment-tempo-scales 1`` as a tuple of floats, ``package`` as ``()``."""
+    if value is None or value == "package":
+        return None if value is None else ()
+    try:
+        scales = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers") from None
+    _scoring_check(dict(segment_tempo_scales=scales))
+    return scales
+
+
+def _scoring_check(changes: dict) -> None:
+    """Raise click.BadParameter with ``ScoringConfig``'s message when ``changes`` are out of
+    range on their own."""
+    from ..config import ScoringConfig
+
+    try:
+        ScoringConfig(**changes)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+
+
+def scoring_options(command):
+    """The options that change a package's scoring recipe (``FeatureConfig.scoring``) for one
+    run; :func:`scoring_changes` collects them."""
+    options = [
+        click.option("--segments", callback=_segments, metavar="LENGTH,HOP|off",
+                     help="Also embed every track as windows of LENGTH pooled frames (0.46 s "
+                          "each) every HOP, and blend the segment rule into each pair's score "
+                          "[default: the package's recipe]."),
+        click.option("--segment-rule", callback=_segment_rule, metavar="max|topkK|diagK",
+                     help="Segment pairs -> a pair's score: the best, the mean of the K best, "
+                          "or the best run of K along a diagonal."),
+        click.option("--segment-weight", type=click.FloatRange(0, 1), metavar="W",
+                     help="Share of the segment rule in a pair's score."),
+        click.option("--segment-tempo-scales", callback=_segment_tempi, metavar="S1,S2,...",
+                     help="Embed the segments at these tempi (e.g. 1: one pass); 'package': "
+                          "at the package's --tempo-scales."),
+        click.option("--rerank", type=click.IntRange(0, 10_000), metavar="K",
+                     help="Re-rank each query's K best by chroma alignment (Qmax); 0: off."),
+        click.option("--fusion-weight", type=click.FloatRange(0, 1), metavar="W",
+                     help="Weight of the model's z-score against the alignment's in the "
+                          "re-rank (1: the model's order)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def scoring_changes(segments: tuple[int, int] | None, segment_rule: tuple[str, int] | None,
+                    segment_weight: float | None, segment_tempo_scales: tuple | None,
+                    rerank: int | None, fusion_weight: float | None) -> dict:
+    """The ``ScoringConfig`` fields that :func:`scoring_options` change (those given)."""
+    changes: dict = {}
+    if segments is not None:
+        changes.update(segment_length=segments[0], segment_hop=segments[1])
+    if segment_rule is not None:
+        changes.update(segment_rule=segment_rule[0], segment_k=segment_rule[1])
+    for name, value in (("segment_weight", segment_weight), ("rerank", rerank),
+                        ("segment_tempo_scales", segment_tempo_scales),
+                        ("fusion_weight", fusion_weight)):
+        if value is not None:
+            changes[name] = value
+    return changes
+
+
 def require_faiss() -> None:
     """Exit 2 saying how to install FAISS unless it imports: the one check before a command
     imports the ``search`` subpackage's modules."""

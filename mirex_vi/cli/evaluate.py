@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from .common import (EXIT_OUTPUT, embed_settings, expand_option, fail, interruptible,
-                     require_faiss, setup_logging, share_cores_with_workers)
+                     require_faiss, scoring_changes, scoring_options, setup_logging,
+                     share_cores_with_workers)
 
 
 @click.command()
@@ -35,6 +36,7 @@ from .common import (EXIT_OUTPUT, embed_settings, expand_option, fail, interrupt
 @click.option("--nprobe", type=click.IntRange(1),
               help="Cells an ivfpq --index scans [default: the index's].")
 @expand_option
+@scoring_options
 @click.option("--quiet", is_flag=True)
 def evaluate(**opts) -> None:
     """MAP, MR1, MRR, Top-1, Top-10 and P@10 of a model or of a MIREX matrix; MAP@k and
@@ -77,6 +79,9 @@ def _mode(opts: dict) -> str:
         fail("--excerpt needs --metadata with --features-dir")
     if opts["expand"] and (opts["matrix"] or opts["index_dir"]):
         fail("--expand scores a model's embeddings: not with --matrix or --index")
+    if _scoring(opts) and (opts["matrix"] or opts["index_dir"]):
+        fail("the scoring options (--segments, --rerank, ...) score a model's embeddings: "
+             "not with --matrix or --index")
     if opts["index_dir"]:
         return "index"
     if opts["matrix"]:
@@ -119,10 +124,16 @@ def _evaluation(mode: str, opts: dict, ev):
     if mode == "features":
         return ev.evaluate_features(opts["metadata"], opts["features_dir"], opts["weights_spec"],
                                     opts["device"], amp, opts["excerpt"], progress=progress,
-                                    expand=opts["expand"])
+                                    expand=opts["expand"], scoring=_scoring(opts))
     settings = embed_settings(opts["device"], opts["workers"], amp)
     return ev.evaluate_audio(opts["labels"], opts["weights_spec"], settings, progress=progress,
-                             expand=opts["expand"])
+                             expand=opts["expand"], scoring=_scoring(opts))
+
+
+def _scoring(opts: dict) -> dict:
+    """The changes to the package's scoring recipe that the options ask for."""
+    return scoring_changes(opts["segments"], opts["segment_rule"], opts["segment_weight"],
+                           opts["segment_tempo_scales"], opts["rerank"], opts["fusion_weight"])
 
 
 def _evaluate_index(opts: dict, json_out: Path | None) -> None:

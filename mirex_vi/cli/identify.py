@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from .common import (EXIT_CODES, EXIT_OUTPUT, EXIT_STRICT, expand_option, fail, interruptible,
-                     setup_logging, share_cores_with_workers)
+                     scoring_changes, scoring_options, setup_logging, share_cores_with_workers)
 
 
 @click.command(epilog=EXIT_CODES)
@@ -33,11 +33,16 @@ from .common import (EXIT_CODES, EXIT_OUTPUT, EXIT_STRICT, expand_option, fail, 
 @click.option("--quiet", is_flag=True, help="No progress bar or info messages.")
 @click.option("--name", help="First line of the output [default: system and weights name].")
 @expand_option
+@scoring_options
 def identify(collection, queries, output, workdir, weights_spec, device, no_amp, batch_size,
-             workers, cqt_backend, strict, quiet, name, expand) -> None:
+             workers, cqt_backend, strict, quiet, name, expand, **scoring) -> None:
     """Write the MIREX distance matrix of QUERIES against COLLECTION to OUTPUT."""
     setup_logging(quiet)
     share_cores_with_workers()
+    from ..features.workers import default_workers, start_forkserver
+
+    if (workers or default_workers()) > 1:  # the workers warm up while torch loads
+        start_forkserver(decode_only=cqt_backend == "torch")
     from ..inference.identify import identify as run_identify, prepare
     from ..inference.settings import EmbedSettings
     from ..io.lists import OutputError
@@ -45,13 +50,14 @@ def identify(collection, queries, output, workdir, weights_spec, device, no_amp,
     with interruptible():
         try:
             job = prepare(collection, queries, output, workdir, weights_spec, device)
+            recipe = _recipe(job.weights.features.scoring, scoring_changes(**scoring))
         except ValueError as err:  # InputError, WeightsError and bad devices are all ValueErrors
             fail(str(err))
     settings = EmbedSettings.resolve(job.device, not no_amp, batch_size, workers, cqt_backend)
     with interruptible(f"no output written; finished embeddings are kept in {job.workdir}"):
         try:
             summary = run_identify(job, settings, strict=strict, progress=not quiet, name=name,
-                                   expand=expand)
+                                   expand=expand, scoring=recipe)
         except OutputError as err:
             fail(str(err), EXIT_OUTPUT)
     for path, reason in summary.errors:
@@ -61,17 +67,29 @@ def identify(collection, queries, output, workdir, weights_spec, device, no_amp,
     click.echo(summary.describe(), err=True)
 
 
+def _recipe(package, changes: dict):
+    """The package's scoring recipe with ``changes``, or None when there are none."""
+    from dataclasses import replace
+
+    return replace(package, **changes) if changes else None
+
+
 @click.command()
 def warmup() -> None:
-    """Compile librosa's numba kernels and verify the default weights (used at image build)."""
+    """Compile librosa's numba kernels and the alignment's (re-rank), and verify the default
+    weights (used at image build)."""
     import numpy as np
 
-    from ..config import FeatureConfig
+    from ..config import FeatureConfig, ScoringConfig
     from ..features.frontend import compute_cqt
+    from ..inference.align import alignment_score
     from ..model.weights import load_weights
 
     cfg = FeatureConfig()
     noise = np.random.default_rng(0).standard_normal(2 * cfg.sample_rate).astype(np.float32)
     compute_cqt(0.1 * noise, cfg)
+    chroma = np.abs(noise[:120].reshape(10, 12))
+    alignment_score(chroma, chroma, ScoringConfig())
     loaded = load_weights()
-    click.echo(f"warm: CQT compiled, weights {loaded.name} verified (sha256 {loaded.sha256})")
+    click.echo(f"warm: CQT and alignment compiled, weights {loaded.name} verified (sha256 "
+               f"{loaded.sha256})")

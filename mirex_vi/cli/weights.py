@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .common import EXIT_OUTPUT, interruptible
+from .common import EXIT_OUTPUT, interruptible, scoring_changes, scoring_options
 from .common import fail as _fail
 
 
@@ -111,12 +111,16 @@ def _tempo_scales(ctx, param, value: str | None) -> tuple[float, ...] | None:
 @click.option("--tempo-scales", callback=_tempo_scales, metavar="S1,S2,...",
               help="Embed at each of these tempi and average the embeddings, e.g. 0.7,1,1.4 "
                    "(1: one plain pass) [default: the source's].")
-def weights_copy(source, name, root, tempo_scales) -> None:
+@scoring_options
+def weights_copy(source, name, root, tempo_scales, **scoring) -> None:
     """Copy the package SOURCE (a folder) as NAME: its config takes the new name and its
-    checksums follow; --tempo-scales changes how it embeds (the weights stay the same)."""
+    checksums follow; --tempo-scales changes how it embeds and the scoring options how it
+    scores pairs, its recipe (the weights stay the same)."""
     from ..model.packaging import copy_package
 
-    _write_package_at(root, name, lambda folder: copy_package(source, folder, tempo_scales))
+    changes = scoring_changes(**scoring)
+    _write_package_at(root, name, lambda folder: copy_package(source, folder, tempo_scales,
+                                                              changes))
 
 
 _package_command("import", "Turn the authors' model_checkpoint.pth into a weight package "

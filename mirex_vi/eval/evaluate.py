@@ -21,10 +21,13 @@ if TYPE_CHECKING:
     import torch
 
     from ..config import FeatureConfig
+    from ..inference.recipe import Rescore
     from ..inference.settings import EmbedSettings
     from ..io.metadata import Cliques
     from ..model.cqtnet import CQTNet
 
+
+RESCORED_ROWS = 256  # query rows re-scored by a recipe at once
 
 FIGURE_NAMES = {"map": "MAP", "mr1": "MR1", "mrr": "MRR", "top1_rate": "Top-1 rate",
                 "top10_count": "Top-10 count", "p_at_10": "P@10", "n_queries": "queries"}
@@ -52,10 +55,16 @@ def evaluate_matrix(matrix: Path, labels_tsv: Path) -> tuple[RetrievalResult, li
 
 def evaluate_features(metadata: Path, features_dir: Path, weights: str | None, device: str,
                       amp: bool, excerpt: float | None = None, progress: bool = True,
-                      expand: int = 0) -> tuple[RetrievalResult, list[str]]:
+                      expand: int = 0, scoring: dict | None = None
+                      ) -> tuple[RetrievalResult, list[str]]:
     """Figures of a model on a Discogs-VI split whose CQTs are stored under ``features_dir``
     (of their first ``excerpt`` seconds only, when given), scored as
-    :func:`score_embeddings` with ``expand``."""
+    :func:`score_embeddings` with ``expand`` and the package's scoring recipe, changed by
+    ``scoring`` (``ScoringConfig`` fields) when given.
+
+    Raises:
+        ValueError: ``scoring`` names a setting out of range.
+    """
     from ..features.pooled import filter_available
     from ..io.metadata import read_metadata
     from ..model.weights import load_weights
@@ -64,34 +73,70 @@ def evaluate_features(metadata: Path, features_dir: Path, weights: str | None, d
     if not cliques:
         raise InputError(f"{metadata}: no clique with >= 2 versions has features in {features_dir}")
     loaded = load_weights(weights)
-    return evaluate_cliques(loaded.model, loaded.features, cliques, features_dir,
-                            resolve_device(device), amp, excerpt, progress, expand)
+    return evaluate_cliques(loaded.model, with_scoring(loaded.features, scoring), cliques,
+                            features_dir, resolve_device(device), amp, excerpt, progress, expand)
+
+
+def with_scoring(cfg: FeatureConfig, scoring: dict | None) -> FeatureConfig:
+    """``cfg`` with its scoring recipe's fields changed by ``scoring`` (ValueError when one
+    is out of range)."""
+    from dataclasses import replace
+
+    return replace(cfg, scoring=replace(cfg.scoring, **scoring)) if scoring else cfg
 
 
 def evaluate_cliques(model: CQTNet, cfg: FeatureConfig, cliques: Cliques, features_dir: Path,
                      device: torch.device, amp: bool, excerpt: float | None = None,
                      progress: bool = True, expand: int = 0) -> tuple[RetrievalResult, list[str]]:
     """Figures of ``model`` on the stored features of ``cliques`` (see :func:`embed_cliques`):
-    every version a query against all others. Returns the result and the ``(N,)`` clique ids
-    in embedding order."""
+    every version a query against all others, scored by the recipe ``cfg.scoring`` (its
+    segments and chroma made from the same stored features). Returns the result and the
+    ``(N,)`` clique ids in embedding order."""
+    import numpy as np
+
+    from ..inference.recipe import Recipe
+
     emb, labels = embed_cliques(model, cfg, cliques, features_dir, device, amp, excerpt, progress)
-    return score_embeddings(emb, labels, device, expand, progress), labels
+    recipe = Recipe(model, cfg, device, amp_enabled(device, amp))
+    rescore = None
+    if recipe.needs_extras:
+        extras = [recipe.extras(x) for x in _stored_inputs(cfg, cliques, features_dir, excerpt)]
+        rescore = recipe.rescorer(extras, np.ones(len(emb), bool), device)
+    return score_embeddings(emb, labels, device, expand, progress, rescore), labels
 
 
 def score_embeddings(emb: torch.Tensor, labels: list[str], device: torch.device, expand: int = 0,
-                     progress: bool = False) -> RetrievalResult:
+                     progress: bool = False, rescore: Rescore | None = None) -> RetrievalResult:
     """Figures of ``(N, D)`` unit-norm embeddings with their ``(N,)`` clique ids, every one a
     query against all others; with ``expand`` > 0, after each is expanded by that many
-    nearest neighbours (``scoring.expand_by_neighbours``), as ``identify --expand`` does."""
+    nearest neighbours (``scoring.expand_by_neighbours``), as ``identify --expand`` does;
+    with ``rescore`` (``recipe.Recipe.rescorer``), each block of rows re-scored by it."""
     import numpy as np
     import torch
 
     from ..inference.scoring import expand_by_neighbours
+    from .metrics import MetricAccumulator
 
     if expand:
         emb = torch.from_numpy(expand_by_neighbours(emb.cpu().numpy(), np.ones(len(emb), bool),
                                                     expand, device))
-    return metrics_from_embeddings(emb, labels, device=device, progress=progress)
+    if rescore is None:
+        return metrics_from_embeddings(emb, labels, device=device, progress=progress)
+    emb, acc = emb.to(device), MetricAccumulator(labels)
+    for start in range(0, len(emb), RESCORED_ROWS):
+        rows = torch.arange(start, min(start + RESCORED_ROWS, len(emb)), device=device)
+        acc.add(rescore(rows, emb[rows] @ emb.T), rows)  # (q, N)
+    return acc.result()
+
+
+def _stored_inputs(cfg: FeatureConfig, cliques: Cliques, features_dir: Path,
+                   excerpt: float | None):
+    """The ``(F, T')`` model input of every version, as :func:`embed_cliques` embeds them."""
+    from ..features.stored import FullTrackDataset
+
+    frames = round(excerpt * cfg.frame_rate) if excerpt else 0
+    dataset = FullTrackDataset(cliques, features_dir, cfg, max_frames=frames, from_start=True)
+    return (dataset[i][0] for i in range(len(dataset)))
 
 
 def embed_cliques(model: CQTNet, cfg: FeatureConfig, cliques: Cliques, features_dir: Path,
@@ -141,26 +186,36 @@ def _usable(emb: torch.Tensor) -> list[bool]:
 
 
 def evaluate_audio(labels_tsv: Path, weights: str | None, settings: EmbedSettings,
-                   progress: bool = True, expand: int = 0) -> tuple[RetrievalResult, list[str]]:
+                   progress: bool = True, expand: int = 0,
+                   scoring: dict | None = None) -> tuple[RetrievalResult, list[str]]:
     """Figures of a model on the audio files of a labels TSV (decoded and embedded here
-    with ``settings``), scored as :func:`score_embeddings` with ``expand``."""
+    with ``settings``), scored as :func:`score_embeddings` with ``expand`` and the
+    package's scoring recipe, changed by ``scoring`` when given (as
+    :func:`evaluate_features`)."""
+    import numpy as np
     import torch
     from tqdm import tqdm
 
     from ..inference.embed import embed_tracks
+    from ..inference.recipe import Recipe
     from ..model.weights import load_weights
 
     labels = read_labels(labels_tsv)
     paths = list(labels)
     loaded = load_weights(weights)
+    recipe = Recipe(loaded.model, with_scoring(loaded.features, scoring), settings.device,
+                    settings.amp)
     with tqdm(total=len(paths), desc="embed", unit="track", disable=not progress) as bar:
-        run = embed_tracks(paths, loaded, settings, on_track=bar.update)
+        run = embed_tracks(paths, loaded, settings, on_track=bar.update,
+                           extras=recipe.extras if recipe.needs_extras else None)
     if run.errors:
         bad = "\n".join(f"  {paths[i]}: {reason}" for i, reason in sorted(run.errors.items()))
         raise InputError(f"{len(run.errors)} labelled track(s) could not be embedded:\n{bad}")
     cliques = [labels[p] for p in paths]
     emb = torch.from_numpy(run.embeddings)
-    return score_embeddings(emb, cliques, settings.device, expand, progress), cliques
+    rescore = recipe.rescorer([run.extras.get(i) for i in range(len(paths))],
+                              np.ones(len(paths), bool), settings.device)
+    return score_embeddings(emb, cliques, settings.device, expand, progress, rescore), cliques
 
 
 def format_figures(figures: dict) -> str:

@@ -10,12 +10,13 @@ import contextlib
 import hashlib
 import json
 import logging
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from ..config import FeatureConfig, to_dict
+from ..config import FeatureConfig, embedding_features
 from ..core.atomic import atomic_open, remove_stale_temporaries, sync_files
 from ..io.audio import FileIdentity
 from .settings import EmbedSettings
@@ -35,15 +36,21 @@ class EmbeddingCache:
     recomputed, and temporaries that a killed run left behind are swept when the cache is
     opened. The cache is an optimisation: when an entry
     cannot be written (disk full...) it warns once and stops writing.
+
+    With ``extras_key`` (a scoring recipe's :meth:`~mirex_vi.inference.recipe.Recipe.cache_key`)
+    each track also keeps an ``.npz`` of its extras (segment embeddings, chroma) beside its
+    vector, keyed by the vector's entry and ``extras_key``.
     """
 
     def __init__(self, folder: Path, weights_sha256: str, features: FeatureConfig, dim: int,
-                 settings: EmbedSettings):
+                 settings: EmbedSettings, extras_key: dict | None = None):
         self.folder = folder
         remove_stale_temporaries(folder)
         self.dim = dim
+        self.extras_key = extras_key
         self.settings_key = settings.cache_key()
-        self._salt = json.dumps({"weights": weights_sha256, "features": to_dict(features),
+        self._salt = json.dumps({"weights": weights_sha256,
+                                 "features": embedding_features(features),
                                  "inference": self.settings_key}, sort_keys=True)
         self._writable = True
 
@@ -64,6 +71,41 @@ class EmbeddingCache:
             log.warning("cache entry %s for %s is corrupt; recomputing", entry, audio)
             return None
         return emb
+
+    def extras_path(self, audio: Path, identity: FileIdentity) -> Path:
+        entry = self.path_for(audio, identity)
+        key = hashlib.sha256(json.dumps([entry.name, self.extras_key]).encode()).hexdigest()
+        return entry.with_name(f"{entry.stem}.{key[:16]}.npz")
+
+    def get_extras(self, audio: Path, identity: FileIdentity) -> dict[str, np.ndarray] | None:
+        """The extras of ``audio`` as it was when ``identity`` was taken: name -> array."""
+        entry = self.extras_path(audio, identity)
+        try:
+            with np.load(entry, allow_pickle=False) as f:
+                arrays = {name: f[name] for name in f.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            return None
+        if not arrays or not all(np.all(np.isfinite(a)) for a in arrays.values()):
+            log.warning("cache entry %s for %s is corrupt; recomputing", entry, audio)
+            return None
+        return arrays
+
+    def put_extras(self, audio: Path, identity: FileIdentity,
+                   arrays: dict[str, np.ndarray]) -> None:
+        """Store the extras of ``audio`` read with ``identity`` (before its vector, so that a
+        vector found in the cache always has them)."""
+        if not self._writable:
+            return
+        try:
+            entry = self.extras_path(audio, identity)
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_open(entry) as f:
+                np.savez(f, **arrays)
+        except OSError as err:
+            self._writable = False
+            log.warning("cannot write to the embedding cache %s (%s); carrying on without it, "
+                        "so a rerun computes these embeddings again", self.folder,
+                        err.strerror or err)
 
     def put(self, audio: Path, identity: FileIdentity, emb: np.ndarray) -> None:
         """Store the ``(dim,)`` embedding of ``audio`` read with ``identity``."""

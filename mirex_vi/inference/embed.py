@@ -1,20 +1,20 @@
 """Tracks -> embeddings: parallel CQTs, batched model, devices, AMP and a resumable cache.
 
 Worker processes decode (and, with the librosa backend, compute CQTs); this process's main
-thread receives their results while a second thread runs the front end, the model and the
-cache writes (``_consume_in_thread``), so the device works while the next files arrive.
+thread receives their results while a second thread runs the front end and the model
+(``threads.consume_in_thread``), so the device works while the next files arrive, and a
+third writes the cache (``threads.CacheWriter``). With the torch CQT, decoded tracks wait in
+buckets of similar length and go through the front end a bucket at a time
+(``TorchFrontEnd.batch``), then through the model in batches of equal length.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import queue
-import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..config import FeatureConfig
 from ..core.runtime import autocast, unless_out_of_memory
-from ..features.frontend import TorchFrontEnd, checked_cqt, preprocess
+from ..features.frontend import PackedAudio, TorchFrontEnd, checked_cqt, length_bucket, preprocess
 from ..features.tempo import at_tempo
 from ..features.workers import FileResult, iter_files
 from ..io.audio import AudioError, FileIdentity, changed_since, file_identity
@@ -30,9 +30,13 @@ from ..model.cqtnet import CQTNet
 from ..model.weights import LoadedWeights
 from .cache import EmbeddingCache
 from .settings import EmbedSettings
+from .threads import CacheWriter, consume_in_thread
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
+
+# Decoded tracks held for the torch front end, in batches (``batch_size`` each), before the
+# fullest length bucket goes through anyway: host memory stays bounded when lengths scatter.
+WAITING_BATCHES = 4
 
 
 Input = np.ndarray | torch.Tensor  # (n_bins, T') float32 model input
@@ -146,11 +150,13 @@ def embed_stream(
 @dataclass
 class EmbeddingRun:
     """Embeddings of a track list: ``embeddings`` ``(N, D)`` float32; failed rows are zero
-    and listed in ``errors`` (index -> reason), never used as if they were real."""
+    and listed in ``errors`` (index -> reason), never used as if they were real. ``extras``
+    holds what a scoring recipe asked each track for besides (index -> arrays)."""
 
     embeddings: np.ndarray
     errors: dict[int, str]
     n_cached: int
+    extras: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 def embed_tracks(
@@ -160,16 +166,20 @@ def embed_tracks(
     cache: EmbeddingCache | None = None,
     strict: bool = False,
     on_track: Callable[[], None] = lambda: None,
+    extras: Callable[[Input], dict[str, np.ndarray]] | None = None,
 ) -> EmbeddingRun:
     """Embed every track: cached ones are read, the rest decoded in ``settings.workers``
-    processes.
+    processes. With ``extras`` (``recipe.Recipe.extras``), each track's model input also
+    gives the arrays a scoring recipe needs, cached beside its vector (a cached vector
+    without them is embedded again).
 
     With ``settings.torch_cqt`` the workers only decode and the CQTs are computed on the
-    device (:class:`TorchFrontEnd`); otherwise the workers compute librosa's (exact). A
-    track the torch CQT cannot take (not finite, out of device memory) gets librosa's.
-    Inputs wait until ``settings.batch_size`` of them are ready, then go through the model
-    and into the cache, so a killed run loses at most one batch. ``on_track`` is called
-    once per finished track.
+    device (:class:`TorchFrontEnd`), ``settings.batch_size`` tracks of similar length at a
+    time; otherwise the workers compute librosa's (exact). A track the torch CQT cannot take
+    (not finite, out of device memory) gets librosa's. Inputs wait until
+    ``settings.batch_size`` of them are ready, then go through the model and into the cache
+    (written by a thread of its own), so a killed run loses at most a few batches.
+    ``on_track`` is called once per finished track.
 
     A track that cannot be accessed, or that is removed or changed between the identity
     taken before reading and the end of its embedding, is an error, never cached.
@@ -184,16 +194,21 @@ def embed_tracks(
     model = weights.model.to(settings.device).eval()
     run = EmbeddingRun(np.zeros((len(paths), model.cfg.embedding_dim), dtype=np.float32), {}, 0)
     front_end = TorchFrontEnd(weights.features, settings.device) if settings.torch_cqt else None
+    writer = CacheWriter(cache) if cache is not None else None
     embedder = _Embedder(model=model, cfg=weights.features, settings=settings, paths=paths,
-                         run=run, front_end=front_end, cache=cache, strict=strict,
-                         on_track=on_track)
-    tracks = embedder.look_up()  # the tracks still to embed, in list order
-    files = iter_files([paths[i] for i in tracks], weights.features, settings.workers,
-                       decode_only=settings.torch_cqt)
-    with contextlib.closing(files):  # an exception here stops the workers at once
-        _consume_in_thread(((tracks[r.index], r) for r in files), embedder.add,
-                           depth=max(2, settings.batch_size))
-    embedder.flush()
+                         run=run, front_end=front_end, cache=cache, writer=writer,
+                         strict=strict, on_track=on_track, extras=extras)
+    try:
+        tracks = embedder.look_up()  # the tracks still to embed, in list order
+        files = iter_files([paths[i] for i in tracks], weights.features, settings.workers,
+                           decode_only=settings.torch_cqt)
+        with contextlib.closing(files):  # an exception here stops the workers at once
+            consume_in_thread(((tracks[r.index], r) for r in files), embedder.add,
+                              depth=max(2, settings.batch_size))
+        embedder.finish()
+    finally:
+        if writer is not None:
+            writer.close()
     return run
 
 
@@ -201,8 +216,9 @@ def embed_tracks(
 class _Embedder:
     """Worker results -> embeddings, errors and cache entries (the model's thread).
 
-    Inputs wait in ``pending`` (by length) until ``settings.batch_size`` are ready. A track
-    whose torch CQT is not finite or does not fit in device memory gets librosa's CQT here;
+    Decoded audio for the torch front end waits in ``waiting`` (by :func:`length_bucket`);
+    model inputs wait in ``pending`` (by length) until ``settings.batch_size`` are ready. A
+    track whose torch CQT is not finite or does not fit in device memory gets librosa's CQT;
     a non-finite embedding under AMP is recomputed in fp32; a track that still fails is an
     error. No non-finite or zero vector is ever stored or cached, nor one of a file removed
     or changed since its identity was taken (``identities``, before it was read).
@@ -215,8 +231,12 @@ class _Embedder:
     run: EmbeddingRun
     front_end: TorchFrontEnd | None
     cache: EmbeddingCache | None
+    writer: CacheWriter | None
     strict: bool
     on_track: Callable[[], None]
+    extras: Callable[[Input], dict[str, np.ndarray]] | None = None
+    made: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)  # extras, not stored yet
+    waiting: dict[int, list[tuple[int, PackedAudio]]] = field(default_factory=dict)
     pending: dict[int, list[tuple[int, Input]]] = field(default_factory=dict)
     identities: dict[int, FileIdentity] = field(default_factory=dict)
 
@@ -230,6 +250,11 @@ class _Embedder:
                 self._fail(i, str(err))
                 continue
             cached = self.cache.get(path, identity) if self.cache else None
+            if cached is not None and self.extras is not None:
+                more = self.cache.get_extras(path, identity)
+                cached = None if more is None else cached
+                if more is not None:
+                    self.run.extras[i] = more
             if cached is None:
                 self.identities[i] = identity
             else:
@@ -242,16 +267,63 @@ class _Embedder:
         track, result = item
         if result.error is not None:
             self._fail(track, result.error)
-            return
-        x = self._model_input(track, result)
-        if x is None:
-            return
+        elif self.strict and result.warnings:  # a file cut short, a damaged stream: suspect
+            raise TrackError(self.paths[track], "; ".join(result.warnings))
+        elif self.front_end is None:
+            self._queue(track, preprocess(result.cqt, self.cfg))
+        else:
+            self._wait_for_front_end(track, result.audio)
+
+    def finish(self) -> None:
+        """Embed everything still waiting."""
+        while self.waiting:
+            self._run_front_end(self.waiting.pop(next(iter(self.waiting))))
+        self.flush()
+
+    def _queue(self, track: int, x: Input) -> None:
+        if self.extras is not None:
+            self.made[track] = self.extras(x)
         self.pending.setdefault(x.shape[-1], []).append((track, x))
         if sum(map(len, self.pending.values())) >= self.settings.batch_size:
             self.flush()
 
+    def _wait_for_front_end(self, track: int, audio: PackedAudio) -> None:
+        """Hold ``audio`` in its length bucket; once that bucket holds ``batch_size`` tracks,
+        or all buckets ``WAITING_BATCHES`` times that, the fullest bucket goes through."""
+        group = self.waiting.setdefault(length_bucket(len(audio.samples)), [])
+        group.append((track, audio))
+        size = self.settings.batch_size
+        if len(group) >= size or sum(map(len, self.waiting.values())) >= WAITING_BATCHES * size:
+            fullest = max(self.waiting, key=lambda bucket: len(self.waiting[bucket]))
+            self._run_front_end(self.waiting.pop(fullest))
+
+    def _run_front_end(self, group: list[tuple[int, PackedAudio]]) -> None:
+        """Model inputs of one bucket's tracks through the torch front end, in one batch, or
+        one track at a time when the batch does not fit in device memory; a track it
+        refuses or cannot take gets librosa's CQT."""
+        audios = [audio for _, audio in group]
+        device = self.settings.device
+        results = unless_out_of_memory(lambda: self.front_end.batch(audios), device)
+        if results is None:
+            results = [unless_out_of_memory(lambda a=a: self.front_end.batch([a])[0], device)
+                       for a in audios]
+        for (track, audio), x in zip(group, results):
+            if isinstance(x, torch.Tensor):
+                self._queue(track, x)
+            else:
+                self._librosa_input(track, audio, "the device ran out of memory" if x is None
+                                    else str(x))
+
+    def _librosa_input(self, track: int, audio: PackedAudio, reason: str) -> None:
+        log.warning("%s: torch CQT failed (%s); computing it with librosa", self.paths[track],
+                    reason)
+        try:
+            self._queue(track, preprocess(checked_cqt(audio.unpack(), self.cfg), self.cfg))
+        except AudioError as err:
+            self._fail(track, str(err))
+
     def flush(self) -> None:
-        """Embed every pending input, store the vectors and cache them (one sync)."""
+        """Embed every pending input, store the vectors and hand them to the cache writer."""
         done = [pair for group in self.pending.values() for pair in self._embed_group(group)]
         self.pending.clear()
         kept = []
@@ -261,38 +333,23 @@ class _Embedder:
                 self._fail(i, changed)
             else:
                 kept.append((i, vector))
-        if self.cache:
-            self.cache.put_many([(self.paths[i], self.identities[i], v) for i, v in kept])
+        for i, _ in kept:
+            if i in self.made:  # cached before the vector, which needs them to be a hit
+                self.run.extras[i] = self.made.pop(i)
+                if self.cache is not None:
+                    self.cache.put_extras(self.paths[i], self.identities[i], self.run.extras[i])
+        if self.writer is not None:
+            self.writer.put_many([(self.paths[i], self.identities[i], v) for i, v in kept])
         for i, vector in kept:
             self.run.embeddings[i] = vector
             self.on_track()
 
     def _fail(self, track: int, reason: str) -> None:
+        self.made.pop(track, None)
         if self.strict:
             raise TrackError(self.paths[track], reason)
         self.run.errors[track] = reason
         self.on_track()
-
-    def _model_input(self, track: int, result: FileResult) -> Input | None:
-        """The track's model input, through the torch front end when there is one, else
-        (or when that fails) through librosa; None when the track failed."""
-        if self.front_end is None:
-            return preprocess(result.cqt, self.cfg)
-        reason = "the device ran out of memory"
-        try:
-            x = unless_out_of_memory(lambda: self.front_end(result.audio), self.settings.device)
-        except AudioError as err:
-            x, reason = None, str(err)
-        if x is not None:
-            return x
-        audio = result.audio.unpack()
-        log.warning("%s: torch CQT failed (%s); computing it with librosa", self.paths[track],
-                    reason)
-        try:
-            return preprocess(checked_cqt(audio, self.cfg), self.cfg)
-        except AudioError as err:
-            self._fail(track, str(err))
-            return None
 
     def _embed_group(self, group: list[tuple[int, Input]]) -> list[tuple[int, np.ndarray]]:
         """``(track, (D,) vector)`` for the tracks of one equal-length group that embed."""
@@ -326,36 +383,3 @@ class _Embedder:
         out = unless_out_of_memory(lambda: self._embed([x], amp), self.settings.device)
         return None if out is None else out[0]
 
-
-def _consume_in_thread(items: Iterator[T], consume: Callable[[T], None], depth: int) -> None:
-    """Call ``consume`` on every item in a second thread while this thread draws them.
-
-    At most ``depth`` items wait between the two. An exception in ``consume`` stops the
-    drawing and is raised here; one raised while drawing is raised after the items already
-    drawn are consumed.
-    """
-    handoff: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    failure: list[BaseException] = []
-
-    def consumer() -> None:
-        while (item := handoff.get()) is not done:
-            if failure:
-                continue  # drain, so the drawing thread never blocks on a full queue
-            try:
-                consume(item)
-            except BaseException as err:  # noqa: BLE001 - re-raised in the drawing thread
-                failure.append(err)
-
-    thread = threading.Thread(target=consumer, name="mirex-vi-model", daemon=True)
-    thread.start()
-    try:
-        for item in items:
-            if failure:
-                break
-            handoff.put(item)
-    finally:
-        handoff.put(done)
-        thread.join()
-    if failure:
-        raise failure[0]

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import ScoringConfig
 from ..core.atomic import make_folder, remove_stale_temporaries
 from ..core.runtime import disable_tf32_without_amp, resolve_device
 from ..io.lists import InputError, OutputError, TrackList, query_positions, read_list, write_errors
@@ -27,6 +28,7 @@ from ..io.outputs import check_accepts_files, check_output_location, find_same_f
 from ..model.weights import LoadedWeights, load_weights, weight_files
 from .cache import EmbeddingCache
 from .embed import TrackError, embed_tracks
+from .recipe import Recipe
 from .scoring import distance_rows, expand_by_neighbours
 from .settings import EmbedSettings
 
@@ -132,10 +134,13 @@ def _remove_made(workdir: Path, made: Path | None) -> None:
 
 
 def identify(job: IdentifyJob, settings: EmbedSettings, strict: bool = False,
-             progress: bool = True, name: str | None = None, expand: int = 0) -> IdentifySummary:
+             progress: bool = True, name: str | None = None, expand: int = 0,
+             scoring: ScoringConfig | None = None) -> IdentifySummary:
     """Embed every collection track (cached in the workdir) with ``settings`` (on the job's
     device), score, write the matrix. With ``expand`` > 0, each embedding is first expanded
     by that many nearest neighbours in the collection (``scoring.expand_by_neighbours``).
+    The pairs are scored by the package's recipe (``FeatureConfig.scoring``), or by
+    ``scoring`` when given (``recipe.Recipe``); the matrix's first line names it.
 
     Without AMP on CUDA, TF32 is off (true fp32). Before the torch CQT is used on CUDA it
     must pass the self-check (``selfcheck.torch_cqt_agrees``); if it does not, the CQTs
@@ -150,13 +155,16 @@ def identify(job: IdentifyJob, settings: EmbedSettings, strict: bool = False,
     disable_tf32_without_amp(job.device, settings.amp)  # before the self-check measures
     settings = _checked_cqt_backend(job, settings)
     paths = job.collection.paths
+    recipe = Recipe.of(job.weights.model, job.weights.features, scoring, settings.device,
+                       settings.amp)
     cache = EmbeddingCache(job.workdir / "embeddings", job.weights.sha256, job.weights.features,
-                           job.weights.model.cfg.embedding_dim, settings)
+                           job.weights.model.cfg.embedding_dim, settings, recipe.cache_key())
     summary = IdentifySummary(len(paths), len(job.query_indices), 0, 0.0, job.output,
                               errors_file(job.workdir, job.output))
     with tqdm(total=len(paths), desc="embed", unit="track", disable=not progress) as bar:
         try:
-            run = embed_tracks(paths, job.weights, settings, cache, strict, on_track=bar.update)
+            run = embed_tracks(paths, job.weights, settings, cache, strict, on_track=bar.update,
+                               extras=recipe.extras if recipe.needs_extras else None)
         except TrackError as err:
             summary.strict_error = str(err)
             return summary
@@ -169,9 +177,11 @@ def identify(job: IdentifyJob, settings: EmbedSettings, strict: bool = False,
     valid = np.ones(len(paths), dtype=bool)
     valid[list(run.errors)] = False
     embeddings = expand_by_neighbours(run.embeddings, valid, expand, job.device)
-    rows = distance_rows(embeddings, job.query_indices, valid, job.device)
+    rescore = recipe.rescorer([run.extras.get(i) for i in range(len(paths))], valid, job.device)
+    rows = distance_rows(embeddings, job.query_indices, valid, job.device, rescore=rescore)
     header = name or f"{SYSTEM_NAME}, weights {job.weights.name}" + (
-        f", expanded by {expand} neighbours" if expand else "")
+        f", expanded by {expand} neighbours" if expand else "") + (
+        f", scored by {recipe.scoring.describe()}" if recipe.needs_extras else "")
     try:
         write_distance_matrix(job.output, header, paths, job.query_indices, rows)
     except OSError as err:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ def distance_rows(
     valid: np.ndarray,
     device: torch.device = torch.device("cpu"),
     chunk_size: int = 1024,
+    rescore: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> Iterator[np.ndarray]:
     """Distance rows ``sqrt(max(0, 2 - 2 s))`` for each query, in query order.
 
@@ -26,6 +27,8 @@ def distance_rows(
         embeddings: ``(N, D)`` float32, unit-norm rows (rows of invalid tracks are ignored).
         query_indices: collection index of each query.
         valid: ``(N,)`` bool, False for tracks that could not be embedded.
+        rescore: ``(query rows (q,), similarities (q, N)) -> (q, N)`` in [-1, 1]: a scoring
+            recipe (``recipe.Recipe.rescorer``) applied to each chunk of rows.
 
     Yields:
         ``(N,)`` float32 rows: finite, in [0, 2], exactly 0 at the query's own index, and
@@ -36,6 +39,8 @@ def distance_rows(
     for start in range(0, len(query_indices), chunk_size):
         rows_idx = torch.as_tensor(query_indices[start : start + chunk_size], device=device)
         sims = emb[rows_idx] @ emb.T  # (q, N)
+        if rescore is not None:
+            sims = rescore(rows_idx, sims)
         dist = torch.sqrt(torch.clamp(2.0 - 2.0 * sims, min=0.0, max=MAX_DISTANCE**2))
         dist = torch.nan_to_num(dist, nan=MAX_DISTANCE, posinf=MAX_DISTANCE)
         dist[:, invalid] = MAX_DISTANCE

@@ -56,19 +56,26 @@ def write_package(
     return _write_config_and_sums(folder, config)
 
 
-def copy_package(source: Path, folder: Path, tempo_scales: tuple[float, ...] | None = None) -> str:
+def copy_package(source: Path, folder: Path, tempo_scales: tuple[float, ...] | None = None,
+                 scoring: dict[str, Any] | None = None) -> str:
     """Copy the package at ``source`` to the new ``folder``, named after it in its config (the
-    checksums follow), with the feature config's ``tempo_scales`` replaced when given;
-    return the model sha256. The copy appears whole or not at all.
+    checksums follow), with the feature config's ``tempo_scales`` replaced when given and
+    its scoring recipe's fields changed by ``scoring`` (``ScoringConfig``); return the model
+    sha256. The copy appears whole or not at all.
 
     Raises:
-        ValueError: ``tempo_scales`` out of range (``FeatureConfig``), or a bad source.
+        ValueError: ``tempo_scales`` or ``scoring`` out of range (``FeatureConfig``), or a
+            bad source.
     """
     verify_package(source)
     config = {**read_package_config(source), "name": folder.name}  # errors name the source
-    if tempo_scales is not None:
-        features = from_dict(FeatureConfig, {**config["features"], "tempo_scales": tempo_scales})
-        config["features"] = to_dict(features)
+    if tempo_scales is not None or scoring:
+        features = dict(config["features"])
+        if tempo_scales is not None:
+            features["tempo_scales"] = tempo_scales
+        if scoring:
+            features["scoring"] = {**features.get("scoring", {}), **scoring}
+        config["features"] = to_dict(from_dict(FeatureConfig, features))
 
     def write(staging: Path) -> str:
         shutil.copytree(source, staging)

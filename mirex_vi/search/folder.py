@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import to_dict
+from ..config import embedding_features
 from ..core.atomic import atomic_open, make_folder, remove_stale_temporaries
 from ..io.lists import OutputError
 from ..model.weights import LoadedWeights
@@ -142,7 +142,8 @@ def features_sha256(features: dict) -> str:
 
 def manifest_for(weights: LoadedWeights, source: str, kind: str, dim: int) -> Manifest:
     """A manifest (count 0) for an index of embeddings made by ``weights``."""
-    return Manifest(kind, 0, dim, weights.name, weights.sha256, source, to_dict(weights.features))
+    return Manifest(kind, 0, dim, weights.name, weights.sha256, source,
+                    embedding_features(weights.features))
 
 
 class TrackTable:
@@ -212,7 +213,7 @@ def check_weights(manifest: Manifest, weights: LoadedWeights, folder: Path) -> N
             f"{folder}: the index holds embeddings of weights {manifest.weights_name} "
             f"(sha256 {manifest.weights_sha256}); weights {weights.name} (sha256 "
             f"{weights.sha256}) would give incomparable ones")
-    theirs = to_dict(weights.features)
+    theirs = embedding_features(weights.features)
     if features_sha256(theirs) != manifest.features_sha256:
         changed = sorted(k for k in theirs if theirs[k] != manifest.features.get(k))
         raise IndexFolderError(f"{folder}: the index was built with another feature config "
