@@ -277,7 +277,7 @@ def print_costs(costs: dict, n_tracks: int, dim: int) -> None:
         elif name.startswith("alignment"):
             memory = 10_000 * c["chroma_frames_per_track"] * 12 * 4 / 2**20
             print(f"  {name}: {1000 * c['s_per_pair']:.2f} ms a pair, so 1,000 queries x K "
-                  f"candidates take K x {c['s_per_pair']:.2g} ks on one core; chroma of "
+                  f"candidates take K x {1000 * c['s_per_pair']:.2f} s on one core; chroma of "
                   f"{c['chroma_frames_per_track']:.0f} frames a track, {memory:.0f} MiB")
 
 

@@ -7,6 +7,8 @@
 - ``train_step``: seconds per training step of CQT-Net on random inputs.
 - ``evaluate_memory``: peak memory and time of the chunked metrics.
 - ``expand_cost``: ``--expand K`` beside the scoring it precedes.
+- ``recipe_cost``: a scoring recipe (segments, chroma re-rank) beside plain ``identify``,
+  CPU seconds per track, part by part.
 
 Run as ``python -m benchmarks.speed.NAME --help`` from the repository root; use small
 sizes on a small machine.

@@ -26,6 +26,11 @@ from ..model.cqtnet import CQTNet
 from .embed import embed_batch
 
 
+# Windows of one track at most: scoring a pair costs S_q x S_c window pairs, and a batch of
+# tracks is padded to its longest, so one long track must not make every pair slow.
+MAX_WINDOWS = 16
+
+
 def padded_length(cfg: ScoringConfig) -> int:
     """Frames of each window's model input: the window, zero-padded to the model's minimum."""
     return max(cfg.segment_length, CQTNet.min_pooled_frames)
@@ -47,6 +52,8 @@ def window_starts(n_frames: int, length: int, hop: int) -> list[int]:
     evenly from its first frame to its last, their spacing the nearest to ``hop`` that
     leaves no frame out (at most ``length``): a tail is never dropped, and no window
     nearly repeats another when the track is a little longer than a multiple of ``hop``.
+    A track that would need more than ``MAX_WINDOWS`` has that many, further apart (past
+    ``MAX_WINDOWS * length`` frames, with gaps between them).
     """
     if n_frames < 1:
         raise ValueError(f"a track needs at least one pooled frame, got {n_frames}")
@@ -54,6 +61,7 @@ def window_starts(n_frames: int, length: int, hop: int) -> list[int]:
     if span <= 0:
         return [0]
     gaps = max(1, math.floor(span / hop + 0.5), math.ceil(span / length))
+    gaps = min(gaps, MAX_WINDOWS - 1)
     return [round(i * span / gaps) for i in range(gaps + 1)]
 
 

@@ -1,0 +1,101 @@
+"""CPU seconds of a scoring recipe beside plain ``identify``, part by part, per track.
+
+    python -m benchmarks.speed.recipe_cost LIST [--tracks 20] [--weights NAME] \
+        [--segments 172,86] [--segment-rule diag2] [--rerank 50] [--collection 1000]
+
+For the first ``--tracks`` audio files of LIST (one path a line), in this process on one
+thread, so a busy machine changes the figures little (process time, not wall time): decode
+and librosa CQT, the plain embedding at the package's tempi (what ``identify`` does per
+track), and the recipe's extras (segment embeddings and chroma, ``recipe.Recipe.extras``);
+then the alignment of every ordered pair of those tracks and the segment rule over
+``--collection`` x ``--collection`` pairs of tracks with as many windows. Prints each
+part and the recipe's total per track against plain identify's (each query re-ranks K
+candidates, and scores ``--collection`` pairs by its segments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mirex_vi.config import ScoringConfig
+from mirex_vi.features.frontend import checked_cqt, preprocess
+from mirex_vi.inference import align, segments
+from mirex_vi.inference.embed import embed_inputs
+from mirex_vi.inference.recipe import Recipe
+from mirex_vi.io.audio import load_audio
+from mirex_vi.model.weights import load_weights
+
+CPU = torch.device("cpu")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("list", type=Path)
+    parser.add_argument("--tracks", type=int, default=20)
+    parser.add_argument("--weights", default=None)
+    parser.add_argument("--segments", default="172,86", metavar="LENGTH,HOP")
+    parser.add_argument("--segment-rule", default="diag2")
+    parser.add_argument("--rerank", type=int, default=50)
+    parser.add_argument("--collection", type=int, default=1000)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(1)
+    paths = [line.strip() for line in args.list.read_text().splitlines() if line.strip()]
+    paths = paths[: args.tracks]
+    loaded = load_weights(args.weights)
+    length, hop = (int(v) for v in args.segments.split(","))
+    rule = args.segment_rule.rstrip("0123456789")
+    cfg = ScoringConfig(segment_length=length, segment_hop=hop, segment_rule=rule,
+                        segment_k=int(args.segment_rule[len(rule):] or 1), rerank=args.rerank)
+    recipe = Recipe.of(loaded.model.eval(), loaded.features, cfg, CPU, False)
+    spent = dict(cqt=0.0, plain=0.0, extras=0.0)
+    extras, seconds = [], 0.0
+    for path in paths:
+        start = time.process_time()
+        audio = load_audio(path, loaded.features.sample_rate)
+        x = preprocess(checked_cqt(audio, loaded.features), loaded.features)
+        cqt_done = time.process_time()
+        embed_inputs(recipe.model, [x], CPU, False, 1, loaded.features.tempo_scales)
+        plain_done = time.process_time()
+        extras.append(recipe.extras(x))
+        spent["cqt"] += cqt_done - start
+        spent["plain"] += plain_done - cqt_done
+        spent["extras"] += time.process_time() - plain_done
+        seconds += len(audio) / loaded.features.sample_rate
+    n = len(paths)
+    start, pairs = time.process_time(), 0
+    for q in range(n):
+        for c in range(n):
+            if q != c:
+                align.alignment_score(extras[q]["chroma"], extras[c]["chroma"], cfg)
+                pairs += 1
+    per_pair = (time.process_time() - start) / pairs
+    windows = round(float(np.mean([len(e["segments"]) for e in extras])))
+    rows = torch.nn.functional.normalize(torch.randn(args.collection, windows, 512), dim=2)
+    packed = segments.PackedSegments(rows, torch.full((args.collection,), windows))
+    start = time.process_time()
+    for a in range(0, args.collection, 256):
+        segments.segment_scores(packed, list(range(a, min(a + 256, args.collection))), cfg)
+    rule_per_query = (time.process_time() - start) / args.collection
+    plain = (spent["cqt"] + spent["plain"]) / n
+    added = spent["extras"] / n + args.rerank * per_pair + rule_per_query
+    print(f"{n} tracks of {seconds / n:.0f} s on average, CPU seconds per track (one thread):\n"
+          f"  decode + CQT {spent['cqt'] / n:.2f}, plain embedding {spent['plain'] / n:.2f}\n"
+          f"  recipe extras (segments {args.segments}, chroma) {spent['extras'] / n:.2f}\n"
+          f"  alignment {1000 * per_pair:.2f} ms a pair, x {args.rerank} candidates\n"
+          f"  segment rule over {args.collection} tracks of {windows} windows: "
+          f"{rule_per_query:.3f} a query\n"
+          f"plain identify {plain:.2f}; the recipe adds {added:.2f}: {1 + added / plain:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
