@@ -6,7 +6,9 @@ after ``require_faiss``, which reports a missing FAISS with the way to install i
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -54,6 +56,20 @@ INDEX_KEPT = f"{UNCHANGED}; finished embeddings are kept in the cache"
 RERUN = "rerun the same command once the problem is solved: it reuses what the cache {} holds"
 
 
+@contextlib.contextmanager
+def _index_errors(cache_dir: Path | None = None) -> Iterator[None]:
+    """Bad input exits 2; an index that could not be written exits 3, saying how to rerun
+    when tracks were embedded into the cache ``cache_dir``."""
+    from ..io.lists import OutputError
+
+    try:
+        yield
+    except ValueError as err:
+        fail(str(err))
+    except OutputError as err:
+        fail(f"{err}; {RERUN.format(cache_dir)}" if cache_dir else str(err), EXIT_OUTPUT)
+
+
 def _report(summary) -> None:
     for path, reason in summary.errors:
         click.echo(f"skipped {path}: {reason}", err=True)
@@ -81,20 +97,15 @@ def index_build(source, index_dir, audio_root, kind, nprobe, shard, weights_spec
     setup_logging(quiet)
     share_cores_with_workers()
     require_faiss()
-    from ..io.lists import OutputError
     from ..search import build
     from ..search.folder import Shard
 
     cache_dir = cache_dir or index_dir / build.CACHE_FOLDER
-    try:
+    with _index_errors(cache_dir):
         part = Shard.parse(shard) if shard else None
         embedder = build.make_embedder(weights_spec, embed_settings(device, workers), cache_dir,
                                        not quiet)
         summary = build.build_index(source, index_dir, embedder, kind, part, nprobe, audio_root)
-    except ValueError as err:
-        fail(str(err))
-    except OutputError as err:
-        fail(f"{err}; {RERUN.format(cache_dir)}", EXIT_OUTPUT)
     _report(summary)
 
 
@@ -109,20 +120,15 @@ def index_add(index_dir, source, audio_root, weights_spec, device, workers, cach
     setup_logging(quiet)
     share_cores_with_workers()
     require_faiss()
-    from ..io.lists import OutputError
     from ..search import build
     from ..search.folder import read_manifest
 
     cache_dir = cache_dir or index_dir / build.CACHE_FOLDER
-    try:
+    with _index_errors(cache_dir):
         weights_spec = weights_spec or build.index_weights(read_manifest(index_dir))
         embedder = build.make_embedder(weights_spec, embed_settings(device, workers), cache_dir,
                                        not quiet)
         summary = build.add_tracks(index_dir, source, embedder, audio_root)
-    except ValueError as err:
-        fail(str(err))
-    except OutputError as err:
-        fail(f"{err}; {RERUN.format(cache_dir)}", EXIT_OUTPUT)
     _report(summary)
 
 
@@ -138,15 +144,10 @@ def index_merge(index_dir, inputs, kind, nprobe, quiet) -> None:
     setup_logging(quiet)
     share_cores_with_workers()
     require_faiss()
-    from ..io.lists import OutputError
     from ..search import build
 
-    try:
+    with _index_errors():
         summary = build.merge_indexes(index_dir, list(inputs), kind, nprobe)
-    except ValueError as err:
-        fail(str(err))
-    except OutputError as err:
-        fail(str(err), EXIT_OUTPUT)
     _report(summary)
 
 
