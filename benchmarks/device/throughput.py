@@ -38,7 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.device.gpu_check import Report, _random_tiny_package, _write_track, versions
+from benchmarks.device.gpu_check import (Report, _random_tiny_package, _sync, _write_track,
+                                         versions)
 from benchmarks.speed.identify import serial_reference
 from mirex_vi.core.runtime import resolve_device, tolerance
 from mirex_vi.features.frontend import TorchFrontEnd
@@ -63,11 +64,6 @@ class Sizes:
 FULL = Sizes(tracks=1000, seconds=210.0, cpu_tracks=16, serial_tracks=32, stage_tracks=256,
              workers=os.cpu_count() or 1)
 SMOKE = Sizes(tracks=3, seconds=6.0, cpu_tracks=2, serial_tracks=2, stage_tracks=3, workers=1)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def synthesis(work: Path, sizes: Sizes) -> dict:
