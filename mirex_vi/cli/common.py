@@ -169,36 +169,52 @@ def _scoring_check(changes: dict) -> None:
         raise click.BadParameter(str(err)) from None
 
 
-def scoring_options(command):
-    """The options that change a package's scoring recipe (``FeatureConfig.scoring``) for one
-    run; :func:`scoring_changes` collects them."""
-    options = [
-        click.option("--segments", callback=_segments, metavar="LENGTH,HOP|off",
-                     help="Also embed every track as windows of LENGTH pooled frames (0.46 s "
-                          "each) every HOP, and blend the segment rule into each pair's score "
-                          "[default: the package's recipe]."),
-        click.option("--segment-rule", callback=_segment_rule, metavar="max|topkK|diagK",
-                     help="Segment pairs -> a pair's score: the best, the mean of the K best, "
-                          "or the best run of K along a diagonal."),
-        click.option("--segment-weight", type=click.FloatRange(0, 1), metavar="W",
-                     help="Share of the segment rule in a pair's score."),
-        click.option("--segment-tempo-scales", callback=_segment_tempi, metavar="S1,S2,...",
-                     help="Embed the segments at these tempi (e.g. 1: one pass); 'package': "
-                          "at the package's --tempo-scales."),
-        click.option("--rerank", type=click.IntRange(0, 10_000), metavar="K",
-                     help="Re-rank each query's K best by chroma alignment (Qmax); 0: off."),
-        click.option("--fusion-weight", type=click.FloatRange(0, 1), metavar="W",
-                     help="Weight of the model's z-score against the alignment's in the "
-                          "re-rank (1: the model's order)."),
-    ]
+SEGMENT_OPTIONS = [
+    click.option("--segments", callback=_segments, metavar="LENGTH,HOP|off",
+                 help="Also embed every track as windows of LENGTH pooled frames (0.46 s "
+                      "each) every HOP, and blend the segment rule into each pair's score "
+                      "[default: the package's recipe; for index add, the index's]."),
+    click.option("--segment-rule", callback=_segment_rule, metavar="max|topkK|diagK",
+                 help="Segment pairs -> a pair's score: the best, the mean of the K best, "
+                      "or the best run of K along a diagonal."),
+    click.option("--segment-weight", type=click.FloatRange(0, 1), metavar="W",
+                 help="Share of the segment rule in a pair's score."),
+    click.option("--segment-tempo-scales", callback=_segment_tempi, metavar="S1,S2,...",
+                 help="Embed the segments at these tempi (e.g. 1: one pass); 'package': "
+                      "at the package's --tempo-scales."),
+]
+RERANK_OPTIONS = [
+    click.option("--rerank", type=click.IntRange(0, 10_000), metavar="K",
+                 help="Re-rank each query's K best by chroma alignment (Qmax); 0: off."),
+    click.option("--fusion-weight", type=click.FloatRange(0, 1), metavar="W",
+                 help="Weight of the model's z-score against the alignment's in the "
+                      "re-rank (1: the model's order)."),
+]
+
+
+def with_options(options: list, command):
+    """``command`` with ``options`` (click decorators), in the order listed."""
     for option in reversed(options):
         command = option(command)
     return command
 
 
+def segment_options(command):
+    """The options that change a package's segment recipe (``--segments`` and the rule,
+    weight and tempi of segments); :func:`scoring_changes` collects them."""
+    return with_options(SEGMENT_OPTIONS, command)
+
+
+def scoring_options(command):
+    """The options that change a package's scoring recipe (``FeatureConfig.scoring``) for one
+    run: the segment options and the alignment re-rank's; :func:`scoring_changes` collects
+    them."""
+    return with_options(SEGMENT_OPTIONS + RERANK_OPTIONS, command)
+
+
 def scoring_changes(segments: tuple[int, int] | None, segment_rule: tuple[str, int] | None,
                     segment_weight: float | None, segment_tempo_scales: tuple | None,
-                    rerank: int | None, fusion_weight: float | None) -> dict:
+                    rerank: int | None = None, fusion_weight: float | None = None) -> dict:
     """The ``ScoringConfig`` fields that :func:`scoring_options` change (those given)."""
     changes: dict = {}
     if segments is not None:

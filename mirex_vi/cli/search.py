@@ -14,7 +14,8 @@ from pathlib import Path
 import click
 
 from .common import (EXIT_OUTPUT, embed_settings, fail, interruptible, require_faiss,
-                     setup_logging, share_cores_with_workers)
+                     scoring_changes, segment_options, setup_logging, share_cores_with_workers,
+                     with_options)
 
 
 def _embedding_options(command):
@@ -29,9 +30,7 @@ def _embedding_options(command):
                      help="Embedding cache folder [default: INDEX_DIR/embeddings]."),
         click.option("--quiet", is_flag=True, help="No progress bar or info messages."),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return with_options(options, command)
 
 
 def _audio_root_option(command):
@@ -88,12 +87,15 @@ def index_group() -> None:
 @_kind_options
 @click.option("--shard", help="i/n: index only the i-th of n contiguous parts of SOURCE "
                               "(1 <= i <= n; a flat index, joined by `index merge`).")
+@segment_options
 @_embedding_options
 @interruptible(INDEX_KEPT)
 def index_build(source, index_dir, audio_root, kind, nprobe, shard, weights_spec, device,
-                workers, cache_dir, quiet) -> None:
+                workers, cache_dir, quiet, **segments) -> None:
     """Embed every track of SOURCE (a list file or Discogs-VI-YT metadata) into a new
-    index in INDEX_DIR. Run again after an interruption: cached embeddings are reused."""
+    index in INDEX_DIR, with every track's segments when the package's recipe or
+    --segments asks for them (a flat index; docs/search.md). Run again after an
+    interruption: cached embeddings are reused."""
     setup_logging(quiet)
     share_cores_with_workers()
     require_faiss()
@@ -105,7 +107,8 @@ def index_build(source, index_dir, audio_root, kind, nprobe, shard, weights_spec
         part = Shard.parse(shard) if shard else None
         embedder = build.make_embedder(weights_spec, embed_settings(device, workers), cache_dir,
                                        not quiet)
-        summary = build.build_index(source, index_dir, embedder, kind, part, nprobe, audio_root)
+        summary = build.build_index(source, index_dir, embedder, kind, part, nprobe, audio_root,
+                                    scoring_changes(**segments))
     _report(summary)
 
 
@@ -113,10 +116,14 @@ def index_build(source, index_dir, audio_root, kind, nprobe, shard, weights_spec
 @click.argument("index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @_audio_root_option
+@segment_options
 @_embedding_options
 @interruptible(INDEX_KEPT)
-def index_add(index_dir, source, audio_root, weights_spec, device, workers, cache_dir, quiet) -> None:
-    """Append the tracks of SOURCE that INDEX_DIR does not hold yet (same weights only)."""
+def index_add(index_dir, source, audio_root, weights_spec, device, workers, cache_dir, quiet,
+              **segments) -> None:
+    """Append the tracks of SOURCE that INDEX_DIR does not hold yet (same weights only),
+    with their segments if it keeps them (segment options, if given, must not change the
+    index's recipe)."""
     setup_logging(quiet)
     share_cores_with_workers()
     require_faiss()
@@ -128,7 +135,8 @@ def index_add(index_dir, source, audio_root, weights_spec, device, workers, cach
         weights_spec = weights_spec or build.index_weights(read_manifest(index_dir))
         embedder = build.make_embedder(weights_spec, embed_settings(device, workers), cache_dir,
                                        not quiet)
-        summary = build.add_tracks(index_dir, source, embedder, audio_root)
+        summary = build.add_tracks(index_dir, source, embedder, audio_root,
+                                   scoring_changes(**segments))
     _report(summary)
 
 
@@ -183,7 +191,8 @@ def index_info(index_dir) -> None:
 def search_command(index_dir, queries, top_k, fmt, exclude_self, nprobe, weights_spec, device,
                    workers, cache_dir, quiet) -> None:
     """Print the nearest indexed tracks of each track of QUERIES (a list file, or one audio
-    file), with MIREX distances sqrt(2 - 2 s) (needs FAISS: mirex-vi[search])."""
+    file), with MIREX distances sqrt(2 - 2 s) (needs FAISS: mirex-vi[search]). In an index
+    with segments, s blends the segment rule as `identify` does (the index's recipe)."""
     setup_logging(quiet)
     share_cores_with_workers()
     require_faiss()
@@ -196,10 +205,11 @@ def search_command(index_dir, queries, top_k, fmt, exclude_self, nprobe, weights
                                                   not quiet)
     except ValueError as err:
         fail(str(err))
-    ok, vectors, errors = query.embed_queries(paths, embedder)
-    for path, reason in errors:
+    embedded = query.embed_queries(paths, embedder)
+    for path, reason in embedded.errors:
         click.echo(f"skipped query {path}: {reason}", err=True)
-    if not ok:
+    if not embedded.positions:
         fail(f"none of the {len(paths)} queries could be searched")
-    results = query.search(opened, [str(paths[i]) for i in ok], vectors, top_k, exclude_self, nprobe)
+    results = query.search(opened, [str(paths[i]) for i in embedded.positions], embedded.vectors,
+                           top_k, exclude_self, nprobe, segments=embedded.segments)
     (query.write_json if fmt == "json" else query.write_tsv)(results, sys.stdout)

@@ -4,7 +4,9 @@ Tracks are embedded by :func:`~mirex_vi.inference.embed.embed_tracks` (parallel 
 error handling, and an :class:`~mirex_vi.inference.cache.EmbeddingCache`, by default
 ``INDEX_DIR/embeddings``), so a killed build, run again, embeds only what the cache lacks.
 A track that cannot be embedded is left out of the index and listed in
-``INDEX_DIR/errors.tsv``, rewritten by every build and add. The folder format is
+``INDEX_DIR/errors.tsv``, rewritten by every build and add. With a segment recipe (the
+package's, or one given to the build) every track's segments are embedded in the same pass
+and kept beside it (:mod:`~mirex_vi.search.segments`). The folder format is
 :mod:`mirex_vi.search.folder`.
 """
 
@@ -25,8 +27,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from ..config import ScoringConfig
 from ..inference.cache import EmbeddingCache
 from ..inference.embed import EmbeddingRun, embed_tracks
+from ..inference.recipe import Recipe
 from ..inference.settings import EmbedSettings
 from ..io.lists import InputError, read_list, write_errors
 from ..model.weights import LoadedWeights, load_weights, resolve_weights
@@ -34,6 +38,9 @@ from . import faiss_index
 from .folder import (MANIFEST, IndexFolderError, Manifest, OpenIndex, Shard, Track,
                      bytes_per_track, check_weights, manifest_for, open_index, save, write_failed,
                      writing)
+from .segments import (check_same_recipe, index_kind, index_recipe, merged_segments,
+                       note_rerank, recipe_dict, store_of)
+from .segments import describe as describe_recipe
 
 log = logging.getLogger(__name__)
 
@@ -44,20 +51,37 @@ ERRORS_FILE = "errors.tsv"
 
 @dataclass(frozen=True)
 class Embedder:
-    """How tracks become embeddings: weights, embedding settings and cache."""
+    """How tracks become embeddings: weights, embedding settings, cache, and the segment
+    recipe of the index (None: embeddings only)."""
 
     weights: LoadedWeights
     weights_source: str  # the resolved folder or file the weights were loaded from
     settings: EmbedSettings
     cache: EmbeddingCache | None
     progress: bool = True
+    segments: ScoringConfig | None = None
+
+    def with_segments(self, recipe: ScoringConfig | None) -> Embedder:
+        """This embedder, also embedding the segments of ``recipe`` (``index_recipe``)."""
+        extras = self._recipe(recipe).cache_key()
+        cache = self.cache and EmbeddingCache(
+            self.cache.folder, self.weights.sha256, self.weights.features,
+            self.weights.model.cfg.embedding_dim, self.settings, extras)
+        return replace(self, cache=cache, segments=recipe)
+
+    def _recipe(self, recipe: ScoringConfig | None) -> Recipe:
+        return Recipe.of(self.weights.model, self.weights.features, recipe or ScoringConfig(),
+                         self.settings.device, self.settings.amp)
 
     def embed(self, paths: Sequence[Path]) -> EmbeddingRun:
-        """``(N, D)`` embeddings of ``paths`` (failed rows zero and listed in ``errors``)."""
+        """``(N, D)`` embeddings of ``paths`` (failed rows zero and listed in ``errors``),
+        with each track's ``extras["segments"]`` ``(S, D)`` when :attr:`segments` is set."""
         from tqdm import tqdm
 
+        extras = self._recipe(self.segments).extras if self.segments else None
         with tqdm(total=len(paths), desc="embed", unit="track", disable=not self.progress) as bar:
-            return embed_tracks(paths, self.weights, self.settings, self.cache, on_track=bar.update)
+            return embed_tracks(paths, self.weights, self.settings, self.cache,
+                                on_track=bar.update, extras=extras)
 
 
 def make_embedder(weights: str | Path | None, settings: EmbedSettings, cache_dir: Path | None,
@@ -92,11 +116,13 @@ class IndexSummary:
     seconds: float = 0.0
 
     def describe(self) -> str:
-        index_bytes, table_bytes = bytes_per_track(self.folder, self.manifest)
+        index_bytes, table_bytes, segment_bytes = bytes_per_track(self.folder, self.manifest)
         how = "merged" if self.n_cached is None else f"added ({self.n_cached:,} embeddings from cache)"
+        segments = (f", {segment_bytes:.1f} in {self.manifest.segment_count:,} segments"
+                    if self.manifest.segments is not None else "")
         text = (f"index {self.folder}: {self.manifest.count:,} tracks, {self.manifest.kind} "
                 f"({index_bytes:.1f} bytes per track in the index, {table_bytes:.1f} in the "
-                f"track table); {self.added:,} {how} in {self.seconds:.1f} s")
+                f"track table{segments}); {self.added:,} {how} in {self.seconds:.1f} s")
         if self.errors:
             text += (f"; {len(self.errors)} track(s) could not be embedded and are left out, "
                      f"see {self.folder / ERRORS_FILE}")
@@ -161,13 +187,15 @@ def audio_duration(path: str) -> float:
 
 @dataclass
 class Embedded:
-    """The embedded part of a track list: ``vectors`` ``(n, D)`` float32 in ``tracks``
-    order; ``errors`` (path, reason) of the tracks that failed."""
+    """The embedded part of a track list: ``vectors`` ``(n, D)`` float32 and ``segments``
+    (``(S_i, D)`` each, or None without a segment recipe) in ``tracks`` order; ``errors``
+    (path, reason) of the tracks that failed."""
 
     tracks: list[Track]
     vectors: np.ndarray
     errors: list[tuple[str, str]]
     n_cached: int
+    segments: list[np.ndarray] | None = None
 
 
 def embed_all(tracks: Sequence[Track], embedder: Embedder) -> Embedded:
@@ -176,9 +204,10 @@ def embed_all(tracks: Sequence[Track], embedder: Embedder) -> Embedded:
     ok = [i for i in range(len(tracks)) if i not in run.errors]
     with ThreadPoolExecutor(max_workers=embedder.settings.workers) as pool:
         durations = list(pool.map(audio_duration, [tracks[i].path for i in ok]))
+    segments = [run.extras[i]["segments"] for i in ok] if embedder.segments else None
     return Embedded([replace(tracks[i], duration=d) for i, d in zip(ok, durations)],
                     run.embeddings[ok], [(tracks[i].path, why) for i, why in sorted(run.errors.items())],
-                    run.n_cached)
+                    run.n_cached, segments)
 
 
 def _refuse_existing(folder: Path) -> None:
@@ -189,18 +218,24 @@ def _refuse_existing(folder: Path) -> None:
 
 def build_index(source: Path, folder: Path, embedder: Embedder, kind: str = "auto",
                 shard: Shard | None = None, nprobe: int | None = None,
-                audio_root: Path | None = None) -> IndexSummary:
-    """Embed every track of ``source`` (or of its ``shard``) and write the index folder.
+                audio_root: Path | None = None, scoring: dict | None = None) -> IndexSummary:
+    """Embed every track of ``source`` (or of its ``shard``) and write the index folder,
+    with every track's segments when the package's scoring recipe, changed by ``scoring``
+    (``ScoringConfig`` fields), has them (:func:`~.segments.index_recipe`).
 
-    A shard is always ``flat``: it keeps the exact vectors that ``index merge`` needs.
+    A shard is always ``flat``: it keeps the exact vectors that ``index merge`` needs; so
+    is an index with segments.
 
     Raises:
         ValueError: bad input, a folder that already holds an index, a kind the tracks
-            cannot have, or no track that could be embedded.
+            cannot have, a recipe out of range, or no track that could be embedded.
         OutputError: the folder could not take the index once the tracks were embedded
             (disk full...); the cache keeps what was embedded.
     """
     start = time.perf_counter()
+    recipe = index_recipe(embedder.weights.features, scoring)
+    note_rerank(embedder.weights.features)
+    embedder = embedder.with_segments(recipe)
     tracks = read_tracks(source, audio_root)
     if shard is not None:
         if kind not in ("auto", "flat"):
@@ -208,7 +243,7 @@ def build_index(source: Path, folder: Path, embedder: Embedder, kind: str = "aut
                              "(`mirex-vi index merge --kind ...`)")
         shard = replace(shard, source_sha256=source_sha256(tracks))
         tracks, kind = [tracks[i] for i in shard.select(len(tracks))], "flat"
-    faiss_index.resolve_kind(kind, len(tracks))  # fail before embedding
+    index_kind(kind, len(tracks), recipe)  # fail before embedding
     with writing(folder):
         _refuse_existing(folder)
         done = embed_all(tracks, embedder)
@@ -216,35 +251,45 @@ def build_index(source: Path, folder: Path, embedder: Embedder, kind: str = "aut
         if not done.tracks:
             raise InputError(f"{source}: no track could be embedded (see {folder / ERRORS_FILE})")
         dim = done.vectors.shape[1]
-        kind = faiss_index.resolve_kind(kind, len(done.tracks))
+        kind = index_kind(kind, len(done.tracks), recipe)
         params = faiss_index.ivfpq_params(len(done.tracks), dim, nprobe) if kind == "ivfpq" else None
         built = faiss_index.build(kind, done.vectors, params)
         manifest = replace(manifest_for(embedder.weights, embedder.weights_source, kind, dim),
-                           params=params and params.to_dict(), shard=shard)
-        manifest = save(folder, manifest, built, done.tracks)
+                           params=params and params.to_dict(), shard=shard,
+                           segments=recipe and recipe_dict(recipe))
+        manifest = save(folder, manifest, built, done.tracks, store_of(done.segments, dim))
     return IndexSummary(folder, manifest, len(done.tracks), done.n_cached, done.errors,
                         time.perf_counter() - start)
 
 
-def add_tracks(folder: Path, source: Path, embedder: Embedder,
-               audio_root: Path | None = None) -> IndexSummary:
-    """Append the tracks of ``source`` that the index does not hold yet.
+def add_tracks(folder: Path, source: Path, embedder: Embedder, audio_root: Path | None = None,
+               scoring: dict | None = None) -> IndexSummary:
+    """Append the tracks of ``source`` that the index does not hold yet, with their
+    segments when the index keeps them (its manifest's recipe). ``scoring`` (changes to
+    that recipe, as the segment options give them), if given, must leave it as it is.
 
     Raises:
-        ValueError: no index in ``folder``, or ``embedder``'s weights or feature config
-            differ from the index's.
+        ValueError: no index in ``folder``, ``embedder``'s weights or feature config
+            differ from the index's, or ``scoring`` makes another segment recipe.
         OutputError: as :func:`build_index`; the index is left as it was.
     """
     start = time.perf_counter()
     with writing(folder):
         opened = open_index(folder, mmap=False)
         check_weights(opened.manifest, embedder.weights, folder)
+        kept = opened.manifest.recipe
+        if scoring:
+            features = replace(embedder.weights.features, scoring=kept or ScoringConfig())
+            check_same_recipe(kept, index_recipe(features, scoring), folder)
         known = {t.path for t in opened.tracks}
         new = [t for t in read_tracks(source, audio_root) if t.path not in known]
-        done = embed_all(new, embedder)
+        done = embed_all(new, embedder.with_segments(kept))
         _write_errors(folder, done.errors, existed=True)
         faiss_index.add(opened.index, done.vectors)
-        manifest = save(folder, opened.manifest, opened.index, chain(opened.tracks, done.tracks))
+        if opened.segments is not None:
+            opened.segments.append(done.segments, opened.manifest.count)
+        manifest = save(folder, opened.manifest, opened.index, chain(opened.tracks, done.tracks),
+                        opened.segments)
     return IndexSummary(folder, manifest, len(done.tracks), done.n_cached, done.errors,
                         time.perf_counter() - start)
 
@@ -264,18 +309,20 @@ def merge_indexes(folder: Path, inputs: Sequence[Path], kind: str = "auto",
 
     Shards are joined in shard order, whatever the order given, and must be all ``n``
     shards of one list; other indexes are joined in the order given. Vectors are read
-    one input at a time.
+    one input at a time. Indexes with segments (all or none, of one recipe) make a flat
+    index with segments.
 
     Raises:
-        ValueError: an input that is not flat, other weights or feature configs, a shard
-            missing or repeated, a track in two inputs, or an output that holds an index.
+        ValueError: an input that is not flat, other weights, feature configs or segment
+            recipes, a shard missing or repeated, a track in two inputs, ``ivfpq`` with
+            segments, or an output that holds an index.
         OutputError: the folder could not take the index (disk full...).
     """
     start = time.perf_counter()
     parts = _merge_order([open_index(p) for p in inputs])
     first = parts[0].manifest
     total = sum(p.manifest.count for p in parts)
-    kind = faiss_index.resolve_kind(kind, total)
+    kind = index_kind(kind, total, first.recipe)
     params = faiss_index.ivfpq_params(total, first.dim, nprobe) if kind == "ivfpq" else None
     merged = faiss_index.new_index(kind, first.dim, params)
     with writing(folder):
@@ -284,8 +331,11 @@ def merge_indexes(folder: Path, inputs: Sequence[Path], kind: str = "auto",
             faiss_index.train(merged, _sample(parts, faiss_index.training_rows(total, params)))
         for part in parts:
             faiss_index.add(merged, faiss_index.vectors_of(part.index))
+        segments = None if first.segments is None else merged_segments(
+            [p.segments for p in parts], [p.manifest.count for p in parts], first.dim)
         manifest = replace(first, kind=kind, params=params and params.to_dict(), shard=None)
-        manifest = save(folder, manifest, merged, chain.from_iterable(p.tracks for p in parts))
+        manifest = save(folder, manifest, merged, chain.from_iterable(p.tracks for p in parts),
+                        segments)
     return IndexSummary(folder, manifest, total, seconds=time.perf_counter() - start)
 
 
@@ -301,6 +351,10 @@ def _merge_order(parts: list[OpenIndex]) -> list[OpenIndex]:
                                                              first.features_sha256, first.dim):
             raise IndexFolderError(f"{part.folder}: other weights or feature config than "
                                    f"{parts[0].folder}")
+        if m.recipe != first.recipe:
+            raise IndexFolderError(f"{part.folder} keeps {describe_recipe(m.recipe)}, "
+                                   f"{parts[0].folder} {describe_recipe(first.recipe)}: only "
+                                   "indexes with the same segment recipe merge")
     shards = [p.manifest.shard for p in parts]
     if any(shards):
         if not all(shards) or len({(s.count, s.source_sha256) for s in shards}) != 1 \

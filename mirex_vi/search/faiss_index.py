@@ -132,6 +132,11 @@ def vectors_of(index: faiss.Index) -> np.ndarray:
     return index.reconstruct_n(0, index.ntotal)
 
 
+def vectors_at(index: faiss.Index, ids: np.ndarray) -> np.ndarray:
+    """The ``(n, dim)`` float32 vectors of a flat index's ``(n,)`` ``ids``."""
+    return index.reconstruct_batch(np.ascontiguousarray(ids, dtype=np.int64))
+
+
 def kind_of(index: faiss.Index) -> str:
     return "flat" if isinstance(index, faiss.IndexFlat) else "ivfpq"
 

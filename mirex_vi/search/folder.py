@@ -9,6 +9,9 @@
   the YouTube id of a metadata entry, empty for a list; duration in seconds, empty when
   unknown), and ``tracks.g.offsets.npy``, the ``(N + 1,)`` int64 byte offset of each row,
   so that a search reads only the rows it prints;
+- with segments (``search.segments``): ``segments.g.faiss``, a flat index of every track's
+  segment embeddings, track after track, and ``segments.g.owners.npy``, the ``(S_total,)``
+  int64 track id of each of its rows; the manifest holds the segment recipe;
 - ``embeddings/`` (the embedding cache) and ``errors.tsv`` (tracks left out).
 
 A writer writes generation ``g + 1`` beside ``g``, each file through a temporary, then
@@ -34,14 +37,22 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import embedding_features
+from ..config import ScoringConfig, embedding_features
 from ..core.atomic import atomic_open, make_folder, remove_stale_temporaries
 from ..io.lists import OutputError
 from ..model.weights import LoadedWeights
 from . import faiss_index
+from .segments import SegmentStore, recipe_of
+from .segments import describe as describe_recipe
 
 
 FORMAT = "mirex-vi-index/1"
+# An index with segments: a reader that knew only FORMAT would search it without them.
+SEGMENTS_FORMAT = "mirex-vi-index/2"
+# The files of a generation g: name -> (stem, suffix), the file being ``stem.g.suffix``.
+FILES = {"index": ("index", "faiss"), "table": ("tracks", "tsv"),
+         "offsets": ("tracks", "offsets.npy"), "segments": ("segments", "faiss"),
+         "owners": ("segments", "owners.npy")}
 MANIFEST = "index.json"
 TABLE_HEADER = "path\tid\tduration\n"
 
@@ -92,7 +103,9 @@ class Shard:
 
 @dataclass(frozen=True)
 class Manifest:
-    """What ``index.json`` says; ``params`` are the ivfpq parameters (None for flat)."""
+    """What ``index.json`` says; ``params`` are the ivfpq parameters (None for flat);
+    ``segments`` the segment recipe (``segments.recipe_dict``; None: no segments) and
+    ``segment_count`` the segments held."""
 
     kind: str
     count: int
@@ -105,35 +118,55 @@ class Manifest:
     shard: Shard | None = None
     generation: int = 0
     faiss_version: str = field(default_factory=faiss_index.faiss_version)
+    segments: dict | None = None
+    segment_count: int = 0
 
     @property
     def features_sha256(self) -> str:
         return features_sha256(self.features)
 
-    def file(self, folder: Path, suffix: str) -> Path:
-        stem = "index" if suffix == "faiss" else "tracks"
+    @property
+    def recipe(self) -> ScoringConfig | None:
+        """The segment recipe (None: no segments)."""
+        return None if self.segments is None else recipe_of(self.segments)
+
+    def file(self, folder: Path, name: str) -> Path:
+        """The file ``name`` (a key of :data:`FILES`) of this generation."""
+        stem, suffix = FILES[name]
         return folder / f"{stem}.{self.generation}.{suffix}"
 
+    def files(self, folder: Path) -> list[Path]:
+        """Every file of this generation."""
+        names = FILES if self.segments is not None else ("index", "table", "offsets")
+        return [self.file(folder, name) for name in names]
+
     def to_json(self) -> str:
-        data = {"format": FORMAT, "kind": self.kind, "count": self.count, "dim": self.dim,
+        form = FORMAT if self.segments is None else SEGMENTS_FORMAT
+        data = {"format": form, "kind": self.kind, "count": self.count, "dim": self.dim,
                 "weights": {"name": self.weights_name, "sha256": self.weights_sha256,
                             "source": self.weights_source},
                 "features": self.features, "features_sha256": self.features_sha256,
                 "params": self.params, "generation": self.generation,
                 "shard": None if self.shard is None else vars(self.shard),
                 "faiss_version": self.faiss_version}
+        if self.segments is not None:
+            data["segments"] = {"recipe": self.segments, "count": self.segment_count}
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
         data = json.loads(text)
-        if data.get("format") != FORMAT:
-            raise ValueError(f"format {data.get('format')!r}, expected {FORMAT!r}")
+        if data.get("format") not in (FORMAT, SEGMENTS_FORMAT):
+            raise ValueError(f"format {data.get('format')!r}, expected {FORMAT!r} or "
+                             f"{SEGMENTS_FORMAT!r}")
         weights = data["weights"]
+        kept = data["segments"] if data["format"] == SEGMENTS_FORMAT else None
+        if kept is not None:
+            recipe_of(kept["recipe"])  # a recipe out of range fails as the manifest is read
         return cls(data["kind"], data["count"], data["dim"], weights["name"], weights["sha256"],
                    weights["source"], data["features"], data["params"],
                    Shard(**data["shard"]) if data["shard"] else None, data["generation"],
-                   data["faiss_version"])
+                   data["faiss_version"], kept and kept["recipe"], kept["count"] if kept else 0)
 
 
 def features_sha256(features: dict) -> str:
@@ -167,12 +200,14 @@ class TrackTable:
 
 @dataclass
 class OpenIndex:
-    """An index folder opened for reading (``index`` memory-mapped) or for appending."""
+    """An index folder opened for reading (``index`` memory-mapped) or for appending;
+    ``segments`` when it keeps them."""
 
     folder: Path
     manifest: Manifest
     index: object  # faiss.Index
     tracks: TrackTable
+    segments: SegmentStore | None = None
 
 
 def read_manifest(folder: Path) -> Manifest:
@@ -191,15 +226,18 @@ def open_index(folder: Path, mmap: bool = True) -> OpenIndex:
     """Open the index that ``folder``'s manifest names; ``mmap=False`` for appending."""
     manifest = read_manifest(folder)
     try:
-        index = faiss_index.read(manifest.file(folder, "faiss"), mmap)
-        tracks = TrackTable(manifest.file(folder, "tsv"), manifest.file(folder, "offsets.npy"))
+        index = faiss_index.read(manifest.file(folder, "index"), mmap)
+        tracks = TrackTable(manifest.file(folder, "table"), manifest.file(folder, "offsets"))
+        kept = None if manifest.segments is None else SegmentStore.read(
+            manifest.file(folder, "segments"), manifest.file(folder, "owners"), manifest.count,
+            mmap)
     except (OSError, RuntimeError, ValueError) as err:
         raise IndexFolderError(f"{folder}: index files of generation {manifest.generation} "
                                f"are missing or damaged ({err})") from err
     if index.ntotal != manifest.count or len(tracks) != manifest.count:
         raise IndexFolderError(f"{folder}: the manifest says {manifest.count} tracks, the index "
                                f"holds {index.ntotal} and the table {len(tracks)}")
-    return OpenIndex(folder, manifest, index, tracks)
+    return OpenIndex(folder, manifest, index, tracks, kept)
 
 
 def check_weights(manifest: Manifest, weights: LoadedWeights, folder: Path) -> None:
@@ -246,21 +284,26 @@ def writing(folder: Path) -> Iterator[None]:
         yield
 
 
-def save(folder: Path, manifest: Manifest, index, tracks: Iterable[Track]) -> Manifest:
-    """Write ``index`` and ``tracks`` as the next generation and commit it (call it inside
-    :func:`writing`); returns the manifest written, with its count and generation.
+def save(folder: Path, manifest: Manifest, index, tracks: Iterable[Track],
+         segments: SegmentStore | None = None) -> Manifest:
+    """Write ``index``, ``tracks`` and the ``segments`` of an index that keeps them
+    (``manifest.segments``) as the next generation and commit it (call it inside
+    :func:`writing`); returns the manifest written, with its counts and generation.
 
     Raises:
         OutputError: a file could not be written (disk full...); the files of the new
             generation are removed and the previous one, if any, stays the index.
     """
     previous = read_manifest(folder).generation if (folder / MANIFEST).is_file() else 0
-    manifest = replace(manifest, count=int(index.ntotal), generation=previous + 1)
+    if (manifest.segments is None) != (segments is None):
+        raise ValueError("an index keeps segments exactly when its manifest has a recipe")
+    manifest = replace(manifest, count=int(index.ntotal), generation=previous + 1,
+                       segment_count=0 if segments is None else int(segments.index.ntotal))
     try:
-        _write_generation(folder, manifest, index, tracks)
+        _write_generation(folder, manifest, index, tracks, segments)
     except OSError as err:
-        for suffix in ("faiss", "tsv", "offsets.npy"):
-            manifest.file(folder, suffix).unlink(missing_ok=True)
+        for path in manifest.files(folder):
+            path.unlink(missing_ok=True)
         raise write_failed(folder, "the index", err, previous > 0) from err
     _remove_other_generations(folder, manifest)
     return manifest
@@ -273,15 +316,20 @@ def write_failed(folder: Path, what: str, err: OSError, existed: bool) -> Output
     return OutputError(f"{folder}: cannot write {what} ({err.strerror or err}); {kept}")
 
 
-def _write_generation(folder: Path, manifest: Manifest, index, tracks: Iterable[Track]) -> None:
+def _write_generation(folder: Path, manifest: Manifest, index, tracks: Iterable[Track],
+                      segments: SegmentStore | None) -> None:
     """The files of ``manifest``'s generation, the manifest last (the commit)."""
-    with atomic_open(manifest.file(folder, "faiss")) as f:
+    with atomic_open(manifest.file(folder, "index")) as f:
         faiss_index.write(index, f)
-    offsets = _write_table(manifest.file(folder, "tsv"), tracks)
+    offsets = _write_table(manifest.file(folder, "table"), tracks)
     if len(offsets) - 1 != manifest.count:
         raise ValueError(f"{len(offsets) - 1} table rows for {manifest.count} indexed vectors")
-    with atomic_open(manifest.file(folder, "offsets.npy")) as f:
+    with atomic_open(manifest.file(folder, "offsets")) as f:
         np.save(f, np.frombuffer(offsets, dtype=np.int64))
+    if segments is not None:
+        if not len(segments.owners) or segments.owners[-1] != manifest.count - 1:
+            raise ValueError(f"the segments do not end at the last track ({manifest.count - 1})")
+        segments.write(manifest.file(folder, "segments"), manifest.file(folder, "owners"))
     with atomic_open(folder / MANIFEST, "w", encoding="utf-8") as f:
         f.write(manifest.to_json())
 
@@ -299,29 +347,38 @@ def _write_table(path: Path, tracks: Iterable[Track]) -> array:
 
 
 def _remove_other_generations(folder: Path, manifest: Manifest) -> None:
-    keep = {manifest.file(folder, s).name for s in ("faiss", "tsv", "offsets.npy")}
-    for path in [*folder.glob("index.*.faiss"), *folder.glob("tracks.*")]:
+    keep = {path.name for path in manifest.files(folder)}
+    for path in [*folder.glob("index.*.faiss"), *folder.glob("tracks.*"),
+                 *folder.glob("segments.*")]:
         if path.name not in keep:
             path.unlink(missing_ok=True)
     remove_stale_temporaries(folder)
 
 
-def bytes_per_track(folder: Path, manifest: Manifest) -> tuple[float, float]:
-    """File bytes per track of the FAISS index and of the track table (with offsets)."""
+def bytes_per_track(folder: Path, manifest: Manifest) -> tuple[float, float, float]:
+    """File bytes per track of the FAISS index, of the track table (with offsets) and of
+    the segments (with their owners; 0 without segments)."""
+    def size(*names: str) -> float:
+        return sum(os.path.getsize(manifest.file(folder, name)) for name in names) / n
+
     n = max(manifest.count, 1)
-    table = sum(os.path.getsize(manifest.file(folder, s)) for s in ("tsv", "offsets.npy"))
-    return os.path.getsize(manifest.file(folder, "faiss")) / n, table / n
+    kept = size("segments", "owners") if manifest.segments is not None else 0.0
+    return size("index"), size("table", "offsets"), kept
 
 
 def describe(folder: Path, manifest: Manifest) -> str:
     """What ``index info`` prints."""
-    index_bytes, table_bytes = bytes_per_track(folder, manifest)
+    index_bytes, table_bytes, segment_bytes = bytes_per_track(folder, manifest)
     lines = [f"kind: {manifest.kind}", f"tracks: {manifest.count:,}", f"dimension: {manifest.dim}",
              f"weights: {manifest.weights_name} (sha256 {manifest.weights_sha256})",
              f"feature config sha256: {manifest.features_sha256}",
              f"bytes per track: {index_bytes:.1f} in the index, {table_bytes:.1f} in the track table"]
     if manifest.params:
         lines.append("ivfpq: " + ", ".join(f"{k} {v}" for k, v in manifest.params.items()))
+    if manifest.segments is not None:
+        lines.append(f"{describe_recipe(manifest.recipe)}: {manifest.segment_count:,} "
+                     f"({manifest.segment_count / max(manifest.count, 1):.1f} per track), "
+                     f"{segment_bytes:.1f} bytes per track")
     if manifest.shard:
         lines.append(f"shard {manifest.shard.number}/{manifest.shard.count} of a list")
     lines.append(f"generation {manifest.generation}, written by FAISS {manifest.faiss_version}")

@@ -1,10 +1,12 @@
 """Queries against an index folder: the top-k tracks of each query, and MAP@k / recall@k.
 
 Queries are embedded like indexed tracks (through the index's cache when it is writable,
-so a query that is in the index costs nothing) by the index's own weights. Results follow
-the exact path's conventions (docs/REFERENCE.md §4): MIREX distances, ties in collection
-order, and a query that is in the index at distance 0 to itself, first among its results
-unless ``exclude_self`` drops it.
+so a query that is in the index costs nothing) by the index's own weights, with their
+segments when the index keeps them. Results follow the exact path's conventions
+(docs/REFERENCE.md §4): MIREX distances, ties in collection order, and a query that is in
+the index at distance 0 to itself, first among its results unless ``exclude_self`` drops
+it. In an index with segments, a track's distance is that of ``identify``'s matrix with
+the index's segment recipe (``segments.blended_scores``), one result per track.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ..inference.settings import EmbedSettings
 from . import faiss_index
 from .build import CACHE_FOLDER, Embedder, index_weights, make_embedder
 from .folder import OpenIndex, check_weights, open_index
+from .segments import blended_scores, candidates, note_rerank
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +46,8 @@ class QueryResult:
 
 def open_for_queries(folder: Path, weights: str | None, settings: EmbedSettings,
                      cache_dir: Path | None, progress: bool = True) -> tuple[OpenIndex, Embedder]:
-    """Open ``folder`` memory-mapped and an embedder with the index's weights.
+    """Open ``folder`` memory-mapped and an embedder with the index's weights (and its
+    segment recipe).
 
     The cache defaults to the index's own (read by every query that the index holds); if
     that folder is not writable, queries are embedded without a cache.
@@ -60,7 +64,8 @@ def open_for_queries(folder: Path, weights: str | None, settings: EmbedSettings,
     embedder = make_embedder(weights or index_weights(opened.manifest), settings, cache_dir,
                              progress)
     check_weights(opened.manifest, embedder.weights, folder)
-    return opened, embedder
+    note_rerank(embedder.weights.features)
+    return opened, embedder.with_segments(opened.manifest.recipe)
 
 
 def query_paths(queries: Path) -> list[Path]:
@@ -77,18 +82,29 @@ def query_paths(queries: Path) -> list[Path]:
     return read_list(queries).paths
 
 
-def embed_queries(paths: Sequence[Path], embedder: Embedder) -> tuple[list[int], np.ndarray,
-                                                                       list[tuple[Path, str]]]:
-    """Positions of the queries that embedded, their ``(n, D)`` vectors, and the
-    ``(path, reason)`` of those that did not."""
+@dataclass(frozen=True)
+class EmbeddedQueries:
+    """The queries that embedded: their ``positions`` in the query list, ``(n, D)``
+    ``vectors`` and, with a segment recipe, ``segments`` (``(S_i, D)`` each); ``errors``:
+    the ``(path, reason)`` of those that did not."""
+
+    positions: list[int]
+    vectors: np.ndarray
+    segments: list[np.ndarray] | None
+    errors: list[tuple[Path, str]]
+
+
+def embed_queries(paths: Sequence[Path], embedder: Embedder) -> EmbeddedQueries:
     run = embedder.embed(paths)
     ok = [i for i in range(len(paths)) if i not in run.errors]
-    return ok, run.embeddings[ok], [(paths[i], why) for i, why in sorted(run.errors.items())]
+    segments = [run.extras[i]["segments"] for i in ok] if embedder.segments else None
+    return EmbeddedQueries(ok, run.embeddings[ok], segments,
+                           [(paths[i], why) for i, why in sorted(run.errors.items())])
 
 
 def search(opened: OpenIndex, queries: Sequence[str], vectors: np.ndarray, k: int,
-           exclude_self: bool = False, nprobe: int | None = None,
-           chunk: int = 1024) -> Iterator[QueryResult]:
+           exclude_self: bool = False, nprobe: int | None = None, chunk: int = 1024,
+           segments: Sequence[np.ndarray] | None = None) -> Iterator[QueryResult]:
     """The ``k`` nearest indexed tracks of each query, in query order.
 
     Args:
@@ -96,12 +112,37 @@ def search(opened: OpenIndex, queries: Sequence[str], vectors: np.ndarray, k: in
         vectors: ``(Q, D)`` float32 unit embeddings of ``queries``.
         exclude_self: drop the indexed track whose path is the query's.
         nprobe: cells an ivfpq index scans (default: the index's).
+        segments: ``(S_q, D)`` float32 segments of each query, made by the index's recipe
+            (``EmbeddedQueries.segments``); needed by an index with segments, which scores
+            by them (:func:`_search_segments`).
     """
     fetch = min(k + 1, opened.manifest.count)  # one more, in case the query itself is dropped
+    if opened.segments is not None:
+        if segments is None:
+            raise ValueError(f"{opened.folder} keeps segments: the queries need theirs")
+        yield from _search_segments(opened, queries, vectors, segments, k, fetch, exclude_self,
+                                    chunk)
+        return
     for start in range(0, len(queries), chunk):
         distances, ids = faiss_index.top_k(opened.index, vectors[start : start + chunk], fetch, nprobe)
         for query, row_d, row_i in zip(queries[start : start + chunk], distances, ids):
             yield QueryResult(query, _hits(opened, query, row_d, row_i, k, exclude_self))
+
+
+def _search_segments(opened: OpenIndex, queries: Sequence[str], vectors: np.ndarray,
+                     segments: Sequence[np.ndarray], k: int, fetch: int, exclude_self: bool,
+                     chunk: int) -> Iterator[QueryResult]:
+    """:func:`search` in an index with segments: each query's candidates are its ``fetch``
+    nearest tracks and the owners of its segments' ``fetch`` nearest segments, each at the
+    distance of its blended score."""
+    recipe = opened.manifest.recipe
+    for start in range(0, len(queries), chunk):
+        part = slice(start, start + chunk)
+        found = candidates(opened.index, opened.segments, vectors[part], segments[part], fetch)
+        for query, vector, own, ids in zip(queries[part], vectors[part], segments[part], found):
+            scores = blended_scores(opened.index, opened.segments, vector, own, ids, recipe)
+            distances = faiss_index.mirex_distance(scores)
+            yield QueryResult(query, _hits(opened, query, distances, ids, k, exclude_self))
 
 
 def _hits(opened: OpenIndex, query: str, distances: np.ndarray, ids: np.ndarray, k: int,
@@ -182,11 +223,13 @@ def evaluate_labels(folder: Path, labels_tsv: Path, k: int, nprobe: int | None,
     labels = {str(path): clique for path, clique in read_labels(labels_tsv).items()}
     opened, embedder = open_for_queries(folder, weights, settings, None, progress)
     queries = list(labels)
-    ok, vectors, errors = embed_queries([Path(q) for q in queries], embedder)
-    if errors:
-        bad = "\n".join(f"  {path}: {reason}" for path, reason in errors)
-        raise InputError(f"{len(errors)} labelled track(s) could not be embedded:\n{bad}")
-    figures = score_results(opened, labels, search(opened, queries, vectors, k, True, nprobe), k)
+    embedded = embed_queries([Path(q) for q in queries], embedder)
+    if embedded.errors:
+        bad = "\n".join(f"  {path}: {reason}" for path, reason in embedded.errors)
+        raise InputError(f"{len(embedded.errors)} labelled track(s) could not be embedded:\n{bad}")
+    results = search(opened, queries, embedded.vectors, k, True, nprobe,
+                     segments=embedded.segments)
+    figures = score_results(opened, labels, results, k)
     if figures.n_queries == 0:  # every figure would be NaN
         raise InputError(f"{folder}: no labelled track has another of its clique in the index "
                          f"({labels_tsv}); nothing to score")
