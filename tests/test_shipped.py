@@ -28,11 +28,16 @@ def test_default_package_verifies_and_loads():
     loaded = load_weights()
     assert loaded.name == DEFAULT_WEIGHTS and len(loaded.sha256) == 64
     assert loaded.model.cfg.channels == 40 and loaded.model.cfg.embedding_dim == 512
-    # Inference uses the report's features, embedded at three tempi (docs/REFERENCE.md §1);
-    # otherwise only the training crops differ.
-    assert loaded.features.tempo_scales == (0.7, 1.0, 1.4)
+    # Inference uses the report's features in one pass (docs/REFERENCE.md §1) and ships the
+    # scoring recipe chosen on real covers (docs/results.md); otherwise only the training
+    # crops differ.
+    scoring = loaded.features.scoring
+    assert loaded.features.tempo_scales == (1.0,)
+    assert (scoring.segment_length, scoring.segment_hop, scoring.segment_rule,
+            scoring.segment_k, scoring.segment_weight, scoring.segment_tempo_scales,
+            scoring.rerank, scoring.fusion_weight) == (172, 86, "diag", 2, 0.75, (1.0,), 50, 0.7)
     assert dataclasses.replace(loaded.features, crop_frames=7600, min_crop_frames=0,
-                               tempo_scales=(1.0,)) == FeatureConfig()
+                               scoring=FeatureConfig().scoring) == FeatureConfig()
     card = (weights_root() / DEFAULT_WEIGHTS / "MODEL_CARD.md").read_text()
     assert "synthetic" in card.lower() and "weights import" in card
 
