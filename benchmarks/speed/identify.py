@@ -9,16 +9,21 @@ Makes N synthetic tracks (``mirex_vi.synth.write_tracks``: harmonic melodies + n
    a batch-1 forward pass of their model class at one tempo (CQT-Net in the NCHW layout of
    their code; the package's own is channels-last), then all-pairs scoring and a
    plain-Python writer. Its decode, CQT and model times are the stage costs.
-2. **The package's model at its own tempi** (the shipped default; three) and at one tempo,
-   on ``--stage-tracks`` of the tracks, on torch's threads.
+2. **The package's model at its own tempi** (the shipped default) and at one tempo, on
+   ``--stage-tracks`` of the tracks, on torch's threads; with a scoring recipe in the
+   package, also what the recipe adds per track: its extras (segment embeddings on torch's
+   threads, chroma) and ``min(rerank, N - 1)`` alignments of a query on one core, timed
+   on pairs of those tracks.
 3. **``mirex-vi identify``** in a fresh process and workdir (nothing cached), with the
-   package and with a copy of it at one tempo, ``--repeats`` times each (medians); wall
-   and CPU seconds of its whole process tree (workers included: this process adopts the
-   orphans as a child subreaper and reaps them all).
+   package and with a plain copy of it at one tempo (no recipe: the authors' scoring),
+   ``--repeats`` times each (medians); wall and CPU seconds of its whole process tree
+   (workers included: this process adopts the orphans as a child subreaper and reaps them
+   all).
 
-The bound of a recipe on C usable cores is ``C / (decode + CQT + threads x model)`` tracks/s:
-decode and CQT on one core each, the model's wall time on ``threads`` torch threads, every
-core busy with nothing else; its share is what a pipeline makes of it. Those are wall
+The bound of a recipe on C usable cores is ``C / (decode + CQT + threads x model + recipe)``
+tracks/s: decode and CQT on one core each, the model's wall time on ``threads`` torch
+threads, the recipe's extras likewise and its alignments on one core, every core busy with
+nothing else; its share is what a pipeline makes of it. Those are wall
 times, which other processes on a loaded machine stretch, so the same is also given in CPU
 seconds: the CPU bound ``C / (decode + CQT + model)`` from the stages' CPU seconds, the CPU
 share (the stages' CPU seconds per track over the pipeline's: the work it adds) and the
@@ -51,12 +56,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from mirex_vi.config import FeatureConfig  # noqa: E402
+from mirex_vi.config import FeatureConfig, ScoringConfig  # noqa: E402
+from mirex_vi.config.base import to_dict  # noqa: E402
 from mirex_vi.core.runtime import resolve_device  # noqa: E402
 from mirex_vi.features.frontend import compute_cqt, preprocess  # noqa: E402
 from mirex_vi.features.workers import default_workers  # noqa: E402
 from mirex_vi.inference.cache import EmbeddingCache  # noqa: E402
+from mirex_vi.inference import align  # noqa: E402
 from mirex_vi.inference.embed import embed_batch  # noqa: E402
+from mirex_vi.inference.recipe import Recipe  # noqa: E402
 from mirex_vi.inference.settings import EmbedSettings  # noqa: E402
 from mirex_vi.io.audio import file_identity, load_audio  # noqa: E402
 from mirex_vi.io.matrix import write_distance_matrix  # noqa: E402
@@ -133,6 +141,33 @@ def model_cost(loaded: LoadedWeights, paths: list[Path], device: torch.device,
             wall, cpu = wall + time.perf_counter() - w0, cpu + time.process_time() - c0
             out.append(emb[0].float().cpu().numpy())
     return np.stack(out), wall / len(paths), cpu / len(paths)
+
+
+def recipe_cost(loaded: LoadedWeights, paths: list[Path], device: torch.device,
+                n_collection: int) -> tuple[float, float, float]:
+    """What the package's scoring recipe adds per track in a collection of ``n_collection``:
+    model wall seconds of its extras (segment windows, on torch's threads), wall seconds on
+    one core (chroma and a query's alignments) and CPU seconds of both; zeros for plain
+    scoring. Timed on ``paths`` (their CQTs computed first, untimed)."""
+    recipe = Recipe.of(loaded.model.to(device).eval(), loaded.features, None, device, False)
+    if not recipe.needs_extras or len(paths) < 2:
+        return 0.0, 0.0, 0.0
+    inputs = [preprocess(compute_cqt(load_audio(p, CFG.sample_rate), CFG), CFG) for p in paths]
+    with torch.inference_mode():
+        recipe.extras(inputs[0])  # first-call costs
+        w0, c0 = time.perf_counter(), time.process_time()
+        extras = [recipe.extras(x) for x in inputs]
+        extras_wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    k = min(recipe.scoring.rerank, n_collection - 1)
+    pairs = [(a, b) for a in range(len(paths)) for b in range(len(paths)) if a != b]
+    if k:
+        align.alignment_score(extras[0]["chroma"], extras[1]["chroma"], recipe.scoring)
+    w0, c0 = time.perf_counter(), time.process_time()
+    for a, b in pairs if k else []:
+        align.alignment_score(extras[a]["chroma"], extras[b]["chroma"], recipe.scoring)
+    per_pair_wall = (time.perf_counter() - w0) / len(pairs)
+    cpu += len(paths) * k * (time.process_time() - c0) / len(pairs)
+    return extras_wall / len(paths), k * per_pair_wall, cpu / len(paths)
 
 
 @dataclass
@@ -269,9 +304,11 @@ def measure(args: argparse.Namespace, one_pass: str) -> dict:
     sample = paths[: args.stage_tracks]
     shipped_emb, shipped_wall, shipped_cpu = model_cost(loaded, sample, device, scales)
     _, one_wall, one_cpu = model_cost(loaded, sample, device, (1.0,))
+    extras_wall, align_wall, recipe_cpu = recipe_cost(loaded, sample, device, n)
     per_track = {k: v / n for k, v in stages.items()}
     per_track.update({f"model {scales}": shipped_wall, f"model {scales}_cpu": shipped_cpu,
-                      "model (1.0,)": one_wall, "model (1.0,)_cpu": one_cpu})
+                      "model (1.0,)": one_wall, "model (1.0,)_cpu": one_cpu,
+                      "recipe": extras_wall + align_wall, "recipe_cpu": recipe_cpu})
     front = per_track["decode+resample"] + per_track["cqt"]
     front_cpu = per_track["decode+resample_cpu"] + per_track["cqt_cpu"]
 
@@ -279,8 +316,9 @@ def measure(args: argparse.Namespace, one_pass: str) -> dict:
             "shipped": _median_run(paths, args.weights, args, work / "shipped"),
             "one pass": _median_run(paths, one_pass, args, work / "one-pass")}
     rows = [row(f"identify, the package at tempi {scales}", n, *runs["shipped"],
-                front + threads * shipped_wall, front_cpu + shipped_cpu, cores),
-            row("identify, the package at tempo 1", n, *runs["one pass"],
+                front + threads * (shipped_wall + extras_wall) + align_wall,
+                front_cpu + shipped_cpu + recipe_cpu, cores),
+            row("identify, the package at tempo 1, plain", n, *runs["one pass"],
                 front + threads * one_wall, front_cpu + one_cpu, cores),
             row("serial, the authors' recipe (their class, tempo 1)", n, *serial,
                 front + threads * per_track["model"], front_cpu + per_track["model_cpu"], cores)]
@@ -325,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
     adopt_orphans()
     with tempfile.TemporaryDirectory(prefix="one-pass-") as tmp:
         one_pass = Path(tmp) / "one-pass"
-        copy_package(resolve_weights(args.weights), one_pass, (1.0,))
+        copy_package(resolve_weights(args.weights), one_pass, (1.0,), to_dict(ScoringConfig()))
         figures = measure(args, str(one_pass))
     if args.matrix_size:
         seconds = time_writer(args.matrix_size, args.data / "work")
