@@ -53,16 +53,8 @@ for p in $(printf '%s\n' "${!music[@]}" | sort); do
     fi
     packages+=("$p")
 done
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-    if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
-    echo "real-pool: installing ${missing[*]}" >&2
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-        "${missing[@]}" >/dev/null
-fi
+source tools/apt.sh
+apt_install_missing real-pool "${packages[@]}"
 
 mkdir -p "$pool"
 for p in "${packages[@]}"; do

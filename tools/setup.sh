@@ -9,16 +9,8 @@ cd "$(dirname "$0")/.."
 
 apt_packages=(ffmpeg libsndfile1 xz-utils fluidsynth fluid-soundfont-gm timgm6mb-soundfont
               fluidr3mono-gm-soundfont opl3-soundfont csound-soundfont rubberband-cli)
-missing=()
-for p in "${apt_packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-    if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
-    echo "setup: installing ${missing[*]}" >&2
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+source tools/apt.sh
+apt_install_missing setup "${apt_packages[@]}"
 
 PYTHON=${PYTHON:-python3}
 if [[ ! -x .venv/bin/python ]]; then
