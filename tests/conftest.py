@@ -104,6 +104,19 @@ def run_benchmark(module: str, *args: str | Path,
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
+def run_device_smoke(module: str, tmp_path: Path, steps: list[str]) -> dict:
+    """``benchmarks.device.MODULE --smoke`` on the CPU: its JSON report, once every one of
+    ``steps`` (in that order) is there and ran without error."""
+    report_path = tmp_path / "report.json"
+    proc = run_benchmark(f"device.{module}", "--smoke", "--device", "cpu", "--out", report_path,
+                         "--work", tmp_path / "work", timeout=600)
+    report = json.loads(report_path.read_text())
+    assert list(report["steps"]) == steps
+    failed = {k: v["error"] for k, v in report["steps"].items() if not v["ok"]}
+    assert not failed and proc.returncode == 0, (failed, proc.stdout[-2000:], proc.stderr[-2000:])
+    return report
+
+
 def run_test_subsets(meta: Path, store: Path, package: Path, out: Path,
                      *options: str) -> dict[str, dict]:
     """``benchmarks.quality.test_subsets``'s figures of ``package`` on a split, by subset

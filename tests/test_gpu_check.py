@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from conftest import run_benchmark
+from conftest import run_device_smoke
 
 STEPS = ["1_versions", "2_cqt_accuracy", "3_distinct_lengths", "4_precision_and_batching",
          "5_identify", "6_amp_training", "7_resume_from_cpu", "8_ddp_one_rank"]
@@ -13,14 +11,8 @@ STEPS = ["1_versions", "2_cqt_accuracy", "3_distinct_lengths", "4_precision_and_
 
 @pytest.mark.slow
 def test_smoke_run_completes_every_step_on_the_cpu(tmp_path):
-    report_path = tmp_path / "report.json"
-    proc = run_benchmark("device.gpu_check", "--smoke", "--device", "cpu", "--out", report_path,
-                         "--work", tmp_path / "work", timeout=600)
-    report = json.loads(report_path.read_text())
+    report = run_device_smoke("gpu_check", tmp_path, STEPS)
     steps = report["steps"]
-    assert list(steps) == STEPS
-    failed = {k: v["error"] for k, v in steps.items() if not v["ok"]}
-    assert not failed and proc.returncode == 0, (failed, proc.stdout[-2000:], proc.stderr[-2000:])
     assert report["smoke"] and report["device"] == "cpu"
     assert steps["2_cqt_accuracy"]["target_rel_error_1e-5"]
     assert steps["4_precision_and_batching"]["self_check"]["problem"] is None

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from conftest import run_benchmark
+from conftest import run_device_smoke
 
 STEPS = ["1_versions", "2_synthesis", "3_identify_shipped", "3_identify_one_pass",
          "4_steady_rate", "5_stage_limits", "6_agreement", "7_authors_recipe"]
@@ -13,13 +11,7 @@ STEPS = ["1_versions", "2_synthesis", "3_identify_shipped", "3_identify_one_pass
 
 @pytest.mark.slow
 def test_smoke_run_completes_every_step_on_the_cpu(tmp_path):
-    report_path = tmp_path / "report.json"
-    proc = run_benchmark("device.throughput", "--smoke", "--device", "cpu", "--out", report_path,
-                         "--work", tmp_path / "work", timeout=600)
-    steps = json.loads(report_path.read_text())["steps"]
-    assert list(steps) == STEPS
-    failed = {k: v["error"] for k, v in steps.items() if not v["ok"]}
-    assert not failed and proc.returncode == 0, (failed, proc.stdout[-2000:], proc.stderr[-2000:])
+    steps = run_device_smoke("throughput", tmp_path, STEPS)["steps"]
     assert steps["2_synthesis"]["tracks"] == 3
     assert steps["4_steady_rate"]["errors"] == 0
     limits = steps["5_stage_limits"]
