@@ -1,11 +1,16 @@
 """Helpers that more than one benchmark uses: the repository root, relative error, random
-unit vectors."""
+unit vectors, a package's plain one-pass copy."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+
+from mirex_vi.config import ScoringConfig
+from mirex_vi.config.base import to_dict
+from mirex_vi.model.packaging import copy_package
+from mirex_vi.model.weights import resolve_weights
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,3 +29,10 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 def random_units(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     """``(n, dim)`` float32 unit vectors uniform on the sphere."""
     return unit_rows(rng.standard_normal((n, dim), dtype=np.float32))
+
+
+def plain_one_pass(weights: str | Path | None, folder: Path) -> Path:
+    """A copy of the package ``weights`` (None: the shipped one) in ``folder`` that embeds
+    in one pass and scores by the plain inner product: the authors' recipe with its weights."""
+    copy_package(resolve_weights(weights), folder, (1.0,), to_dict(ScoringConfig()))
+    return folder

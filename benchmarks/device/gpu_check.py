@@ -353,18 +353,39 @@ class Report:
         print(f"{name}: {'ok' if result['ok'] else 'FAILED ' + result['error']} "
               f"({result['seconds']} s)", flush=True)
 
+    def finish(self) -> int:
+        """Print where the report is and which steps failed; the exit status (1: some did)."""
+        failed = [k for k, v in self.data["steps"].items() if not v["ok"]]
+        print(f"report: {self.path} ({self.data.get('total_s', 0)} s); failed steps: "
+              f"{failed or 'none'}")
+        return 1 if failed else 0
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+
+def device_run_parser(description: str, smoke_help: str) -> argparse.ArgumentParser:
+    """The options of every prepared device run: ``--out``, ``--device``, ``--smoke``,
+    ``--work``."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--out", type=Path, required=True, help="the JSON report")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes (CI, any device)")
-    parser.add_argument("--tracks", type=int, help="step 5's track count [default: 1000]")
+    parser.add_argument("--smoke", action="store_true", help=smoke_help)
     parser.add_argument("--work", type=Path, help="scratch folder [default: a temporary one]")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run_device(parser: argparse.ArgumentParser, args: argparse.Namespace,
+               what: str) -> torch.device:
+    """``--device`` resolved; only ``--smoke`` runs on other than CUDA."""
     device = resolve_device(args.device)
     if device.type != "cuda" and not args.smoke:
-        parser.error("the full check needs a CUDA device; use --smoke elsewhere")
+        parser.error(f"the full {what} needs a CUDA device; use --smoke elsewhere")
+    return device
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = device_run_parser(__doc__.splitlines()[0], "tiny sizes (CI, any device)")
+    parser.add_argument("--tracks", type=int, help="step 5's track count [default: 1000]")
+    args = parser.parse_args(argv)
+    device = run_device(parser, args, "check")
     sizes = SMOKE if args.smoke else FULL
     if args.tracks:
         sizes = dataclasses.replace(sizes, tracks=args.tracks)
@@ -384,9 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         report.run("6_amp_training", amp_training, device, sizes, work)
         report.run("7_resume_from_cpu", resume_from_cpu, device, sizes, work)
         report.run("8_ddp_one_rank", ddp_one_rank, device, sizes, work)
-    failed = [k for k, v in report.data["steps"].items() if not v["ok"]]
-    print(f"report: {args.out} ({report.data['total_s']} s); failed steps: {failed or 'none'}")
-    return 1 if failed else 0
+    return report.finish()
 
 
 if __name__ == "__main__":

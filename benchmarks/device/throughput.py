@@ -8,7 +8,8 @@
    ``--seconds`` as 16-bit 22.05 kHz WAVs, written in parallel, then ``os.sync()`` (so no
    file-system sync inside a timed run writes them);
 3. ``mirex-vi identify`` (a fresh process, as MIREX runs it: start-up included) with the
-   package (the shipped default: three tempi), then with a copy at one tempo (one pass);
+   package (the shipped default: one pass with its scoring recipe), then with a plain
+   copy at one tempo (the authors' scoring);
 4. the package's embedding in this process (``embed_tracks``), timed per track: the steady
    rate between the first tenth of the tracks and the last;
 5. each stage alone, on the same files: decoding in the workers, the torch front end in
@@ -25,7 +26,6 @@ model, seconds of audio) it checks the script's code in about 20 s.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import multiprocessing as mp
 import os
@@ -38,17 +38,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.common import plain_one_pass
 from benchmarks.device.gpu_check import (Report, _random_tiny_package, _sync, _write_track,
-                                         versions)
+                                         device_run_parser, run_device, versions)
 from benchmarks.speed.identify import serial_reference
-from mirex_vi.core.runtime import resolve_device, tolerance
+from mirex_vi.core.runtime import tolerance
 from mirex_vi.features.frontend import TorchFrontEnd
 from mirex_vi.features.workers import iter_files
 from mirex_vi.inference.embed import embed_inputs, embed_tracks
 from mirex_vi.inference.settings import EmbedSettings
 from mirex_vi.io.matrix import read_distance_matrix
-from mirex_vi.model.packaging import copy_package
-from mirex_vi.model.weights import load_weights, resolve_weights
+from mirex_vi.model.weights import load_weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,18 +173,12 @@ def authors_recipe(work: Path, weights: str | None, device: torch.device, sizes:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="the JSON report")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes and model (any device)")
+    parser = device_run_parser(__doc__.splitlines()[0], "tiny sizes and model (any device)")
     parser.add_argument("--tracks", type=int, help="tracks [default: 1000]")
     parser.add_argument("--seconds", type=float, help="seconds per track [default: 210]")
     parser.add_argument("--weights", help="package [default: the shipped one]")
-    parser.add_argument("--work", type=Path, help="scratch folder [default: a temporary one]")
     args = parser.parse_args(argv)
-    device = resolve_device(args.device)
-    if device.type != "cuda" and not args.smoke:
-        parser.error("the full run needs a CUDA device; use --smoke elsewhere")
+    device = run_device(parser, args, "run")
     sizes = SMOKE if args.smoke else FULL
     sizes = dataclasses.replace(sizes, tracks=args.tracks or sizes.tracks,
                                 seconds=args.seconds or sizes.seconds)
@@ -194,8 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         weights = str(_random_tiny_package(work)) if args.smoke else args.weights
-        one_pass = work / "one-pass"
-        copy_package(resolve_weights(weights), one_pass, (1.0,))
+        one_pass = plain_one_pass(weights, work / "one-pass")
         report.run("1_versions", versions, device)
         report.run("2_synthesis", synthesis, work, sizes)
         report.run("3_identify_shipped", cli_identify, work, "shipped", weights, device, sizes)
@@ -206,9 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         report.run("6_agreement", agreement, work, weights, device, sizes)
         report.run("7_authors_recipe", authors_recipe, work, weights, device, sizes,
                    steps["3_identify_shipped"].get("tracks_per_s"))
-    failed = [k for k, v in steps.items() if not v["ok"]]
-    print(f"report: {args.out} ({report.data['total_s']} s); failed steps: {failed or 'none'}")
-    return 1 if failed else 0
+    return report.finish()
 
 
 if __name__ == "__main__":

@@ -56,8 +56,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from mirex_vi.config import FeatureConfig, ScoringConfig  # noqa: E402
-from mirex_vi.config.base import to_dict  # noqa: E402
+from benchmarks.common import plain_one_pass  # noqa: E402
+
+from mirex_vi.config import FeatureConfig  # noqa: E402
 from mirex_vi.core.runtime import resolve_device  # noqa: E402
 from mirex_vi.features.frontend import compute_cqt, preprocess  # noqa: E402
 from mirex_vi.features.workers import default_workers  # noqa: E402
@@ -68,8 +69,7 @@ from mirex_vi.inference.recipe import Recipe  # noqa: E402
 from mirex_vi.inference.settings import EmbedSettings  # noqa: E402
 from mirex_vi.io.audio import file_identity, load_audio  # noqa: E402
 from mirex_vi.io.matrix import write_distance_matrix  # noqa: E402
-from mirex_vi.model.packaging import copy_package  # noqa: E402
-from mirex_vi.model.weights import LoadedWeights, load_weights, resolve_weights  # noqa: E402
+from mirex_vi.model.weights import LoadedWeights, load_weights  # noqa: E402
 from mirex_vi.synth import write_tracks  # noqa: E402
 
 CFG = FeatureConfig()
@@ -362,9 +362,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     adopt_orphans()
     with tempfile.TemporaryDirectory(prefix="one-pass-") as tmp:
-        one_pass = Path(tmp) / "one-pass"
-        copy_package(resolve_weights(args.weights), one_pass, (1.0,), to_dict(ScoringConfig()))
-        figures = measure(args, str(one_pass))
+        figures = measure(args, str(plain_one_pass(args.weights, Path(tmp) / "one-pass")))
     if args.matrix_size:
         seconds = time_writer(args.matrix_size, args.data / "work")
         figures["matrix_writer_s"] = seconds
