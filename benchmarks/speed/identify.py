@@ -124,50 +124,55 @@ def serial_reference(paths: list[Path], weights: str | None, device: torch.devic
     return emb, stages
 
 
-def model_cost(loaded: LoadedWeights, paths: list[Path], device: torch.device,
+def model_inputs(paths: list[Path]) -> list[np.ndarray]:
+    """``(F, T')`` model input of each of ``paths``, as the package's model reads it."""
+    return [preprocess(compute_cqt(load_audio(p, CFG.sample_rate), CFG), CFG) for p in paths]
+
+
+def model_cost(loaded: LoadedWeights, inputs: list[np.ndarray], device: torch.device,
                tempo_scales: tuple[float, ...]) -> tuple[np.ndarray, float, float]:
     """The package's model (its own class and layout) at ``tempo_scales`` on each of
-    ``paths`` (CQTs computed first, untimed): embeddings, wall and CPU seconds per track."""
+    ``inputs`` (``model_inputs``): embeddings, wall and CPU seconds per track."""
     model = loaded.model.to(device).eval()
-    inputs = [torch.from_numpy(preprocess(compute_cqt(load_audio(p, CFG.sample_rate), CFG),
-                                          CFG))[None, None] for p in paths]
+    batches = [torch.from_numpy(x)[None, None] for x in inputs]
     out, wall, cpu = [], 0.0, 0.0
     with torch.inference_mode():
-        embed_batch(model, inputs[0].to(device), tempo_scales)  # first-call costs
-        for x in inputs:
+        embed_batch(model, batches[0].to(device), tempo_scales)  # first-call costs
+        for x in batches:
             w0, c0 = time.perf_counter(), time.process_time()
             emb = embed_batch(model, x.to(device), tempo_scales)
             _sync(device)
             wall, cpu = wall + time.perf_counter() - w0, cpu + time.process_time() - c0
             out.append(emb[0].float().cpu().numpy())
-    return np.stack(out), wall / len(paths), cpu / len(paths)
+    return np.stack(out), wall / len(inputs), cpu / len(inputs)
 
 
-def recipe_cost(loaded: LoadedWeights, paths: list[Path], device: torch.device,
+def recipe_cost(loaded: LoadedWeights, inputs: list[np.ndarray], device: torch.device,
                 n_collection: int) -> tuple[float, float, float]:
     """What the package's scoring recipe adds per track in a collection of ``n_collection``:
     model wall seconds of its extras (segment windows, on torch's threads), wall seconds on
     one core (chroma and a query's alignments) and CPU seconds of both; zeros for plain
-    scoring. Timed on ``paths`` (their CQTs computed first, untimed)."""
+    scoring. Timed on ``inputs`` (``model_inputs``)."""
     recipe = Recipe.of(loaded.model.to(device).eval(), loaded.features, None, device, False)
-    if not recipe.needs_extras or len(paths) < 2:
+    if not recipe.needs_extras or len(inputs) < 2:
         return 0.0, 0.0, 0.0
-    inputs = [preprocess(compute_cqt(load_audio(p, CFG.sample_rate), CFG), CFG) for p in paths]
     with torch.inference_mode():
         recipe.extras(inputs[0])  # first-call costs
         w0, c0 = time.perf_counter(), time.process_time()
         extras = [recipe.extras(x) for x in inputs]
         extras_wall, cpu = time.perf_counter() - w0, time.process_time() - c0
     k = min(recipe.scoring.rerank, n_collection - 1)
-    pairs = [(a, b) for a in range(len(paths)) for b in range(len(paths)) if a != b]
-    if k:
-        align.alignment_score(extras[0]["chroma"], extras[1]["chroma"], recipe.scoring)
+    if k == 0:
+        return extras_wall / len(inputs), 0.0, cpu / len(inputs)
+    chromas = [e["chroma"] for e in extras]
+    pairs = [(a, b) for a in range(len(inputs)) for b in range(len(inputs)) if a != b]
+    align.alignment_score(chromas[0], chromas[1], recipe.scoring)  # first-call costs
     w0, c0 = time.perf_counter(), time.process_time()
-    for a, b in pairs if k else []:
-        align.alignment_score(extras[a]["chroma"], extras[b]["chroma"], recipe.scoring)
+    for a, b in pairs:
+        align.alignment_score(chromas[a], chromas[b], recipe.scoring)
     per_pair_wall = (time.perf_counter() - w0) / len(pairs)
-    cpu += len(paths) * k * (time.process_time() - c0) / len(pairs)
-    return extras_wall / len(paths), k * per_pair_wall, cpu / len(paths)
+    cpu += len(inputs) * k * (time.process_time() - c0) / len(pairs)
+    return extras_wall / len(inputs), k * per_pair_wall, cpu / len(inputs)
 
 
 @dataclass
@@ -302,9 +307,10 @@ def measure(args: argparse.Namespace, one_pass: str) -> dict:
     ref_emb, stages = serial_reference(paths, args.weights, device, work / "serial.txt")
     serial = time.perf_counter() - t0, time.process_time() - c0
     sample = paths[: args.stage_tracks]
-    shipped_emb, shipped_wall, shipped_cpu = model_cost(loaded, sample, device, scales)
-    _, one_wall, one_cpu = model_cost(loaded, sample, device, (1.0,))
-    extras_wall, align_wall, recipe_cpu = recipe_cost(loaded, sample, device, n)
+    inputs = model_inputs(sample)
+    shipped_emb, shipped_wall, shipped_cpu = model_cost(loaded, inputs, device, scales)
+    _, one_wall, one_cpu = model_cost(loaded, inputs, device, (1.0,))
+    extras_wall, align_wall, recipe_cpu = recipe_cost(loaded, inputs, device, n)
     per_track = {k: v / n for k, v in stages.items()}
     per_track.update({f"model {scales}": shipped_wall, f"model {scales}_cpu": shipped_cpu,
                       "model (1.0,)": one_wall, "model (1.0,)_cpu": one_cpu,
