@@ -268,7 +268,8 @@ def test_every_scoring_field_is_checked_in_a_package_config():
     from mirex_vi.config import SCORING_BOUNDS, from_dict
 
     listed = {f.name for f in dataclasses.fields(ScoringConfig)}
-    assert set(SCORING_BOUNDS) == listed - {"segment_tempo_scales", "segment_rule", "chroma_key"}
+    assert set(SCORING_BOUNDS) == listed - {"segment_tempo_scales", "segment_rule", "chroma_key",
+                                             "segment_source"}
     for name, allowed in SCORING_BOUNDS.items():
         below = allowed.low if allowed.low_open else allowed.low - 1
         for value in (below, allowed.high + 1):

@@ -2,7 +2,7 @@
 
     python -m benchmarks.quality.rerank --metadata SPLIT --features-dir STORE \
         [--weights NAME] [--excerpt 20] [--first-cliques N] [--segments 43,22 ...] \
-        [--rules max,topk3,diag2] [--segment-weights 0.25,0.5] [--shortlists 10,25,50] \
+        [--segment-source windows|map] [--rules max,topk3,diag2] [--segment-weights 0.25,0.5] [--shortlists 10,25,50] \
         [--fusion-weights 0.3,0.5,0.7] [--stack 3] [--kappa 0.1] [--key oti] \
         [--rerank-base LENGTH,HOP,RULE,WEIGHT] [--cache DIR] [--json OUT]
 
@@ -10,7 +10,8 @@ Every version of the split is a query against all others, as ``mirex-vi evaluate
 it. The systems, each against ``plain`` (the track embeddings' inner products; every track
 embedded at the package's tempi from its stored pooled CQT, as ``evaluate --metadata``
 does, batched): for each ``--segments LENGTH,HOP`` (pooled frames) and each rule and
-weight, ``(1 - w) * track + w * rule(segment pairs)`` (``inference.segments``); and the
+weight, ``(1 - w) * track + w * rule(segment pairs)`` (``inference.segments``; with
+``--segment-source map`` the windows are read off each track's own pass); and the
 re-rank of each query's K nearest by ``--rerank-base`` (default plain) with Qmax alignment
 of chroma folded from the same pooled CQT, fused by per-query z-scores with weight W on
 the model (``inference.align``; W = 0: the alignment alone on the shortlist). Each row
@@ -38,6 +39,7 @@ import torch
 from benchmarks.quality.paired import compare
 from benchmarks.quality.split_embedding import read_split, split_parser
 from mirex_vi.config import CHROMA_KEYS, ScoringConfig
+from mirex_vi.config.features import SEGMENT_SOURCES
 from mirex_vi.eval.metrics import MetricAccumulator, RetrievalResult
 from mirex_vi.features.frontend import model_input
 from mirex_vi.features.pooled import open_features
@@ -118,12 +120,19 @@ def embed_segment_sets(loaded: LoadedWeights, split: Split, cfg: ScoringConfig,
                        batch_size: int) -> dict:
     """``flat`` ``(sum S_i, D)`` and ``counts`` ``(N,)`` segment embeddings windowed by
     ``cfg``; ``seconds`` per segment."""
-    parts = []
+    parts, model = [], loaded.model.eval()
     features = replace(loaded.features, scoring=cfg)
     start = time.perf_counter()
-    for a in range(0, len(split.inputs), GROUP):
-        parts += segments.embed_segments(loaded.model.eval(), split.inputs[a : a + GROUP],
-                                         features, CPU, False, batch_size)
+    if cfg.reads_map:  # the cost is the map's columns, the pass itself being plain's
+        with torch.inference_mode():
+            maps = [(model.embed_and_map(torch.from_numpy(x)[None, None].contiguous(
+                memory_format=torch.channels_last))[1][0], n) for x, n in split.inputs]
+            start = time.perf_counter()
+            parts = [segments.map_segments(model, fmap, n, cfg) for fmap, n in maps]
+    else:
+        for a in range(0, len(split.inputs), GROUP):
+            parts += segments.embed_segments(model, split.inputs[a : a + GROUP], features, CPU,
+                                             False, batch_size)
     flat = torch.cat(parts)
     return dict(flat=flat.numpy(), counts=np.array([len(p) for p in parts]),
                 seconds=np.float64((time.perf_counter() - start) / len(flat)))
@@ -167,6 +176,8 @@ def parse_args() -> argparse.Namespace:
                         help="only the first N cliques in sorted order")
     parser.add_argument("--segments", type=parse_pair, action="append", default=[],
                         metavar="LENGTH,HOP")
+    parser.add_argument("--segment-source", default="windows", choices=SEGMENT_SOURCES,
+                        help="embed each window, or read them off the track's own pass")
     parser.add_argument("--segment-tempi", type=floats, metavar="SCALES",
                         help="embed segments at these tempi (default: the package's)")
     parser.add_argument("--rules", default="max,topk3,diag2", type=lambda s: s.split(","))
@@ -200,9 +211,11 @@ def segment_systems(args, loaded, split, plain_scores, plain, costs) -> tuple[li
     everyone = list(range(len(split.labels)))
     tempi = tuple(args.segment_tempi or loaded.features.tempo_scales)
     tempo_key = "" if tempi == loaded.features.tempo_scales else "-" + "-".join(map(str, tempi))
+    source_key = "-map" if args.segment_source == "map" else ""
     for length, hop in args.segments:
-        cfg = ScoringConfig(segment_length=length, segment_hop=hop, segment_tempo_scales=tempi)
-        sets = cached(cache_path(args, loaded, f"segments-{length}-{hop}{tempo_key}"),
+        cfg = ScoringConfig(segment_length=length, segment_hop=hop, segment_tempo_scales=tempi,
+                            segment_source=args.segment_source)
+        sets = cached(cache_path(args, loaded, f"segments-{length}-{hop}{tempo_key}{source_key}"),
                       lambda: embed_segment_sets(loaded, split, cfg, args.batch_size))
         parts = torch.from_numpy(sets["flat"]).split(sets["counts"].tolist())
         packed = segments.PackedSegments.pack(parts)

@@ -150,16 +150,19 @@ def model_cost(loaded: LoadedWeights, inputs: list[np.ndarray], device: torch.de
 def recipe_cost(loaded: LoadedWeights, inputs: list[np.ndarray], device: torch.device,
                 n_collection: int) -> tuple[float, float, float]:
     """What the package's scoring recipe adds per track in a collection of ``n_collection``:
-    model wall seconds of its extras (segment windows, on torch's threads), wall seconds on
+    model wall seconds of its extras (segment windows, on torch's threads; segments read
+    off the track pass's map cost only their columns), wall seconds on
     one core (chroma and a query's alignments) and CPU seconds of both; zeros for plain
     scoring. Timed on ``inputs`` (``model_inputs``)."""
     recipe = Recipe.of(loaded.model.to(device).eval(), loaded.features, None, device, False)
     if not recipe.needs_extras or len(inputs) < 2:
         return 0.0, 0.0, 0.0
-    with torch.inference_mode():
-        recipe.extras(inputs[0])  # first-call costs
+    with torch.inference_mode():  # a recipe reading the map is handed the pass's own
+        maps = [recipe.model.embed_and_map(torch.from_numpy(x)[None, None].to(device))[1][0]
+                if recipe.wants_map else None for x in inputs]
+        recipe.extras(inputs[0], maps[0])  # first-call costs
         w0, c0 = time.perf_counter(), time.process_time()
-        extras = [recipe.extras(x) for x in inputs]
+        extras = [recipe.extras(x, fmap) for x, fmap in zip(inputs, maps)]
         extras_wall, cpu = time.perf_counter() - w0, time.process_time() - c0
     k = min(recipe.scoring.rerank, n_collection - 1)
     if k == 0:

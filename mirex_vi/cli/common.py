@@ -174,6 +174,10 @@ SEGMENT_OPTIONS = [
                  help="Also embed every track as windows of LENGTH pooled frames (0.46 s "
                       "each) every HOP, and blend the segment rule into each pair's score "
                       "[default: the package's recipe; for index add, the index's]."),
+    click.option("--segment-source", type=click.Choice(["windows", "map"]),
+                 help="Embed each window (windows), or read them off the track's own pass "
+                      "(map: nearly free; one pass at tempo 1, LENGTH 172+16k, HOP a multiple "
+                      "of 16)."),
     click.option("--segment-rule", callback=_segment_rule, metavar="max|topkK|diagK",
                  help="Segment pairs -> a pair's score: the best, the mean of the K best, "
                       "or the best run of K along a diagonal."),
@@ -200,8 +204,8 @@ def with_options(options: list, command):
 
 
 def segment_options(command):
-    """The options that change a package's segment recipe (``--segments`` and the rule,
-    weight and tempi of segments); :func:`scoring_changes` collects them."""
+    """The options that change a package's segment recipe (``--segments`` and the source,
+    rule, weight and tempi of segments); :func:`scoring_changes` collects them."""
     return with_options(SEGMENT_OPTIONS, command)
 
 
@@ -214,7 +218,8 @@ def scoring_options(command):
 
 def scoring_changes(segments: tuple[int, int] | None, segment_rule: tuple[str, int] | None,
                     segment_weight: float | None, segment_tempo_scales: tuple | None,
-                    rerank: int | None = None, fusion_weight: float | None = None) -> dict:
+                    segment_source: str | None = None, rerank: int | None = None,
+                    fusion_weight: float | None = None) -> dict:
     """The ``ScoringConfig`` fields that :func:`scoring_options` change (those given)."""
     changes: dict = {}
     if segments is not None:
@@ -223,7 +228,7 @@ def scoring_changes(segments: tuple[int, int] | None, segment_rule: tuple[str, i
         changes.update(segment_rule=segment_rule[0], segment_k=segment_rule[1])
     for name, value in (("segment_weight", segment_weight), ("rerank", rerank),
                         ("segment_tempo_scales", segment_tempo_scales),
-                        ("fusion_weight", fusion_weight)):
+                        ("segment_source", segment_source), ("fusion_weight", fusion_weight)):
         if value is not None:
             changes[name] = value
     return changes

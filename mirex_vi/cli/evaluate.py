@@ -132,8 +132,9 @@ def _evaluation(mode: str, opts: dict, ev):
 
 def _scoring(opts: dict) -> dict:
     """The changes to the package's scoring recipe that the options ask for."""
-    return scoring_changes(opts["segments"], opts["segment_rule"], opts["segment_weight"],
-                           opts["segment_tempo_scales"], opts["rerank"], opts["fusion_weight"])
+    names = ("segments", "segment_rule", "segment_weight", "segment_tempo_scales",
+             "segment_source", "rerank", "fusion_weight")
+    return scoring_changes(**{name: opts[name] for name in names})
 
 
 def _evaluate_index(opts: dict, json_out: Path | None) -> None:

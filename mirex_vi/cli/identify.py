@@ -50,7 +50,7 @@ def identify(collection, queries, output, workdir, weights_spec, device, no_amp,
     with interruptible():
         try:
             job = prepare(collection, queries, output, workdir, weights_spec, device)
-            recipe = _recipe(job.weights.features.scoring, scoring_changes(**scoring))
+            recipe = _recipe(job.weights.features, scoring_changes(**scoring))
         except ValueError as err:  # InputError, WeightsError and bad devices are all ValueErrors
             fail(str(err))
     settings = EmbedSettings.resolve(job.device, not no_amp, batch_size, workers, cqt_backend)
@@ -67,11 +67,14 @@ def identify(collection, queries, output, workdir, weights_spec, device, no_amp,
     click.echo(summary.describe(), err=True)
 
 
-def _recipe(package, changes: dict):
-    """The package's scoring recipe with ``changes``, or None when there are none."""
+def _recipe(features, changes: dict):
+    """The package's scoring recipe with ``changes``, or None when there are none (ValueError
+    when they do not fit the package, e.g. segments off the map of a three-tempo package)."""
     from dataclasses import replace
 
-    return replace(package, **changes) if changes else None
+    if not changes:
+        return None
+    return replace(features, scoring=replace(features.scoring, **changes)).scoring
 
 
 @click.command()

@@ -13,8 +13,12 @@ from typing import Any
 from .base import FEATURE_BOUNDS, MODEL_BOUNDS, Bounds, _check_bounds, _tempo_scales, to_dict
 
 SEGMENT_RULES = ("max", "topk", "diag")
+SEGMENT_SOURCES = ("windows", "map")
 CHROMA_KEYS = ("oti", "all")
 SEGMENT_LENGTH_BOUNDS = Bounds(8, 2000)  # pooled frames, when segments are on
+# CQT-Net's last feature map (model.cqtnet): one column for its shortest input, 172 pooled
+# frames, and one more every 16 frames; segments read off the map lie on that grid.
+MAP_MIN_FRAMES, MAP_STRIDE = 172, 16
 SCORING_BOUNDS = {
     "segment_length": Bounds(0, 2000),  # 0: off; else SEGMENT_LENGTH_BOUNDS
     "segment_hop": Bounds(0, 2000),  # in [1, segment_length] when segments are on
@@ -37,7 +41,9 @@ class ScoringConfig:
     ``tempo_scales``; one tempo is as good on real covers and a third of the work), and a
     pair scores ``(1 - segment_weight) * track + segment_weight * rule`` over its segment
     pairs: ``max``, ``topk`` (mean of the ``segment_k`` best) or ``diag`` (best mean of
-    ``segment_k`` consecutive pairs along a diagonal). With ``rerank`` = K > 0 each query's
+    ``segment_k`` consecutive pairs along a diagonal). With ``segment_source`` 'map' the
+    windows are read off the one tempo-1 pass's last feature map instead of embedded each
+    (length ``172 + 16k``, hop a multiple of 16; ``inference.segments.map_segments``). With ``rerank`` = K > 0 each query's
     K best are re-scored by chroma alignment (Qmax over ``chroma_stack`` stacked frames,
     ``chroma_kappa`` nearest neighbours, key by ``oti`` or ``all`` 12) and re-ordered by
     ``fusion_weight * z(model) + (1 - fusion_weight) * z(alignment)``.
@@ -46,6 +52,7 @@ class ScoringConfig:
     segment_length: int = 0
     segment_hop: int = 0
     segment_tempo_scales: tuple[float, ...] = (1.0,)
+    segment_source: str = "windows"
     segment_rule: str = "diag"
     segment_k: int = 2
     segment_weight: float = 0.75
@@ -67,18 +74,37 @@ class ScoringConfig:
         if self.segment_length and not 1 <= self.segment_hop <= self.segment_length:
             raise ValueError(f"{name}.segment_hop must be in [1, segment_length="
                              f"{self.segment_length}], got {self.segment_hop}")
-        for field_name, allowed in (("segment_rule", SEGMENT_RULES), ("chroma_key", CHROMA_KEYS)):
+        for field_name, allowed in (("segment_rule", SEGMENT_RULES), ("chroma_key", CHROMA_KEYS),
+                                    ("segment_source", SEGMENT_SOURCES)):
             if getattr(self, field_name) not in allowed:
                 raise ValueError(f"{name}.{field_name} must be one of {', '.join(allowed)}, "
                                  f"got {getattr(self, field_name)!r}")
+        if self.reads_map:
+            self._check_map_grid()
+
+    @property
+    def reads_map(self) -> bool:
+        """Whether segments are on and read off the feature map."""
+        return bool(self.segment_length) and self.segment_source == "map"
+
+    def _check_map_grid(self) -> None:
+        length, hop = self.segment_length, self.segment_hop
+        if length < MAP_MIN_FRAMES or (length - MAP_MIN_FRAMES) % MAP_STRIDE or hop % MAP_STRIDE:
+            raise ValueError(f"segments read off the feature map need a length of "
+                             f"{MAP_MIN_FRAMES} + {MAP_STRIDE}k pooled frames and a hop that "
+                             f"is a multiple of {MAP_STRIDE}, got {length},{hop}")
+        if self.segment_tempo_scales not in ((), (1.0,)):
+            raise ValueError("segments read off the feature map come from the pass at tempo 1, "
+                             f"not at {list(self.segment_tempo_scales)}")
 
     def describe(self) -> str:
-        """What is on, for the matrix's first line: ``segments 172,86 diag2 w=0.75,
+        """What is on, for the matrix's first line: ``segments 172,48 map diag2 w=0.75,
         re-rank 50 W=0.7``, or ``plain`` when nothing is."""
         parts = []
         if self.segment_length:
-            parts.append(f"segments {self.segment_length},{self.segment_hop} {self.segment_rule}"
-                         f"{self.segment_k} w={self.segment_weight:g}")
+            source = " map" if self.segment_source == "map" else ""
+            parts.append(f"segments {self.segment_length},{self.segment_hop}{source} "
+                         f"{self.segment_rule}{self.segment_k} w={self.segment_weight:g}")
         if self.rerank:
             parts.append(f"re-rank {self.rerank} W={self.fusion_weight:g}")
         return ", ".join(parts) or "plain"
@@ -108,6 +134,10 @@ class FeatureConfig:
         object.__setattr__(self, "tempo_scales",
                            _tempo_scales("FeatureConfig.tempo_scales", self.tempo_scales))
         _check_bounds(self, FEATURE_BOUNDS)
+        if self.scoring.reads_map and self.tempo_scales != (1.0,):
+            raise ValueError(f"segments read off the feature map need one pass at tempo 1, "
+                             f"not tempo_scales {list(self.tempo_scales)}: use "
+                             "segment_source 'windows'")
         # The band up to one bin above the top bin must stay below Nyquist (a margin wider
         # than librosa's filter bandwidth); compared in octaves, which cannot overflow.
         octaves_above_fmin = self.n_bins / self.bins_per_octave

@@ -207,7 +207,7 @@ def evaluate_audio(labels_tsv: Path, weights: str | None, settings: EmbedSetting
                     settings.amp)
     with tqdm(total=len(paths), desc="embed", unit="track", disable=not progress) as bar:
         run = embed_tracks(paths, loaded, settings, on_track=bar.update,
-                           extras=recipe.extras if recipe.needs_extras else None)
+                           extras=recipe if recipe.needs_extras else None)
     if run.errors:
         bad = "\n".join(f"  {paths[i]}: {reason}" for i, reason in sorted(run.errors.items()))
         raise InputError(f"{len(run.errors)} labelled track(s) could not be embedded:\n{bad}")

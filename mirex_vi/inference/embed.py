@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -40,6 +41,18 @@ WAITING_BATCHES = 4
 
 
 Input = np.ndarray | torch.Tensor  # (n_bins, T') float32 model input
+MapSink = Callable[[int, torch.Tensor], None]  # (input index, (C, T'') feature map)
+
+
+class TrackExtras(Protocol):
+    """What a scoring recipe keeps of each track besides its vector (``recipe.Recipe``)."""
+
+    @property
+    def wants_map(self) -> bool:
+        """Whether :meth:`extras` takes the feature map of the pass that embedded the track."""
+
+    def extras(self, x: Input, fmap: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+        """The arrays kept for the track of model input ``x``."""
 
 
 class TrackError(Exception):
@@ -58,9 +71,12 @@ def embed_inputs(
     amp: bool,
     batch_size: int = 16,
     tempo_scales: Sequence[float] = (1.0,),
+    on_map: MapSink | None = None,
 ) -> torch.Tensor:
     """Embed preprocessed inputs, batching only those of equal length, each at every one of
-    ``tempo_scales`` (``FeatureConfig.tempo_scales``; see :func:`embed_batch`).
+    ``tempo_scales`` (``FeatureConfig.tempo_scales``; see :func:`embed_batch`). With
+    ``on_map``, each input's ``(C, T'')`` last feature map (on the device) is handed to it
+    with the input's index (one pass at tempo 1 only).
 
     Padding would change a track's embedding (the global max-pool would see the pad), so
     inputs of different lengths never share a batch; results equal batch-size-1 calls within
@@ -86,20 +102,38 @@ def embed_inputs(
             batch = torch.stack([torch.as_tensor(inputs[i]) for i in chunk])[:, None]  # (B, 1, F, T')
             with autocast(device, amp):
                 emb = embed_batch(model, batch.to(device, memory_format=torch.channels_last,
-                                                  non_blocking=True), tempo_scales)
+                                                  non_blocking=True), tempo_scales,
+                                  None if on_map is None else _per_input(on_map, chunk))
             out[chunk] = emb.float().cpu()
     return out
 
 
-def embed_batch(model: CQTNet, batch: torch.Tensor,
-                tempo_scales: Sequence[float] = (1.0,)) -> torch.Tensor:
+def _per_input(on_map: MapSink, indices: list[int]) -> Callable[[torch.Tensor], None]:
+    """A batch's ``(B, C, T'')`` feature map -> one ``on_map`` call per input."""
+
+    def hand_out(fmap: torch.Tensor) -> None:
+        for i, one in zip(indices, fmap):
+            on_map(i, one)
+
+    return hand_out
+
+
+def embed_batch(model: CQTNet, batch: torch.Tensor, tempo_scales: Sequence[float] = (1.0,),
+                on_map: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
     """``(B, D)`` unit-norm embeddings of ``(B, 1, F, T')`` model inputs of one length.
 
     One scale gives the model's embeddings of the batch at that tempo (:func:`at_tempo`;
     at 1.0 the batch itself, the report's single pass). Several give the normalised sum
     of those at each tempo: versions played faster or slower than the model's training
-    crops still meet one of the tempi it knows.
+    crops still meet one of the tempi it knows. ``on_map`` receives the pass's ``(B, C,
+    T'')`` feature map (``CQTNet.embed_and_map``; one pass at tempo 1 only).
     """
+    if on_map is not None:
+        if tuple(tempo_scales) != (1.0,):
+            raise ValueError(f"a feature map comes from one pass at tempo 1, not {list(tempo_scales)}")
+        emb, fmap = model.embed_and_map(batch)
+        on_map(fmap)
+        return emb
     if len(tempo_scales) == 1:
         return model(at_tempo(batch, tempo_scales[0], model.min_pooled_frames))
     total = sum(model(at_tempo(batch, scale, model.min_pooled_frames)).float() for scale in tempo_scales)
@@ -166,12 +200,12 @@ def embed_tracks(
     cache: EmbeddingCache | None = None,
     strict: bool = False,
     on_track: Callable[[], None] = lambda: None,
-    extras: Callable[[Input], dict[str, np.ndarray]] | None = None,
+    extras: TrackExtras | None = None,
 ) -> EmbeddingRun:
     """Embed every track: cached ones are read, the rest decoded in ``settings.workers``
-    processes. With ``extras`` (``recipe.Recipe.extras``), each track's model input also
-    gives the arrays a scoring recipe needs, cached beside its vector (a cached vector
-    without them is embedded again).
+    processes. With ``extras`` (``recipe.Recipe``), each track's model input (and feature
+    map, if it wants it) also gives the arrays a scoring recipe needs, cached beside its
+    vector (a cached vector without them is embedded again).
 
     With ``settings.torch_cqt`` the workers only decode and the CQTs are computed on the
     device (:class:`TorchFrontEnd`), ``settings.batch_size`` tracks of similar length at a
@@ -234,7 +268,7 @@ class _Embedder:
     writer: CacheWriter | None
     strict: bool
     on_track: Callable[[], None]
-    extras: Callable[[Input], dict[str, np.ndarray]] | None = None
+    extras: TrackExtras | None = None
     made: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)  # extras, not stored yet
     waiting: dict[int, list[tuple[int, PackedAudio]]] = field(default_factory=dict)
     pending: dict[int, list[tuple[int, Input]]] = field(default_factory=dict)
@@ -281,8 +315,6 @@ class _Embedder:
         self.flush()
 
     def _queue(self, track: int, x: Input) -> None:
-        if self.extras is not None:
-            self.made[track] = self.extras(x)
         self.pending.setdefault(x.shape[-1], []).append((track, x))
         if sum(map(len, self.pending.values())) >= self.settings.batch_size:
             self.flush()
@@ -355,15 +387,17 @@ class _Embedder:
         """``(track, (D,) vector)`` for the tracks of one equal-length group that embed."""
         inputs = [x for _, x in group]
         amp = self.settings.amp
-        batch = unless_out_of_memory(lambda: self._embed(inputs, amp), self.settings.device)
+        maps: dict[int, torch.Tensor] = {}  # input index -> feature map, when extras want it
+        batch = unless_out_of_memory(lambda: self._embed(inputs, amp, maps), self.settings.device)
         if batch is None:  # the group does not fit: one track at a time
-            vectors = [self._embed_alone(x, amp) for x in inputs]
+            vectors = [self._embed_alone(x, amp, maps, i) for i, x in enumerate(inputs)]
         else:
             vectors = list(batch)
         done = []
-        for (track, x), vector in zip(group, vectors):
+        for i, ((track, x), vector) in enumerate(zip(group, vectors)):
             if vector is not None and amp and not np.all(np.isfinite(vector)):
-                vector = self._embed_alone(x, amp=False)  # an fp16 overflow inside the model
+                # an fp16 overflow inside the model
+                vector = self._embed_alone(x, False, maps, i)
             if vector is None:
                 self._fail(track, "the device ran out of memory in the model")
             elif not np.all(np.isfinite(vector)):
@@ -372,14 +406,21 @@ class _Embedder:
                 self._fail(track, "the embedding is zero")
             else:
                 done.append((track, vector))
+                if self.extras is not None:
+                    self.made[track] = self.extras.extras(x, maps.pop(i, None))
         return done
 
-    def _embed(self, inputs: list[Input], amp: bool) -> np.ndarray:
-        """``(len(inputs), D)`` float32."""
+    def _embed(self, inputs: list[Input], amp: bool, maps: dict[int, torch.Tensor],
+               first: int = 0) -> np.ndarray:
+        """``(len(inputs), D)`` float32; the feature maps go into ``maps`` by input index
+        (from ``first``) when the extras want them."""
+        wants = self.extras is not None and self.extras.wants_map
+        on_map = (lambda i, fmap: maps.__setitem__(first + i, fmap)) if wants else None
         return embed_inputs(self.model, inputs, self.settings.device, amp,
-                            self.settings.batch_size, self.cfg.tempo_scales).numpy()
+                            self.settings.batch_size, self.cfg.tempo_scales, on_map).numpy()
 
-    def _embed_alone(self, x: Input, amp: bool) -> np.ndarray | None:
-        out = unless_out_of_memory(lambda: self._embed([x], amp), self.settings.device)
+    def _embed_alone(self, x: Input, amp: bool, maps: dict[int, torch.Tensor],
+                     i: int) -> np.ndarray | None:
+        out = unless_out_of_memory(lambda: self._embed([x], amp, maps, i), self.settings.device)
         return None if out is None else out[0]
 

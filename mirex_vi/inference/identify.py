@@ -164,7 +164,7 @@ def identify(job: IdentifyJob, settings: EmbedSettings, strict: bool = False,
     with tqdm(total=len(paths), desc="embed", unit="track", disable=not progress) as bar:
         try:
             run = embed_tracks(paths, job.weights, settings, cache, strict, on_track=bar.update,
-                               extras=recipe.extras if recipe.needs_extras else None)
+                               extras=recipe if recipe.needs_extras else None)
         except TrackError as err:
             summary.strict_error = str(err)
             return summary

@@ -1,9 +1,10 @@
 """A package's scoring recipe (``FeatureConfig.scoring``) at inference: what each track
 keeps besides its embedding, and how a block of query rows is re-scored with it.
 
-Each track's model input gives, in the same pass as its embedding, its segment embeddings
-(``segments``) and its chroma (``align.chroma`` of its pooled frames), so nothing is
-decoded twice; both are cached beside the embedding (:meth:`Recipe.cache_key`). The rows of
+Each track's model input gives, beside its embedding, its segment embeddings (``segments``;
+with ``segment_source`` 'map' read off the embedding pass's own feature map) and its chroma
+(``align.chroma`` of its pooled frames), so nothing is decoded twice; both are cached
+beside the embedding (:meth:`Recipe.cache_key`). The rows of
 inner products are then blended with the segment rule and their best K re-ranked by
 alignment (:meth:`Recipe.rescorer`), in that order.
 """
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from ..config import FeatureConfig, ScoringConfig
+from ..core.runtime import autocast
 from ..model.cqtnet import CQTNet
 from . import align, segments
 
@@ -52,22 +54,43 @@ class Recipe:
         """Whether tracks must keep more than their embedding."""
         return bool(self.scoring.segment_length or self.scoring.rerank)
 
+    @property
+    def wants_map(self) -> bool:
+        """Whether segments are read off the track pass's feature map (``extras``' ``fmap``)."""
+        return self.scoring.reads_map
+
     def cache_key(self) -> dict | None:
         """What makes a track's extras, for the cache (None: no extras)."""
         if not self.needs_extras:
             return None
-        s = self.scoring
-        return {"segments": [s.segment_length, s.segment_hop,
-                             list(segments.segment_tempi(self.features))] if s.segment_length
-                else None, "chroma": CHROMA_VERSION}
+        s, key = self.scoring, None
+        if s.segment_length:
+            key = [s.segment_length, s.segment_hop, list(segments.segment_tempi(self.features))]
+            key += ["map"] if self.wants_map else []
+        return {"segments": key, "chroma": CHROMA_VERSION}
 
-    def extras(self, x: np.ndarray | torch.Tensor) -> dict[str, np.ndarray]:
+    @torch.inference_mode()
+    def extras(self, x: np.ndarray | torch.Tensor,
+               fmap: torch.Tensor | None = None) -> dict[str, np.ndarray]:
         """A track's extras from its ``(F, T')`` model input: ``segments`` ``(S, D)`` float32
-        (with segments on) and ``chroma`` ``(T, 12)`` float32 of its unpadded frames."""
+        (with segments on) and ``chroma`` ``(T, 12)`` float32 of its unpadded frames.
+
+        Args:
+            fmap: with :attr:`wants_map`, the ``(C, T'')`` feature map of the pass that
+                embedded ``x`` (``CQTNet.embed_and_map``); None: made here by a pass of its own.
+        """
         n = segments.track_frames(x)
         frames = torch.as_tensor(x, dtype=torch.float32)[:, :n].T.cpu().numpy()  # (T, F)
         out = {"chroma": align.chroma(frames, self.features.bins_per_octave, self.features.fmin)}
-        if self.scoring.segment_length:
+        if self.wants_map:
+            with autocast(self.device, self.amp):
+                if fmap is None:
+                    batch = torch.as_tensor(x)[None, None].to(
+                        self.device, memory_format=torch.channels_last)
+                    fmap = self.model.embed_and_map(batch)[1][0]
+                rows = segments.map_segments(self.model, fmap, n, self.scoring)
+            out["segments"] = rows.float().cpu().numpy()
+        elif self.scoring.segment_length:
             out["segments"] = segments.embed_segments(self.model, [(x, n)], self.features,
                                                       self.device, self.amp,
                                                       self.batch_size)[0].numpy()

@@ -5,7 +5,9 @@ One vector per track averages a shared section away when a version keeps only pa
 work (an excerpt, a medley, a long intro). Windows of ``ScoringConfig.segment_length``
 pooled frames every ``segment_hop`` are cut from the track's model input, max-normalised
 and zero-padded to the model's shortest input as training crops are (``train.data``), and
-embedded (:func:`embed_segments`). A pair's score is the track score blended with one rule
+embedded (:func:`embed_segments`). With ``segment_source`` 'map' the same windows are read
+off the track pass's own last feature map instead (:func:`map_segments`): nearly free, and
+close to embedding them, though each window is not max-normalised on its own. A pair's score is the track score blended with one rule
 over the segment pairs (``segment_rule``): the best pair (``max``), the mean of the ``k``
 best (``topk``) or the best run of ``k`` consecutive pairs along a diagonal (``diag``: the
 two tracks match over several windows in the same order).
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..config import FeatureConfig, ScoringConfig
 from ..core.runtime import autocast
@@ -123,6 +126,32 @@ def embed_segments(model: CQTNet, tracks: Sequence[tuple[np.ndarray | torch.Tens
         with autocast(device, amp):
             out[start : start + len(batch)] = embed_batch(model, batch, tempi).float().cpu()
     return list(out.split([len(w) for w in windows]))
+
+
+def map_segments(model: CQTNet, fmap: torch.Tensor, n_frames: int, cfg: ScoringConfig) -> torch.Tensor:
+    """A track's segment embeddings read off its last feature map: the windows of
+    :func:`window_starts`, each the run of columns starting nearest to it, max-pooled over
+    those columns and projected as the whole map is (:meth:`CQTNet.embed_and_map`). A
+    track whose windows fall on one run is one segment, its whole map: its own embedding.
+
+    Args:
+        fmap: ``(C, T'')`` the track's map, max-pooled over frequency (any device, dtype).
+        n_frames: the track's frames without padding (:func:`track_frames`).
+        cfg: a recipe that reads the map (``ScoringConfig.reads_map``: its windows lie on
+            the map's column grid).
+
+    Returns:
+        ``(S, D)`` float32 unit rows on ``fmap``'s device, windows in time order.
+    """
+    width = CQTNet.map_columns(cfg.segment_length)
+    last = max(fmap.shape[-1] - width, 0)
+    firsts = sorted({min(round(start / CQTNet.column_stride), last)
+                     for start in window_starts(n_frames, cfg.segment_length, cfg.segment_hop)})
+    if len(firsts) == 1:
+        pooled = fmap.amax(dim=1)[None]  # (1, C)
+    else:
+        pooled = torch.stack([fmap[:, c : c + width].amax(dim=1) for c in firsts])  # (S, C)
+    return F.normalize(model.proj(pooled).float(), p=2, dim=1, eps=1e-12)
 
 
 # --- scoring pairs from their segments ---------------------------------------------------

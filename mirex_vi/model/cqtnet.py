@@ -70,6 +70,8 @@ class CQTNet(nn.Module):
     """
 
     min_pooled_frames = _min_time_frames()  # shortest T' (pooled frames) the model accepts
+    # Pooled frames between neighbouring columns of the last feature map (one per time pool).
+    column_stride = 2 ** sum(pool for *_, pool in _CONV_PLAN)
 
     def __init__(self, cfg: ModelConfig = ModelConfig()):
         super().__init__()
@@ -98,6 +100,21 @@ class CQTNet(nn.Module):
         x = self.pool(x).flatten(1)  # (B, 16c)
         x = self.proj(x)  # (B, D)
         return F.normalize(x.float(), p=2, dim=1, eps=1e-12)
+
+    def embed_and_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward`'s ``(B, D)`` embeddings (equal to it: a max is exact in any order)
+        and the ``(B, 16c, T'')`` last feature map, max-pooled over frequency, that they
+        come from. Column ``j`` of the map sees about 200 input frames, from ``s j - 15`` to
+        ``s j + 186`` (``s = column_stride``, 16)."""
+        fmap = self.front_end(x).amax(dim=2)  # (B, 16c, T'')
+        emb = self.proj(fmap.amax(dim=2))  # (B, D)
+        return F.normalize(emb.float(), p=2, dim=1, eps=1e-12), fmap
+
+    @staticmethod
+    def map_columns(n_frames: int) -> int:
+        """Columns of the last feature map whose input frames all lie in the first
+        ``n_frames`` (0 below ``min_pooled_frames``)."""
+        return _time_frames_out(n_frames)
 
 
 def build_model(size: str | ModelConfig = "mirex") -> CQTNet:

@@ -78,7 +78,7 @@ class Embedder:
         with each track's ``extras["segments"]`` ``(S, D)`` when :attr:`segments` is set."""
         from tqdm import tqdm
 
-        extras = self._recipe(self.segments).extras if self.segments else None
+        extras = self._recipe(self.segments) if self.segments else None
         with tqdm(total=len(paths), desc="embed", unit="track", disable=not self.progress) as bar:
             return embed_tracks(paths, self.weights, self.settings, self.cache,
                                 on_track=bar.update, extras=extras)

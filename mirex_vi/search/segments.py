@@ -27,8 +27,8 @@ from . import faiss_index
 log = logging.getLogger(__name__)
 
 # The fields of a scoring recipe that an index keeps: what makes the segments and scores them.
-RECIPE_FIELDS = ("segment_length", "segment_hop", "segment_tempo_scales", "segment_rule",
-                 "segment_k", "segment_weight")
+RECIPE_FIELDS = ("segment_length", "segment_hop", "segment_tempo_scales", "segment_source",
+                 "segment_rule", "segment_k", "segment_weight")
 
 
 def index_recipe(features: FeatureConfig, changes: dict | None = None) -> ScoringConfig | None:
