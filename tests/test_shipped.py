@@ -33,9 +33,10 @@ def test_default_package_verifies_and_loads():
     # crops differ.
     scoring = loaded.features.scoring
     assert loaded.features.tempo_scales == (1.0,)
-    assert (scoring.segment_length, scoring.segment_hop, scoring.segment_rule,
-            scoring.segment_k, scoring.segment_weight, scoring.segment_tempo_scales,
-            scoring.rerank, scoring.fusion_weight) == (172, 86, "diag", 2, 0.75, (1.0,), 50, 0.7)
+    assert (scoring.segment_length, scoring.segment_hop, scoring.segment_source,
+            scoring.segment_rule, scoring.segment_k, scoring.segment_weight,
+            scoring.segment_tempo_scales, scoring.rerank, scoring.fusion_weight) == (
+        172, 96, "map", "diag", 2, 0.75, (1.0,), 50, 0.7)
     assert dataclasses.replace(loaded.features, crop_frames=7600, min_crop_frames=0,
                                scoring=FeatureConfig().scoring) == FeatureConfig()
     card = (weights_root() / DEFAULT_WEIGHTS / "MODEL_CARD.md").read_text()
