@@ -186,17 +186,42 @@ def test_out_of_memory_in_the_model_retries_alone_then_skips(tracks, weights, mo
     exact = _embed(tracks, weights, "librosa")
     real, calls = embed.embed_inputs, []
 
-    def small_device(model, inputs, device, amp, batch_size=16, tempo_scales=(1.0,)):
+    def small_device(model, inputs, device, amp, batch_size=16, tempo_scales=(1.0,),
+                     on_map=None):
         calls.append(len(inputs))
         if len(inputs) > 1 or len(calls) == 2:  # no pair fits, nor the first track alone
             raise torch.OutOfMemoryError("CUDA out of memory")
-        return real(model, inputs, device, amp, batch_size, tempo_scales)
+        return real(model, inputs, device, amp, batch_size, tempo_scales, on_map)
 
     monkeypatch.setattr(embed, "embed_inputs", small_device)
     run = _embed(tracks, weights, "librosa")  # batches of 2 tracks of equal length
     assert run.errors == {0: "the device ran out of memory in the model"}
     np.testing.assert_array_equal(run.embeddings[1:], exact.embeddings[1:])
     assert calls == [2, 1, 1, 2, 1, 1]
+
+
+def test_tracks_embedded_alone_keep_their_own_feature_maps(tracks, weights, monkeypatch):
+    from dataclasses import replace
+
+    from mirex_vi.config import ScoringConfig
+    from mirex_vi.inference.recipe import Recipe
+
+    scoring = ScoringConfig(segment_length=172, segment_hop=96, segment_source="map")
+    recipe = Recipe(weights.model, replace(weights.features, scoring=scoring), CPU, False)
+    exact = embed_tracks(tracks, weights, _settings("librosa"), extras=recipe)
+    real = embed.embed_inputs
+
+    def one_at_a_time(model, inputs, *args):
+        if len(inputs) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real(model, inputs, *args)
+
+    monkeypatch.setattr(embed, "embed_inputs", one_at_a_time)
+    run = embed_tracks(tracks, weights, _settings("librosa"), extras=recipe)
+    assert not run.errors and sorted(run.extras) == list(range(len(tracks)))
+    for i in range(len(tracks)):
+        np.testing.assert_allclose(run.extras[i]["segments"], exact.extras[i]["segments"],
+                                   atol=1e-6)
 
 
 def test_cache_batch_write_syncs_once_and_reads_back(tracks, weights, tmp_path, monkeypatch):
