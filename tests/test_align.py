@@ -129,3 +129,19 @@ def test_reorder_keeps_each_row_s_values():
     short = torch.tensor([[0, 2, 4]])
     out = reorder(scores, short, torch.tensor([[0.0, 1.0, 2.0]]))  # reverse their order
     assert out[0].tolist() == pytest.approx([0.7, 0.5, 0.8, 0.1, 0.9])
+
+
+def test_the_rerank_is_the_same_on_one_thread_and_on_several():
+    rng = np.random.default_rng(3)
+    chromas = [rng.random((40 + 7 * i, 12)).astype(np.float32) for i in range(12)]
+    scores, queries, cfg = torch.rand(12, 12), list(range(12)), ScoringConfig(rerank=5)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = rerank(scores, queries, chromas, cfg)
+        torch.set_num_threads(3)
+        several = rerank(scores, queries, chromas, cfg)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(alone, several)
+    assert not torch.equal(alone, scores)  # the re-rank moved something

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
@@ -235,7 +236,12 @@ def rerank(scores: torch.Tensor, query_indices: Sequence[int], chromas: Sequence
     """
     scores = torch.as_tensor(scores, dtype=torch.float32)
     short = shortlists(scores, query_indices, cfg.rerank, valid)  # (Q, K)
-    aligned = torch.tensor([[alignment_score(chromas[q], chromas[c], cfg) for c in row]
-                            for q, row in zip(query_indices, short.tolist())],
-                           dtype=torch.float32).reshape(short.shape)
+
+    def align_row(query: int, row: list[int]) -> list[float]:
+        return [alignment_score(chromas[query], chromas[c], cfg) for c in row]
+
+    # The queries' rows on torch's threads: the alignment's kernels release the GIL.
+    with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
+        rows = list(pool.map(align_row, query_indices, short.tolist()))
+    aligned = torch.tensor(rows, dtype=torch.float32).reshape(short.shape)
     return reorder(scores, short, fuse(scores.gather(1, short), aligned, cfg.fusion_weight))
