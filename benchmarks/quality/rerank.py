@@ -2,9 +2,10 @@
 
     python -m benchmarks.quality.rerank --metadata SPLIT --features-dir STORE \
         [--weights NAME] [--excerpt 20] [--first-cliques N] [--segments 43,22 ...] \
-        [--segment-source windows|map] [--rules max,topk3,diag2] [--segment-weights 0.25,0.5] [--shortlists 10,25,50] \
-        [--fusion-weights 0.3,0.5,0.7] [--stack 3] [--kappa 0.1] [--key oti] \
-        [--rerank-base LENGTH,HOP,RULE,WEIGHT] [--cache DIR] [--json OUT]
+        [--segment-source windows|map] [--rules max,topk3,diag2] \
+        [--segment-weights 0.25,0.5] [--shortlists 10,25,50] [--fusion-weights 0.3,0.5,0.7] \
+        [--stack 3] [--kappa 0.1] [--key oti] [--rerank-base LENGTH,HOP,RULE,WEIGHT] \
+        [--cache DIR] [--json OUT]
 
 Every version of the split is a query against all others, as ``mirex-vi evaluate`` scores
 it. The systems, each against ``plain`` (the track embeddings' inner products; every track
@@ -125,8 +126,7 @@ def embed_segment_sets(loaded: LoadedWeights, split: Split, cfg: ScoringConfig,
     start = time.perf_counter()
     if cfg.reads_map:  # the cost is the map's columns, the pass itself being plain's
         with torch.inference_mode():
-            maps = [(model.embed_and_map(torch.from_numpy(x)[None, None].contiguous(
-                memory_format=torch.channels_last))[1][0], n) for x, n in split.inputs]
+            maps = [(segments.feature_map(model, x, CPU), n) for x, n in split.inputs]
             start = time.perf_counter()
             parts = [segments.map_segments(model, fmap, n, cfg) for fmap, n in maps]
     else:

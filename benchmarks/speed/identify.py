@@ -63,7 +63,7 @@ from mirex_vi.core.runtime import resolve_device  # noqa: E402
 from mirex_vi.features.frontend import compute_cqt, preprocess  # noqa: E402
 from mirex_vi.features.workers import default_workers  # noqa: E402
 from mirex_vi.inference.cache import EmbeddingCache  # noqa: E402
-from mirex_vi.inference import align  # noqa: E402
+from mirex_vi.inference import align, segments  # noqa: E402
 from mirex_vi.inference.embed import embed_batch  # noqa: E402
 from mirex_vi.inference.recipe import Recipe  # noqa: E402
 from mirex_vi.inference.settings import EmbedSettings  # noqa: E402
@@ -158,8 +158,8 @@ def recipe_cost(loaded: LoadedWeights, inputs: list[np.ndarray], device: torch.d
     if not recipe.needs_extras or len(inputs) < 2:
         return 0.0, 0.0, 0.0
     with torch.inference_mode():  # a recipe reading the map is handed the pass's own
-        maps = [recipe.model.embed_and_map(torch.from_numpy(x)[None, None].to(device))[1][0]
-                if recipe.wants_map else None for x in inputs]
+        maps = [segments.feature_map(recipe.model, x, device) if recipe.wants_map else None
+                for x in inputs]
         recipe.extras(inputs[0], maps[0])  # first-call costs
         w0, c0 = time.perf_counter(), time.process_time()
         extras = [recipe.extras(x, fmap) for x, fmap in zip(inputs, maps)]

@@ -43,9 +43,10 @@ class ScoringConfig:
     pairs: ``max``, ``topk`` (mean of the ``segment_k`` best) or ``diag`` (best mean of
     ``segment_k`` consecutive pairs along a diagonal). With ``segment_source`` 'map' the
     windows are read off the one tempo-1 pass's last feature map instead of embedded each
-    (length ``172 + 16k``, hop a multiple of 16; ``inference.segments.map_segments``). With ``rerank`` = K > 0 each query's
-    K best are re-scored by chroma alignment (Qmax over ``chroma_stack`` stacked frames,
-    ``chroma_kappa`` nearest neighbours, key by ``oti`` or ``all`` 12) and re-ordered by
+    (length ``172 + 16k``, hop a multiple of 16; ``inference.segments.map_segments``).
+    With ``rerank`` = K > 0 each query's K best are re-scored by chroma alignment (Qmax
+    over ``chroma_stack`` stacked frames, ``chroma_kappa`` nearest neighbours, key by
+    ``oti`` or ``all`` 12) and re-ordered by
     ``fusion_weight * z(model) + (1 - fusion_weight) * z(alignment)``.
     """
 

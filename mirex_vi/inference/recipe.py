@@ -85,9 +85,7 @@ class Recipe:
         if self.wants_map:
             with autocast(self.device, self.amp):
                 if fmap is None:
-                    batch = torch.as_tensor(x)[None, None].to(
-                        self.device, memory_format=torch.channels_last)
-                    fmap = self.model.embed_and_map(batch)[1][0]
+                    fmap = segments.feature_map(self.model, x, self.device)
                 rows = segments.map_segments(self.model, fmap, n, self.scoring)
             out["segments"] = rows.float().cpu().numpy()
         elif self.scoring.segment_length:

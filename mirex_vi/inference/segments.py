@@ -7,10 +7,11 @@ pooled frames every ``segment_hop`` are cut from the track's model input, max-no
 and zero-padded to the model's shortest input as training crops are (``train.data``), and
 embedded (:func:`embed_segments`). With ``segment_source`` 'map' the same windows are read
 off the track pass's own last feature map instead (:func:`map_segments`): nearly free, and
-close to embedding them, though each window is not max-normalised on its own. A pair's score is the track score blended with one rule
-over the segment pairs (``segment_rule``): the best pair (``max``), the mean of the ``k``
-best (``topk``) or the best run of ``k`` consecutive pairs along a diagonal (``diag``: the
-two tracks match over several windows in the same order).
+close to embedding them, though each window is not max-normalised on its own. A pair's
+score is the track score blended with one rule over the segment pairs (``segment_rule``):
+the best pair (``max``), the mean of the ``k`` best (``topk``) or the best run of ``k``
+consecutive pairs along a diagonal (``diag``: the two tracks match over several windows in
+the same order).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..config import FeatureConfig, ScoringConfig
 from ..core.runtime import autocast
@@ -151,7 +151,15 @@ def map_segments(model: CQTNet, fmap: torch.Tensor, n_frames: int, cfg: ScoringC
         pooled = fmap.amax(dim=1)[None]  # (1, C)
     else:
         pooled = torch.stack([fmap[:, c : c + width].amax(dim=1) for c in firsts])  # (S, C)
-    return F.normalize(model.proj(pooled).float(), p=2, dim=1, eps=1e-12)
+    return model.head(pooled)
+
+
+def feature_map(model: CQTNet, x: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``(C, T'')`` last feature map of one ``(F, T')`` model input, from a pass of its own
+    on ``device`` (the caller's autocast applies): for :func:`map_segments` where the
+    embedding pass's own map is not at hand."""
+    batch = torch.as_tensor(x)[None, None].to(device, memory_format=torch.channels_last)
+    return model.embed_and_map(batch)[1][0]
 
 
 # --- scoring pairs from their segments ---------------------------------------------------

@@ -97,9 +97,12 @@ class CQTNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.front_end(x)  # (B, 16c, F'', T'')
-        x = self.pool(x).flatten(1)  # (B, 16c)
-        x = self.proj(x)  # (B, D)
-        return F.normalize(x.float(), p=2, dim=1, eps=1e-12)
+        return self.head(self.pool(x).flatten(1))  # (B, 16c) -> (B, D)
+
+    def head(self, pooled: torch.Tensor) -> torch.Tensor:
+        """``(B, 16c)`` max-pooled features -> ``(B, D)`` unit embeddings (the last layer,
+        L2-normalised in fp32)."""
+        return F.normalize(self.proj(pooled).float(), p=2, dim=1, eps=1e-12)
 
     def embed_and_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`forward`'s ``(B, D)`` embeddings (equal to it: a max is exact in any order)
@@ -107,8 +110,7 @@ class CQTNet(nn.Module):
         come from. Column ``j`` of the map sees about 200 input frames, from ``s j - 15`` to
         ``s j + 186`` (``s = column_stride``, 16)."""
         fmap = self.front_end(x).amax(dim=2)  # (B, 16c, T'')
-        emb = self.proj(fmap.amax(dim=2))  # (B, D)
-        return F.normalize(emb.float(), p=2, dim=1, eps=1e-12), fmap
+        return self.head(fmap.amax(dim=2)), fmap
 
     @staticmethod
     def map_columns(n_frames: int) -> int:
