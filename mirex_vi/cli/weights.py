@@ -1,4 +1,5 @@
-"""The ``weights`` commands: list, verify, copy, import/export, recalibrate and whiten packages.
+"""The ``weights`` commands: list, verify, copy, import/export, recalibrate, whiten and blend
+packages.
 
 Only click is imported here; torch and the package code load inside the commands.
 """
@@ -15,7 +16,7 @@ from .common import fail as _fail
 
 @click.group("weights")
 def weights_group() -> None:
-    """List, verify, copy, import and export weight packages.
+    """List, verify, copy, import, export and derive weight packages.
 
     \b
     `import` and `export` are one command under two names: each turns a .pth checkpoint
@@ -198,3 +199,21 @@ def weights_whiten(source, metadata, features_dir, name, root, seed, device, shr
     _write_derived(root, name, device, lambda folder, dev: whiten_package(
         source, folder, metadata, features_dir, tracks, shrinkage, seed, device=dev),
         "within-clique covariance measured on", metadata)
+
+
+@weights_group.command("blend")
+@click.argument("source")
+@click.argument("other")
+@click.option("--weight", type=click.FloatRange(0, 1), required=True,
+              help="Share of OTHER's weights: 0 gives SOURCE's, 1 OTHER's.")
+@click.option("--name", required=True, help="Package name (a folder under --root).")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path),
+              help="Where to create the package [default: the weights folder].")
+def weights_blend(source, other, weight, name, root) -> None:
+    """Blend the weights of two packages of one model (folders or names), (1 - W) x SOURCE
+    + W x OTHER, and write it as NAME with SOURCE's config and recipe: a model fine-tuned
+    from SOURCE keeps, part way back, most of its gain and most of what SOURCE knew."""
+    from ..train.blend import blend_package
+
+    with interruptible("no package written"):
+        _write_package_at(root, name, lambda folder: blend_package(source, other, folder, weight))

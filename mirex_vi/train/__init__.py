@@ -4,7 +4,8 @@ A batch goes: ``data`` (clique-balanced sampler, random crops from a feature sto
 ``augment``) -> ``loop`` (the model under AMP) -> ``losses`` (online triplet: random
 positive, hardest negative; ``heads`` for an optional BNNeck classifier) -> optimizer.
 ``checkpoint`` keeps the run folder resumable; ``distributed`` runs it under ``torchrun``.
-``whiten`` (WCCN) and ``recalibrate`` (precise BN) derive a new package from a trained one.
+``whiten`` (WCCN), ``recalibrate`` (precise BN) and ``blend`` (two packages' weights on the
+line between them) derive a new package from trained ones.
 
 Imports: ``eval`` (validation figures) and everything below it.
 """
