@@ -2,7 +2,7 @@
 
     python -m benchmarks.quality.realdev --weights A [--weights B] --realdev DIR \
         [--synthetic DIR] [--excerpt 20] [--ood METADATA [--ood-features DIR]] \
-        [--resamples 10000] [--seed 0] [--json OUT]
+        [--recipe] [--resamples 10000] [--seed 0] [--json OUT]
 
 The sets, each a light JSON split and the stored features of its versions:
 
@@ -15,7 +15,10 @@ The sets, each a light JSON split and the stored features of its versions:
 A folder given for a file is searched for the one file of that pattern. Every set is
 read, and every package loaded, before anything is embedded. Each package embeds every
 version as ``mirex-vi evaluate --device cpu --no-amp`` does (``embed_cliques``) and every
-version is a query against all others (``score_embeddings``). With two packages, the
+version is a query against all others, by the plain inner product (``score_embeddings``)
+or, with ``--recipe``, by each package's own scoring recipe, its segments and re-rank made
+from the same stored features (``evaluate_cliques``, as ``mirex-vi evaluate --metadata``
+scores). With two packages, the
 paired MAP difference B - A and its 95 % interval from a bootstrap over cliques
 (``paired.compare``). Prints the table and the time taken.
 """
@@ -33,7 +36,7 @@ import torch
 
 from benchmarks.quality.paired import compare
 from benchmarks.quality.split_embedding import read_split
-from mirex_vi.eval.evaluate import embed_cliques, score_embeddings
+from mirex_vi.eval.evaluate import embed_cliques, evaluate_cliques, score_embeddings
 from mirex_vi.io.metadata import Cliques
 from mirex_vi.model.weights import LoadedWeights, load_weights
 
@@ -93,15 +96,22 @@ def eval_sets(args: argparse.Namespace) -> list[EvalSet]:
     return sets
 
 
-def score_set(packages: list[LoadedWeights], s: EvalSet, resamples: int, seed: int) -> dict:
-    """The figures of each package on set ``s`` (``summary()`` dicts), the seconds it took,
-    and with two packages their paired comparison."""
+def score_set(packages: list[LoadedWeights], s: EvalSet, resamples: int, seed: int,
+              recipe: bool = False) -> dict:
+    """The figures of each package on set ``s`` (``summary()`` dicts), plain or by its
+    ``recipe``, the seconds it took, and with two packages their paired comparison."""
     t0 = time.perf_counter()
     results, labels = [], []
     for loaded in packages:
-        emb, labels = embed_cliques(loaded.model, loaded.features, s.cliques, s.features, CPU,
-                                    amp=False, excerpt=s.excerpt, progress=False)  # (N, D)
-        results.append(score_embeddings(emb, labels, CPU))
+        if recipe:
+            result, labels = evaluate_cliques(loaded.model, loaded.features, s.cliques,
+                                              s.features, CPU, amp=False, excerpt=s.excerpt,
+                                              progress=False)
+        else:
+            emb, labels = embed_cliques(loaded.model, loaded.features, s.cliques, s.features,
+                                        CPU, amp=False, excerpt=s.excerpt, progress=False)
+            result = score_embeddings(emb, labels, CPU)  # emb: (N, D)
+        results.append(result)
     row = dict(set=s.name, metadata=str(s.metadata), features=str(s.features),
                excerpt=s.excerpt, versions=len(labels),
                figures=[r.summary() for r in results])
@@ -141,6 +151,8 @@ def parse_args() -> argparse.Namespace:
                         help="also score the synthetic test split's first SECONDS (0: not)")
     parser.add_argument("--ood", type=Path, metavar="METADATA")
     parser.add_argument("--ood-features", type=Path, metavar="DIR")
+    parser.add_argument("--recipe", action="store_true",
+                        help="score by each package's recipe (default: the plain inner product)")
     parser.add_argument("--resamples", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -158,13 +170,15 @@ def main() -> None:
         packages = [load_weights(w) for w in args.weights]
     except (ValueError, OSError) as err:  # WeightsError is a ValueError
         sys.exit(f"error: {err}")
-    rows = [score_set(packages, s, args.resamples, args.seed) for s in sets]
+    rows = [score_set(packages, s, args.resamples, args.seed, args.recipe) for s in sets]
+    print("scoring: " + ("each package's recipe" if args.recipe else "plain inner product"))
     print_table(args.weights, rows)
     seconds = time.perf_counter() - t0
     print(f"\n{len(sets)} sets x {len(packages)} package(s) in {seconds:.1f} s "
           f"(CPU, {torch.get_num_threads()} threads)")
     if args.json:
-        figures = dict(weights=args.weights, rows=rows, seconds=round(seconds, 1))
+        figures = dict(weights=args.weights, recipe=args.recipe, rows=rows,
+                       seconds=round(seconds, 1))
         try:
             args.json.write_text(json.dumps(figures, indent=2) + "\n")
         except OSError as err:  # the table is printed already
