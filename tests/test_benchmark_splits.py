@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from conftest import patterned_split, run_benchmark, run_cli, run_test_subsets
 
@@ -108,24 +109,26 @@ def test_tempo_sweep_scores_each_set_as_a_package_at_those_tempi_does(tmp_path, 
     assert rows[0]["map"] != rows[1]["map"]
 
 
-def test_realdev_scores_each_package_by_its_recipe_as_evaluate_does(tmp_path, tiny_package):
+def test_realdev_scores_each_package_by_its_recipe_against_the_first(tmp_path, tiny_package):
     meta, store = patterned_split(tmp_path, n_cliques=5)
     (store / "split-light.json").write_text(meta.read_text())  # --realdev: one folder
     recipe = tmp_path / "w" / "recipe"
     code, text = run_cli("weights", "copy", tiny_package, "recipe", "--root", tmp_path / "w",
                          "--segments", "32,16", "--rerank", "4", "--fusion-weight", "0.5")
     assert code == 0, text
-    figures = {}
+    rows = {}
     for flag in ("--recipe", None):
         out = tmp_path / f"{flag}.json"
         proc = run_benchmark("quality.realdev", "--weights", tiny_package, "--weights", recipe,
-                             "--realdev", store, "--resamples", "100", "--json", out,
-                             *([flag] if flag else []))
+                             "--weights", tiny_package, "--realdev", store, "--resamples", "100",
+                             "--json", out, *([flag] if flag else []))
         assert proc.returncode == 0, proc.stderr
-        figures[flag] = [f["map"] for f in json.loads(out.read_text())["rows"][0]["figures"]]
+        rows[flag] = json.loads(out.read_text())["rows"][0]
     plain, by_recipe = (evaluate_features(meta, store, str(p), "cpu", amp=False,
                                           progress=False)[0].summary()["map"]
                         for p in (tiny_package, recipe))
-    assert figures["--recipe"] == [plain, by_recipe]
-    assert figures[None] == [plain, plain]  # the same weights, scored plain
     assert by_recipe != plain
+    assert [f["map"] for f in rows["--recipe"]["figures"]] == [plain, by_recipe, plain]
+    assert [f["map"] for f in rows[None]["figures"]] == [plain] * 3  # the same weights, plain
+    differences = [p["difference"] for p in rows["--recipe"]["paired"]]  # B - A, C - A
+    assert differences == [pytest.approx(by_recipe - plain), 0]

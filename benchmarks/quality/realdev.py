@@ -1,6 +1,6 @@
 """Packages on real covers beside the synthetic sets: one table, to choose on real music.
 
-    python -m benchmarks.quality.realdev --weights A [--weights B] --realdev DIR \
+    python -m benchmarks.quality.realdev --weights A [--weights B ...] --realdev DIR \
         [--synthetic DIR] [--excerpt 20] [--ood METADATA [--ood-features DIR]] \
         [--recipe] [--resamples 10000] [--seed 0] [--json OUT]
 
@@ -18,9 +18,9 @@ version as ``mirex-vi evaluate --device cpu --no-amp`` does (``embed_cliques``) 
 version is a query against all others, by the plain inner product (``score_embeddings``)
 or, with ``--recipe``, by each package's own scoring recipe, its segments and re-rank made
 from the same stored features (``evaluate_cliques``, as ``mirex-vi evaluate --metadata``
-scores). With two packages, the
-paired MAP difference B - A and its 95 % interval from a bootstrap over cliques
-(``paired.compare``). Prints the table and the time taken.
+scores). Every later package against the first: the paired MAP difference (B - A, C - A,
+...) and its 95 % interval from a bootstrap over cliques (``paired.compare``); the first
+is embedded once however many follow. Prints the table and the time taken.
 """
 
 from __future__ import annotations
@@ -99,7 +99,8 @@ def eval_sets(args: argparse.Namespace) -> list[EvalSet]:
 def score_set(packages: list[LoadedWeights], s: EvalSet, resamples: int, seed: int,
               recipe: bool = False) -> dict:
     """The figures of each package on set ``s`` (``summary()`` dicts), plain or by its
-    ``recipe``, the seconds it took, and with two packages their paired comparison."""
+    ``recipe``, the seconds it took, and each later package's paired comparison with the
+    first (``paired``, in order)."""
     t0 = time.perf_counter()
     results, labels = [], []
     for loaded in packages:
@@ -115,28 +116,27 @@ def score_set(packages: list[LoadedWeights], s: EvalSet, resamples: int, seed: i
     row = dict(set=s.name, metadata=str(s.metadata), features=str(s.features),
                excerpt=s.excerpt, versions=len(labels),
                figures=[r.summary() for r in results])
-    if len(results) == 2:
-        row["paired"] = compare(*results, labels, resamples, seed)
+    row["paired"] = [compare(results[0], later, labels, resamples, seed) for later in results[1:]]
     row["seconds"] = round(time.perf_counter() - t0, 1)
     return row
 
 
 def print_table(names: list[str], rows: list[dict]) -> None:
-    """One line per set: versions, queries, each package's MAP, B - A and its interval."""
-    for letter, name in zip("AB", names):
+    """One line per set: versions, queries, each package's MAP, then each later package's
+    difference from A with its 95 % interval over cliques."""
+    letters = [chr(ord("A") + i) for i in range(len(names))]
+    for letter, name in zip(letters, names):
         print(f"{letter}: {name}")
-    paired = len(names) == 2
     head = f"{'set':<32} {'versions':>8} {'queries':>7} " + " ".join(
-        f"{'MAP ' + letter:>7}" for letter in "AB"[:len(names)])
-    print("\n" + head + ("    B - A  95 % interval over cliques" if paired else "")
-          + f" {'seconds':>8}")
+        f"{'MAP ' + letter:>7}" for letter in letters)
+    head += "".join(f"  {letter + ' - A  95 % interval':<27}" for letter in letters[1:])
+    print("\n" + head + f" {'seconds':>8}")
     for row in rows:
         maps = " ".join(f"{f['map']:>7.4f}" for f in row["figures"])
         line = f"{row['set']:<32} {row['versions']:>8} {row['figures'][0]['n_queries']:>7} {maps}"
-        if paired:
-            p = row["paired"]
+        for p in row["paired"]:
             low, high = p["interval_95"]
-            line += f"  {p['difference']:+.4f}  [{low:+.4f}, {high:+.4f}]" + " " * 12
+            line += f"  {p['difference']:+.4f} [{low:+.4f}, {high:+.4f}]"
         print(line + f" {row['seconds']:>8.1f}")
 
 
@@ -144,7 +144,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", action="append", required=True,
-                        help="a weight package (folder or name); twice: A, then B")
+                        help="a weight package (folder or name); again for B, C, ...: each "
+                             "compared with A")
     parser.add_argument("--realdev", type=Path, required=True, metavar="DIR")
     parser.add_argument("--synthetic", type=Path, metavar="DIR")
     parser.add_argument("--excerpt", type=float, default=20.0, metavar="SECONDS",
@@ -156,10 +157,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--resamples", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    args = parser.parse_args()
-    if len(args.weights) > 2:
-        parser.error("give --weights once or twice")
-    return args
+    return parser.parse_args()
 
 
 def main() -> None:
