@@ -14,13 +14,12 @@ The sets, each a light JSON split and the stored features of its versions:
 
 A folder given for a file is searched for the one file of that pattern. Every set is
 read, and every package loaded, before anything is embedded. Each package embeds every
-version as ``mirex-vi evaluate --device cpu --no-amp`` does (``embed_cliques``) and every
-version is a query against all others, by the plain inner product (``score_embeddings``)
-or, with ``--recipe``, by each package's own scoring recipe, its segments and re-rank made
-from the same stored features (``evaluate_cliques``, as ``mirex-vi evaluate --metadata``
-scores). Every later package against the first: the paired MAP difference (B - A, C - A,
-...) and its 95 % interval from a bootstrap over cliques (``paired.compare``); the first
-is embedded once however many follow. Prints the table and the time taken.
+version and every version is a query against all others as ``mirex-vi evaluate --metadata
+--device cpu --no-amp`` does (``evaluate_cliques``): by the plain inner product or, with
+``--recipe``, by each package's own scoring recipe, its segments and re-rank made from the
+same stored features. Every later package against the first: the paired MAP difference
+(B - A, C - A, ...) and its 95 % interval from a bootstrap over cliques
+(``paired.compare``); the first is embedded once however many follow. Prints the table and the time taken.
 """
 
 from __future__ import annotations
@@ -29,14 +28,15 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from benchmarks.quality.paired import compare
 from benchmarks.quality.split_embedding import read_split
-from mirex_vi.eval.evaluate import embed_cliques, evaluate_cliques, score_embeddings
+from mirex_vi.config import ScoringConfig
+from mirex_vi.eval.evaluate import evaluate_cliques
 from mirex_vi.io.metadata import Cliques
 from mirex_vi.model.weights import LoadedWeights, load_weights
 
@@ -104,14 +104,9 @@ def score_set(packages: list[LoadedWeights], s: EvalSet, resamples: int, seed: i
     t0 = time.perf_counter()
     results, labels = [], []
     for loaded in packages:
-        if recipe:
-            result, labels = evaluate_cliques(loaded.model, loaded.features, s.cliques,
-                                              s.features, CPU, amp=False, excerpt=s.excerpt,
-                                              progress=False)
-        else:
-            emb, labels = embed_cliques(loaded.model, loaded.features, s.cliques, s.features,
-                                        CPU, amp=False, excerpt=s.excerpt, progress=False)
-            result = score_embeddings(emb, labels, CPU)  # emb: (N, D)
+        cfg = loaded.features if recipe else replace(loaded.features, scoring=ScoringConfig())
+        result, labels = evaluate_cliques(loaded.model, cfg, s.cliques, s.features, CPU,
+                                          amp=False, excerpt=s.excerpt, progress=False)
         results.append(result)
     row = dict(set=s.name, metadata=str(s.metadata), features=str(s.features),
                excerpt=s.excerpt, versions=len(labels),
