@@ -21,7 +21,7 @@ SHIPPED_STAGE = CONFIG_DIR / "history" / "vinet-mirex-synth-gpu-stage16.yaml"
 # Keys added since 91ea2d4; in the configs of that commit they must hold their defaults
 # (no pin aside), which leave the report's recipe unchanged.
 ADDED_KEYS = {"init_sha256", "cls_weight", "label_smoothing", "memory_size", "augment",
-              "val_features_dir", "mix", "distill_weight", "teacher_tempo_scales"}
+              "val_features_dir", "mix", "distill_weight", "teacher_tempo_scales", "distill_sources"}
 ADDED_FEATURE_KEYS = {"tempo_scales", "scoring"}  # likewise, in the features section
 # Stages tried and not shipped (weights/vinet-mirex-synth/MODEL_CARD.md); the next stage
 # starts from the same weights as they did.
@@ -197,6 +197,9 @@ def test_mix_sources_come_from_yaml_and_set_and_go_back_as_lists(tmp_path):
     assert load_yaml(saved) == cfg
     assert TrainConfig().mix == () and TrainConfig().shares == (1.0,)
     assert TrainConfig().distill_weight == 0 and TrainConfig().teacher_tempo_scales == (0.7, 1.0, 1.4)
+    assert TrainConfig().distill_sources == () and TrainConfig().source_names == ("main",)
+    mixed = with_overrides(TrainConfig(), ["mix=[{share: 0.5}]", "distill_sources=[main]"])
+    assert mixed.source_names == ("main", "mix.0") and mixed.distill_sources == ("main",)
 
 
 @pytest.mark.parametrize("setting, message", [
@@ -207,6 +210,10 @@ def test_mix_sources_come_from_yaml_and_set_and_go_back_as_lists(tmp_path):
     ("mix.0.share=0.3", r"'0' is not a section or a list item"),
     ("distill_weight=-0.5", r"TrainConfig.distill_weight must be >= 0"),
     ("teacher_tempo_scales=[0.1]", r"TrainConfig.teacher_tempo_scales must be one or more numbers"),
+    ("distill_sources=[mix.0]", r"TrainConfig.distill_sources must name distinct training "
+                                r"sources among main, got \['mix.0'\]"),
+    ("distill_sources=[main, main]", r"TrainConfig.distill_sources must name distinct"),
+    ("distill_sources=main", r"TrainConfig.distill_sources must name distinct"),
 ])
 def test_bad_mix_and_distillation_settings_name_their_key(setting, message):
     with pytest.raises(ValueError, match=message):

@@ -22,11 +22,11 @@ from mirex_vi.features.layout import save_feature
 from mirex_vi.model.packaging import import_checkpoint
 from mirex_vi.model.weights import WeightsError, load_weights, sha256_file
 from mirex_vi.train import checkpoint, loop as train
-from mirex_vi.train.checkpoint import BEST, LAST, METRICS
+from mirex_vi.train.checkpoint import BEST, LAST, METRICS, distilled_cliques
 from mirex_vi.train.distributed import Ranks, init_distributed
 from mirex_vi.train.loop import (build_train_loader, build_training_state, lr_at, run_training,
                                  train_epoch)
-from mirex_vi.train.losses import triplet_loss
+from mirex_vi.train.losses import distillation_loss, teacher_embeddings, triplet_loss
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = "configs/tiny.yaml"
@@ -511,3 +511,40 @@ def test_distillation_pulls_the_one_pass_embedding_toward_the_teachers_three_tem
         dataclasses.replace(state, init_sha256="f" * 64), cfg, {"loss": 0.5}, {}))
     with pytest.raises(WeightsError, match="is not the model this run started from"):
         checkpoint.restore_checkpoint(tmp_path / LAST, state, cfg)
+
+
+def test_distill_sources_distils_only_the_crops_of_the_named_source(dataset_dir, mix_dir,
+                                                                   tiny_package, tmp_path):
+    cfg = _cfg(dataset_dir, tmp_path / "d2", f"init_weights={tiny_package}", _mix(mix_dir, 0.25),
+               "distill_weight=1", "distill_sources=[main]", "teacher_tempo_scales=[1.0]")
+    loader, _ = build_train_loader(cfg, Ranks(), torch.device("cpu"))
+    state = build_training_state(cfg, torch.device("cpu"), Ranks(),
+                                 clique_source=loader.dataset.clique_source)
+    assert state.distilled.tolist() == [True] * 10 + [False] * 6  # 10 main, 6 mix.0 cliques
+    batch = next(iter(loader))
+    x, labels, _ = batch
+    main_rows = state.distilled[labels]
+    assert 0 < int(main_rows.sum()) < len(labels)
+    torch.manual_seed(0)
+    with torch.no_grad():  # the student starts as the teacher: move it away
+        for param in state.model.parameters():
+            param.add_(0.02 * torch.randn_like(param))
+    state.model.eval()  # BatchNorm on running statistics: the same embedding in both passes
+    x = x.unsqueeze(1).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        emb = state.model(x)
+        target = teacher_embeddings(state.teacher, x, cfg.teacher_tempo_scales)
+    stats = train.training_step(state, batch, cfg, torch.Generator().manual_seed(0))
+    expected = distillation_loss(emb[main_rows], target[main_rows])
+    everywhere = distillation_loss(emb, target)
+    assert torch.allclose(stats["distill_loss"], expected, atol=1e-6)
+    assert expected > 1e-3 and abs(expected - everywhere) > 1e-4  # the mix.0 rows differ
+    only_mix = with_overrides(cfg, ["distill_sources=[mix.0]"])
+    assert distilled_cliques(only_mix, loader.dataset.clique_source, torch.device("cpu")).tolist() \
+        == [False] * 10 + [True] * 6
+    all_main = torch.zeros(len(labels), dtype=torch.long)  # a batch with no mix.0 crop
+    stats = train.training_step(dataclasses.replace(state, distilled=distilled_cliques(
+        only_mix, loader.dataset.clique_source, torch.device("cpu"))), (batch[0], all_main,
+                                                                           batch[2]), only_mix,
+                                torch.Generator().manual_seed(0))
+    assert "distill_loss" not in stats and torch.isfinite(stats["loss"])

@@ -23,9 +23,9 @@ from .base import (FEATURE_BOUNDS, MODEL_BOUNDS, TEMPO_SCALE_BOUNDS, TRAIN_BOUND
 from .features import (CHROMA_KEYS, MODEL_SIZES, SCORING_BOUNDS, FeatureConfig, ModelConfig,
                        ScoringConfig, embedding_features)
 from .files import BASE_KEY, load_yaml, with_overrides
-from .train import AugmentConfig, MixSource, TrainConfig
+from .train import MAIN_SOURCE, AugmentConfig, MixSource, TrainConfig
 
-__all__ = ["BASE_KEY", "CHROMA_KEYS", "FEATURE_BOUNDS", "MODEL_BOUNDS", "MODEL_SIZES",
+__all__ = ["BASE_KEY", "CHROMA_KEYS", "FEATURE_BOUNDS", "MAIN_SOURCE", "MODEL_BOUNDS", "MODEL_SIZES",
            "SCORING_BOUNDS", "TEMPO_SCALE_BOUNDS", "TRAIN_BOUNDS", "AugmentConfig", "Bounds",
            "FeatureConfig", "MixSource", "ModelConfig", "ScoringConfig", "TrainConfig",
            "embedding_features", "from_dict", "load_yaml", "parse_tempo_scales", "to_dict",

@@ -100,6 +100,23 @@ def _mix_sources(value: Any) -> tuple[MixSource, ...]:
     return tuple(sources)
 
 
+MAIN_SOURCE = "main"  # the name of the first training source when there are several
+
+
+def _source_names(name: str, value: Any, known: tuple[str, ...]) -> tuple[str, ...]:
+    """``value`` (a list of source names, or a tuple) as a tuple of distinct names.
+
+    Raises:
+        ValueError: naming the field ``name``, unless every item is one of ``known``, once.
+    """
+    items = value if isinstance(value, (list, tuple)) else None
+    if items is None or not all(isinstance(v, str) and v in known for v in items) \
+            or len(set(items)) != len(items):
+        raise ValueError(f"{name} must name distinct training sources among "
+                         f"{', '.join(known)}, got {value!r}")
+    return tuple(items)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Training recipe (docs/REFERENCE.md §3); paths are filled in by the user."""
@@ -135,6 +152,8 @@ class TrainConfig:
     # teacher_tempo_scales, on the same crop (not the report)
     distill_weight: float = 0.0
     teacher_tempo_scales: tuple[float, ...] = (0.7, 1.0, 1.4)
+    # The training sources whose crops are distilled: "main", "mix.0", ...; empty: all
+    distill_sources: tuple[str, ...] = ()
     features: FeatureConfig = field(default_factory=FeatureConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # all off: the report
 
@@ -142,6 +161,8 @@ class TrainConfig:
         object.__setattr__(self, "mix", _mix_sources(self.mix))
         object.__setattr__(self, "teacher_tempo_scales", _tempo_scales(
             "TrainConfig.teacher_tempo_scales", self.teacher_tempo_scales))
+        object.__setattr__(self, "distill_sources", _source_names(
+            "TrainConfig.distill_sources", self.distill_sources, self.source_names))
         _check_bounds(self, TRAIN_BOUNDS)
         if self.model not in MODEL_SIZES:
             raise ValueError(f"TrainConfig.model must be one of {', '.join(MODEL_SIZES)}, "
@@ -150,6 +171,11 @@ class TrainConfig:
     @property
     def model_config(self) -> ModelConfig:
         return MODEL_SIZES[self.model]
+
+    @property
+    def source_names(self) -> tuple[str, ...]:
+        """The training sources' names: ``main``, then ``mix.0``, ``mix.1``, ..."""
+        return (MAIN_SOURCE, *(f"mix.{i}" for i in range(len(self.mix))))
 
     @property
     def shares(self) -> tuple[float, ...]:

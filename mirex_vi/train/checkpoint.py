@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,8 @@ class TrainingState:
         teacher: the frozen ``init_weights`` model that ``distill_weight`` distils from, on
             ``device``; None when that weight is 0. Never saved.
         teacher_sha256: its weights' sha256.
+        distilled: ``(C,)`` bool, the training cliques whose crops the teacher distils;
+            None: all of them.
         epoch: finished epochs, i.e. the index of the next epoch to run.
         best_map: the best validation MAP so far (``-inf`` before the first).
     """
@@ -77,6 +80,7 @@ class TrainingState:
     init_sha256: str | None = None
     teacher: nn.Module | None = None
     teacher_sha256: str | None = None
+    distilled: torch.Tensor | None = None
     epoch: int = 0
     best_map: float = -math.inf
 
@@ -259,6 +263,18 @@ def load_teacher(cfg: TrainConfig) -> tuple[CQTNet, str]:
     loaded = load_weights(cfg.init_weights)
     _check_pin(cfg, loaded.sha256)
     return loaded.model.eval().requires_grad_(False), loaded.sha256
+
+
+def distilled_cliques(cfg: TrainConfig, clique_source: Sequence[int],
+                      device: torch.device) -> torch.Tensor | None:
+    """``(C,)`` bool on ``device``: which training cliques' crops are distilled, those whose
+    source (``clique_source``, ``(C,)`` indices into ``cfg.source_names``) is one of
+    ``cfg.distill_sources``; None when that is empty (all are)."""
+    if not cfg.distill_sources:
+        return None
+    chosen = [cfg.source_names.index(name) for name in cfg.distill_sources]
+    return torch.isin(torch.as_tensor(clique_source, dtype=torch.long),
+                      torch.tensor(chosen)).to(device)
 
 
 def check_init_pin(cfg: TrainConfig) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..config import AugmentConfig, FeatureConfig
+from ..config import MAIN_SOURCE, AugmentConfig, FeatureConfig
 from ..features.frontend import model_input
 from ..features.pooled import FeatureSource, open_features
 from ..io.metadata import Cliques, Version
@@ -47,8 +47,6 @@ class Source:
     cliques: Cliques
     features: str | Path | FeatureSource
 
-
-MAIN = "main"  # the name of the first source when there are several
 
 
 class TrainDataset(Dataset):
@@ -81,7 +79,7 @@ class TrainDataset(Dataset):
         self.members: list[list[int]] = []
         self.clique_ids: list[str] = []
         self.clique_source: list[int] = []
-        for s, part in enumerate([Source(MAIN, cliques, features), *extra]):
+        for s, part in enumerate([Source(MAIN_SOURCE, cliques, features), *extra]):
             self.sources.append(open_features(part.features, cfg.downsample_factor))
             prefix = f"{part.name}/" if extra else ""
             for cid, versions in part.cliques.items():

@@ -17,8 +17,9 @@ weights' sha256. Those weights, the run folder and checkpoints are in ``checkpoi
 Sources: ``features_dir`` with ``train_metadata`` (the main store) and each of ``mix``, every
 batch holding each one's share of its cliques (``data.CliqueBatchSampler``); validation on
 ``val_metadata`` in ``val_features_dir`` (default: the main store). With ``distill_weight``
-> 0 the ``init_weights`` model, frozen, embeds every crop at ``teacher_tempo_scales`` as a
-target for the one-pass embedding (``losses.distillation_loss``).
+> 0 the ``init_weights`` model, frozen, embeds the crops of ``distill_sources`` (default:
+all) at ``teacher_tempo_scales`` as a target for the one-pass embedding
+(``losses.distillation_loss``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,10 +46,9 @@ from ..features.stored import FullTrackDataset
 from ..io.metadata import Cliques, read_metadata
 from ..model.cqtnet import CQTNet, build_model
 from .checkpoint import (BEST, LAST, METRICS, TrainingState, append_metrics, check_init_pin,
-                         checkpoint_payload, initial_model, load_teacher, prepare_run_dir,
-                         restore_checkpoint, save_checkpoint, truncate_metrics)
-from .data import (MAIN, CliqueBatchSampler, Source, TrainDataset, cliques_needed,
-                   make_train_loader)
+                         checkpoint_payload, distilled_cliques, initial_model, load_teacher,
+                         prepare_run_dir, restore_checkpoint, save_checkpoint, truncate_metrics)
+from .data import CliqueBatchSampler, Source, TrainDataset, cliques_needed, make_train_loader
 from .distributed import Ranks, barrier, distribute, init_distributed
 from .heads import ClassificationHead, classification_loss
 from .losses import NegativeMemory, distillation_loss, teacher_embeddings, triplet_loss
@@ -152,8 +154,8 @@ def build_train_loader(cfg: TrainConfig, ranks: Ranks,
     needed = cliques_needed(cfg.shares, cfg.cliques_per_batch).tolist()
     main, *extra = [_usable_cliques(f"{prefix}train_metadata", metadata, features, n)
                     for (prefix, metadata, features), n in zip(_training_sources(cfg), needed)]
-    sources = [Source(f"mix.{i}", cliques, m.features_dir)
-               for i, (cliques, m) in enumerate(zip(extra, cfg.mix))]
+    sources = [Source(name, cliques, m.features_dir)
+               for name, cliques, m in zip(cfg.source_names[1:], extra, cfg.mix)]
     dataset = TrainDataset(main, cfg.features_dir, cfg.features, cfg.augment, sources)
     sampler = CliqueBatchSampler(dataset.members, cfg.cliques_per_batch, cfg.versions_per_clique,
                                  cfg.seed, ranks.rank, ranks.world_size, dataset.clique_source,
@@ -161,7 +163,7 @@ def build_train_loader(cfg: TrainConfig, ranks: Ranks,
     if sources:
         log.info("training sources: %s", ", ".join(
             f"{name} {share:.3f} of each batch ({len(c)} cliques, {t} groups per epoch)"
-            for name, share, c, t in zip([MAIN, *(s.name for s in sources)], cfg.shares,
+            for name, share, c, t in zip(cfg.source_names, cfg.shares,
                                          [main, *extra], sampler.per_epoch)))
     loader = make_train_loader(dataset, sampler, cfg.num_workers, pin_memory=device.type == "cuda")
     return loader, sampler
@@ -178,7 +180,8 @@ def build_val_set(cfg: TrainConfig) -> FullTrackDataset | None:
 
 
 def build_training_state(cfg: TrainConfig, device: torch.device, ranks: Ranks,
-                         initial_weights: bool = True, n_classes: int = 0) -> TrainingState:
+                         initial_weights: bool = True, n_classes: int = 0,
+                         clique_source: Sequence[int] = ()) -> TrainingState:
     """Seeded model and head (DDP-wrapped when distributed), Adam over both, the per-epoch
     LR schedule and the scaler; with ``distill_weight`` > 0 the frozen teacher too.
 
@@ -187,6 +190,8 @@ def build_training_state(cfg: TrainConfig, device: torch.device, ranks: Ranks,
             checkpoint is about to replace the weights (resume).
         n_classes: training cliques, the outputs of the classification head (built only
             when ``cfg.cls_weight > 0``).
+        clique_source: ``(n_classes,)`` the source index of each training clique (0: the
+            main one), read when ``cfg.distill_sources`` names some.
     """
     torch.manual_seed(cfg.seed)
     if initial_weights:
@@ -212,7 +217,9 @@ def build_training_state(cfg: TrainConfig, device: torch.device, ranks: Ranks,
     if cfg.distill_weight > 0:
         teacher, state.teacher_sha256 = load_teacher(cfg)
         state.teacher = teacher.to(device)
+        state.distilled = distilled_cliques(cfg, clique_source, device)
     return state
+
 
 
 # --- one step, one epoch -------------------------------------------------------------------
@@ -237,10 +244,12 @@ def training_step(state: TrainingState, batch: tuple[torch.Tensor, ...], cfg: Tr
     device = state.device
     labels = labels.to(device)
     x = x.unsqueeze(1).to(device, memory_format=torch.channels_last, non_blocking=True)  # (B, 1, F, T')
+    # The rows the teacher embeds: all, or those of cliques from cfg.distill_sources
+    rows = slice(None) if state.distilled is None else state.distilled[labels]
     with autocast(device, amp_enabled(device, cfg.amp)):
         emb = state.model(x)  # (B, D)
         logits = state.head(emb) if state.head is not None else None  # (B, n_classes)
-        target = (teacher_embeddings(state.teacher, x, cfg.teacher_tempo_scales)  # (B, D)
+        target = (teacher_embeddings(state.teacher, x[rows], cfg.teacher_tempo_scales)  # (B', D)
                   if state.teacher is not None else None)
     loss, stats = triplet_loss(emb, labels, cfg.margin, versions.to(device), generator,
                                state.memory)
@@ -249,8 +258,8 @@ def training_step(state: TrainingState, batch: tuple[torch.Tensor, ...], cfg: Tr
         cls_loss = classification_loss(logits, labels, cfg.label_smoothing)
         loss = loss + cfg.cls_weight * cls_loss
         extra["cls_loss"] = cls_loss.detach()
-    if target is not None:
-        distill_loss = distillation_loss(emb, target)
+    if target is not None and len(target):
+        distill_loss = distillation_loss(emb[rows], target)
         loss = loss + cfg.distill_weight * distill_loss
         extra["distill_loss"] = distill_loss.detach()
     state.optimizer.zero_grad(set_to_none=True)
@@ -351,7 +360,8 @@ def run_training(cfg: TrainConfig, resume: bool = False, device: str = "auto",
         torch.backends.cudnn.benchmark = True
         # A resumed run takes its weights, and their lineage, from last.pt.
         state = build_training_state(cfg, dev, ranks, initial_weights=not resume,
-                                     n_classes=len(sampler.members))
+                                     n_classes=len(sampler.members),
+                                     clique_source=loader.dataset.clique_source)
         if resume:
             restore_checkpoint(run_dir / LAST, state, cfg)
             if ranks.is_main:
