@@ -9,7 +9,7 @@ from conftest import run_cli, write_list
 
 from mirex_vi.config import MODEL_SIZES, FeatureConfig, ScoringConfig
 from mirex_vi.config.features import MAP_MIN_FRAMES, MAP_STRIDE
-from mirex_vi.inference.embed import embed_inputs, embed_tracks
+from mirex_vi.inference.embed import embed_inputs, embed_stream, embed_tracks
 from mirex_vi.inference.recipe import Recipe
 from mirex_vi.inference.segments import map_segments, window_starts
 from mirex_vi.inference.settings import EmbedSettings
@@ -129,6 +129,23 @@ def test_embedding_tracks_reads_their_segments_off_the_same_pass(long_tracks, ti
     for i in range(2):
         assert run.extras[i]["segments"].shape == (3, weights.model.cfg.embedding_dim)
         assert run.extras[i]["chroma"].shape[1] == 12
+
+
+def test_a_stream_of_stored_inputs_hands_each_its_own_pass_s_map_in_order(tiny_model):
+    """``embed_stream`` (``evaluate_cliques``' path) reads segments off the embedding pass,
+    across chunks and lengths, as a pass of their own would make them."""
+    recipe = Recipe(tiny_model, FeatureConfig(scoring=MAP), CPU, amp=False)
+    recorded = _Recorded(recipe)
+    inputs = [_input(n, seed=k)[0, 0] for k, n in enumerate((300, 200, 300, 387, 200))]
+    kept: dict[int, dict] = {}
+    emb = embed_stream(tiny_model, iter(inputs), CPU, False, chunk_size=2, extras=recorded,
+                       on_extras=kept.__setitem__)
+    assert sorted(kept) == list(range(5)) and all(m is not None for m in recorded.maps)
+    assert torch.equal(emb, embed_inputs(tiny_model, inputs, CPU, False))
+    for i, x in enumerate(inputs):
+        alone = recipe.extras(x)  # a pass of its own
+        assert np.allclose(kept[i]["segments"], alone["segments"], atol=1e-6), i
+        assert np.array_equal(kept[i]["chroma"], alone["chroma"]), i
 
 
 def _identify(tmp_path, tracks, package, out: str, *extra):

@@ -1,22 +1,25 @@
 """CPU seconds of a scoring recipe beside plain ``identify``, part by part, per track.
 
     python -m benchmarks.speed.recipe_cost LIST [--tracks 20] [--weights NAME] \
-        [--segments 172,86] [--segment-rule diag2] [--rerank 50] [--collection 1000]
+        [--segments 172,96] [--segment-rule diag2] [--segment-source map] [--rerank 50] \
+        [--collection 1000]
 
 For the first ``--tracks`` audio files of LIST (one path a line), in this process on one
 thread, so a busy machine changes the figures little (process time, not wall time): decode
 and librosa CQT, the plain embedding at the package's tempi (what ``identify`` does per
-track), and the recipe's extras (segment embeddings and chroma, ``recipe.Recipe.extras``);
-then the alignment of every ordered pair of those tracks and the segment rule over
+track), and the recipe's extras (segment embeddings and chroma, ``recipe.Recipe.extras``;
+segments read off the feature map come from the plain pass, as in ``identify``); then the alignment of every ordered pair of those tracks and the segment rule over
 ``--collection`` x ``--collection`` pairs of tracks with as many windows. Prints each
 part and the recipe's total per track against plain identify's (each query re-ranks K
-candidates, and scores ``--collection`` pairs by its segments).
+candidates, and scores ``--collection`` pairs by its segments). The recipe is the package's
+own, changed by the options given.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +42,28 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("list", type=Path)
     parser.add_argument("--tracks", type=int, default=20)
     parser.add_argument("--weights", default=None)
-    parser.add_argument("--segments", default="172,86", metavar="LENGTH,HOP")
-    parser.add_argument("--segment-rule", default="diag2")
-    parser.add_argument("--rerank", type=int, default=50)
+    parser.add_argument("--segments", default=None, metavar="LENGTH,HOP")
+    parser.add_argument("--segment-rule", default=None, metavar="RULE[K]")
+    parser.add_argument("--segment-source", default=None, choices=["windows", "map"])
+    parser.add_argument("--rerank", type=int, default=None)
     parser.add_argument("--collection", type=int, default=1000)
     return parser.parse_args()
+
+
+def scoring(own: ScoringConfig, args: argparse.Namespace) -> ScoringConfig:
+    """The package's recipe ``own`` with the options given."""
+    changes: dict = {}
+    if args.segments:
+        length, hop = (int(v) for v in args.segments.split(","))
+        changes.update(segment_length=length, segment_hop=hop)
+    if args.segment_rule:
+        rule = args.segment_rule.rstrip("0123456789")
+        changes.update(segment_rule=rule, segment_k=int(args.segment_rule[len(rule):] or 1))
+    if args.segment_source:
+        changes["segment_source"] = args.segment_source
+    if args.rerank is not None:
+        changes["rerank"] = args.rerank
+    return replace(own, **changes)
 
 
 def main() -> None:
@@ -52,10 +72,7 @@ def main() -> None:
     paths = [line.strip() for line in args.list.read_text().splitlines() if line.strip()]
     paths = paths[: args.tracks]
     loaded = load_weights(args.weights)
-    length, hop = (int(v) for v in args.segments.split(","))
-    rule = args.segment_rule.rstrip("0123456789")
-    cfg = ScoringConfig(segment_length=length, segment_hop=hop, segment_rule=rule,
-                        segment_k=int(args.segment_rule[len(rule):] or 1), rerank=args.rerank)
+    cfg = scoring(loaded.features.scoring, args)
     recipe = Recipe.of(loaded.model.eval(), loaded.features, cfg, CPU, False)
     spent = dict(cqt=0.0, plain=0.0, extras=0.0)
     extras, seconds = [], 0.0
@@ -64,9 +81,11 @@ def main() -> None:
         audio = load_audio(path, loaded.features.sample_rate)
         x = preprocess(checked_cqt(audio, loaded.features), loaded.features)
         cqt_done = time.process_time()
-        embed_inputs(recipe.model, [x], CPU, False, 1, loaded.features.tempo_scales)
+        maps: dict[int, torch.Tensor] = {}
+        embed_inputs(recipe.model, [x], CPU, False, 1, loaded.features.tempo_scales,
+                     maps.__setitem__ if recipe.wants_map else None)
         plain_done = time.process_time()
-        extras.append(recipe.extras(x))
+        extras.append(recipe.extras(x, maps.get(0)))
         spent["cqt"] += cqt_done - start
         spent["plain"] += plain_done - cqt_done
         spent["extras"] += time.process_time() - plain_done
@@ -87,11 +106,12 @@ def main() -> None:
         segments.segment_scores(packed, list(range(a, min(a + 256, args.collection))), cfg)
     rule_per_query = (time.process_time() - start) / args.collection
     plain = (spent["cqt"] + spent["plain"]) / n
-    added = spent["extras"] / n + args.rerank * per_pair + rule_per_query
+    added = spent["extras"] / n + cfg.rerank * per_pair + rule_per_query
     print(f"{n} tracks of {seconds / n:.0f} s on average, CPU seconds per track (one thread):\n"
           f"  decode + CQT {spent['cqt'] / n:.2f}, plain embedding {spent['plain'] / n:.2f}\n"
-          f"  recipe extras (segments {args.segments}, chroma) {spent['extras'] / n:.2f}\n"
-          f"  alignment {1000 * per_pair:.2f} ms a pair, x {args.rerank} candidates\n"
+          f"  recipe extras (segments {cfg.segment_length},{cfg.segment_hop} "
+          f"from {cfg.segment_source}, chroma) {spent['extras'] / n:.2f}\n"
+          f"  alignment {1000 * per_pair:.2f} ms a pair, x {cfg.rerank} candidates\n"
           f"  segment rule over {args.collection} tracks of {windows} windows: "
           f"{rule_per_query:.3f} a query\n"
           f"plain identify {plain:.2f}; the recipe adds {added:.2f}: {1 + added / plain:.2f}x")

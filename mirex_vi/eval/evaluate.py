@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,9 +19,11 @@ from ..io.matrix import iter_distance_matrix
 from .metrics import RetrievalResult, metrics_from_distances, metrics_from_embeddings
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
     from ..config import FeatureConfig
+    from ..inference.embed import TrackExtras
     from ..inference.recipe import Rescore
     from ..inference.settings import EmbedSettings
     from ..io.metadata import Cliques
@@ -96,12 +99,14 @@ def evaluate_cliques(model: CQTNet, cfg: FeatureConfig, cliques: Cliques, featur
 
     from ..inference.recipe import Recipe
 
-    emb, labels = embed_cliques(model, cfg, cliques, features_dir, device, amp, excerpt, progress)
     recipe = Recipe(model, cfg, device, amp_enabled(device, amp))
+    kept: dict[int, dict[str, np.ndarray]] = {}  # version index -> its extras
+    emb, labels = embed_cliques(model, cfg, cliques, features_dir, device, amp, excerpt, progress,
+                                recipe if recipe.needs_extras else None, kept.__setitem__)
     rescore = None
     if recipe.needs_extras:
-        extras = [recipe.extras(x) for x in _stored_inputs(cfg, cliques, features_dir, excerpt)]
-        rescore = recipe.rescorer(extras, np.ones(len(emb), bool), device)
+        rescore = recipe.rescorer([kept[i] for i in range(len(emb))], np.ones(len(emb), bool),
+                                  device)
     return score_embeddings(emb, labels, device, expand, progress, rescore), labels
 
 
@@ -129,19 +134,11 @@ def score_embeddings(emb: torch.Tensor, labels: list[str], device: torch.device,
     return acc.result()
 
 
-def _stored_inputs(cfg: FeatureConfig, cliques: Cliques, features_dir: Path,
-                   excerpt: float | None):
-    """The ``(F, T')`` model input of every version, as :func:`embed_cliques` embeds them."""
-    from ..features.stored import FullTrackDataset
-
-    frames = round(excerpt * cfg.frame_rate) if excerpt else 0
-    dataset = FullTrackDataset(cliques, features_dir, cfg, max_frames=frames, from_start=True)
-    return (dataset[i][0] for i in range(len(dataset)))
-
-
 def embed_cliques(model: CQTNet, cfg: FeatureConfig, cliques: Cliques, features_dir: Path,
                   device: torch.device, amp: bool, excerpt: float | None = None,
-                  progress: bool = True) -> tuple[torch.Tensor, list[str]]:
+                  progress: bool = True, extras: TrackExtras | None = None,
+                  on_extras: Callable[[int, dict[str, np.ndarray]], None] = lambda i, kept: None,
+                  ) -> tuple[torch.Tensor, list[str]]:
     """``(N, D)`` embeddings of every version of ``cliques`` from its stored features (a
     pooled store or the authors' layout; every version must have them), and their ``(N,)``
     clique ids.
@@ -149,6 +146,8 @@ def embed_cliques(model: CQTNet, cfg: FeatureConfig, cliques: Cliques, features_
     Each whole track, or with ``excerpt`` its first ``round(excerpt * cfg.frame_rate)`` CQT
     frames (on the pooling grid), becomes a model input as in validation
     (``features.stored.FullTrackDataset``) and is embedded on ``device`` at ``cfg.tempo_scales``.
+    With ``extras`` (``inference.recipe.Recipe``), each version's extras go to ``on_extras``
+    with its index (``inference.embed.embed_stream``).
 
     Raises:
         InputError: naming the versions whose embedding is zero or not finite.
@@ -166,7 +165,8 @@ def embed_cliques(model: CQTNet, cfg: FeatureConfig, cliques: Cliques, features_
     inputs = (dataset[i][0] for i in range(len(dataset)))
     with tqdm(total=len(dataset), desc="embed", unit="track", disable=not progress) as bar:
         emb = embed_stream(model.to(device), inputs, device, amp_enabled(device, amp),
-                           on_chunk=bar.update, tempo_scales=cfg.tempo_scales)
+                           on_chunk=bar.update, tempo_scales=cfg.tempo_scales, extras=extras,
+                           on_extras=on_extras)
     unusable = [v.youtube_id for v, ok in zip(dataset.versions, _usable(emb)) if not ok]
     if unusable:  # never scored as if real: a zero vector ties with everything
         cause = "a stored CQT that is all zero or not finite"

@@ -149,10 +149,14 @@ def embed_stream(
     chunk_size: int = 256,
     on_chunk: Callable[[int], None] = lambda n: None,
     tempo_scales: Sequence[float] = (1.0,),
+    extras: TrackExtras | None = None,
+    on_extras: Callable[[int, dict[str, np.ndarray]], None] = lambda i, kept: None,
 ) -> torch.Tensor:
     """Embed a stream of preprocessed ``(n_bins, T')`` inputs of many lengths (whole stored
     tracks), ``chunk_size`` of them in memory at a time, each at every one of
-    ``tempo_scales``.
+    ``tempo_scales``. With ``extras`` (``recipe.Recipe``), each input's extras go to
+    ``on_extras`` with its index, in input order; where they read a feature map it is the
+    one of the pass that embedded the input, as in :func:`embed_tracks`.
 
     cuDNN autotuning is off meanwhile: tuning each distinct length would cost more than it
     saves.
@@ -162,9 +166,17 @@ def embed_stream(
     """
     parts: list[torch.Tensor] = []
     chunk: list[np.ndarray | torch.Tensor] = []
+    done = 0  # inputs embedded so far
 
     def flush() -> None:
-        parts.append(embed_inputs(model, chunk, device, amp, batch_size, tempo_scales))
+        nonlocal done
+        maps: dict[int, torch.Tensor] = {}  # chunk index -> (C, T'') feature map
+        on_map = maps.__setitem__ if extras is not None and extras.wants_map else None
+        parts.append(embed_inputs(model, chunk, device, amp, batch_size, tempo_scales, on_map))
+        if extras is not None:
+            for i, x in enumerate(chunk):
+                on_extras(done + i, extras.extras(x, maps.pop(i, None)))
+        done += len(chunk)
         on_chunk(len(chunk))
         chunk.clear()
 
