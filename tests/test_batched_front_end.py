@@ -11,9 +11,9 @@ from mirex_vi.config import FeatureConfig
 from mirex_vi.core.runtime import tolerance
 from mirex_vi.features.frontend import (NON_FINITE_CQT, ZERO_CQT, PackedAudio, TorchFrontEnd,
                                         length_bucket)
-from mirex_vi.inference import embed, threads
+from mirex_vi.inference import threads, tracks as track_pipeline
 from mirex_vi.inference.cache import EmbeddingCache
-from mirex_vi.inference.embed import embed_tracks
+from mirex_vi.inference.tracks import embed_tracks
 from mirex_vi.inference.settings import EmbedSettings
 from mirex_vi.io.audio import AudioError, file_identity
 from mirex_vi.model.weights import load_weights
@@ -82,7 +82,7 @@ def test_torch_cqt_run_batches_by_bucket_and_matches_one_track_at_a_time(tmp_pat
     seconds = (4.0, 6.0, 4.1, 9.0, 4.05, 6.2)  # buckets: 4.x, 6.x, 9.0
     paths = [write_audio(tmp_path / f"{i}.wav", 0.5 * piano_like(s, seed=i), subtype="PCM_16")
              for i, s in enumerate(seconds)]
-    monkeypatch.setattr(embed, "TorchFrontEnd", _RecordingFrontEnd)
+    monkeypatch.setattr(track_pipeline, "TorchFrontEnd", _RecordingFrontEnd)
     monkeypatch.setattr(_RecordingFrontEnd, "batches", [])
     batched = embed_tracks(paths, weights, _settings(batch_size=3))
     assert _RecordingFrontEnd.batches == [[4.0, 4.1, 4.05], [6.0, 6.2], [9.0]]
@@ -102,15 +102,16 @@ def test_scattered_lengths_never_hold_more_than_the_waiting_limit(tmp_path, weig
     for path, audio in zip(paths, audios):
         write_audio(path, audio.unpack(), subtype="PCM_16")
     monkeypatch.setattr(_RecordingFrontEnd, "batches", [])
-    monkeypatch.setattr(embed, "WAITING_BATCHES", 2)  # at most 2 x 2 tracks wait
-    run = embed.EmbeddingRun(np.zeros((len(paths), 16), np.float32), {}, 0)
-    embedder = embed._Embedder(model=weights.model, cfg=CFG, settings=_settings(batch_size=2),
-                               paths=paths, run=run, front_end=_RecordingFrontEnd(CFG, CPU),
-                               cache=None, writer=None, strict=False, on_track=lambda: None)
+    monkeypatch.setattr(track_pipeline, "WAITING_BATCHES", 2)  # at most 2 x 2 tracks wait
+    run = track_pipeline.EmbeddingRun(np.zeros((len(paths), 16), np.float32), {}, 0)
+    embedder = track_pipeline._Embedder(
+        model=weights.model, cfg=CFG, settings=_settings(batch_size=2), paths=paths, run=run,
+        front_end=_RecordingFrontEnd(CFG, CPU), cache=None, writer=None, strict=False,
+        on_track=lambda: None)
     assert embedder.look_up() == list(range(len(paths)))
     waiting = []
     for i, audio in enumerate(audios):
-        embedder.add((i, embed.FileResult(i, audio=audio)))
+        embedder.add((i, track_pipeline.FileResult(i, audio=audio)))
         waiting.append(sum(map(len, embedder.waiting.values())))
     assert waiting == [1, 2, 1, 2, 3, 3, 3]  # a full bucket goes; so does the fullest at 4
     assert _RecordingFrontEnd.batches == [[2.0, 2.05], [3.0], [4.0]]

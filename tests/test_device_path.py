@@ -15,9 +15,10 @@ from mirex_vi.core import runtime
 from mirex_vi.core.runtime import disable_tf32_without_amp, is_out_of_memory, tolerance
 from mirex_vi.features.cqt_torch import TorchCQT
 from mirex_vi.features.frontend import PackedAudio, TorchFrontEnd, _HostStaging
-from mirex_vi.inference import embed, threads
+from mirex_vi.inference import threads, tracks as track_pipeline
 from mirex_vi.inference.cache import EmbeddingCache
-from mirex_vi.inference.embed import embed_inputs, embed_tracks
+from mirex_vi.inference.embed import embed_inputs
+from mirex_vi.inference.tracks import embed_tracks
 from mirex_vi.inference.selfcheck import PathAgreement, torch_cqt_agrees
 from mirex_vi.inference.settings import EmbedSettings
 from mirex_vi.io.audio import AudioError, file_identity
@@ -164,8 +165,8 @@ def test_out_of_memory_in_the_torch_cqt_falls_back_to_librosa(tracks, weights, m
                                                               caplog):
     pcm = tracks[:3]  # 16-bit files at 22.05 kHz: packed audio is exact
     exact = _embed(pcm, weights, "librosa")
-    monkeypatch.setattr(embed, "TorchFrontEnd", _FailingFrontEnd)
-    with caplog.at_level(logging.WARNING, logger="mirex_vi.inference.embed"):
+    monkeypatch.setattr(track_pipeline, "TorchFrontEnd", _FailingFrontEnd)
+    with caplog.at_level(logging.WARNING, logger="mirex_vi.inference.tracks"):
         run = _embed(pcm, weights, "torch")
     assert not run.errors
     np.testing.assert_array_equal(run.embeddings, exact.embeddings)
@@ -174,7 +175,7 @@ def test_out_of_memory_in_the_torch_cqt_falls_back_to_librosa(tracks, weights, m
 
 def test_a_nan_embedding_is_an_error_and_never_cached(tracks, weights, monkeypatch, tmp_path):
     monkeypatch.setattr(_FailingFrontEnd, "mode", "nan")
-    monkeypatch.setattr(embed, "TorchFrontEnd", _FailingFrontEnd)
+    monkeypatch.setattr(track_pipeline, "TorchFrontEnd", _FailingFrontEnd)
     cache = EmbeddingCache(tmp_path, weights.sha256, weights.features, 16, _settings("torch"))
     run = _embed(tracks, weights, "torch", cache)
     assert sorted(run.errors) == list(range(len(tracks)))
@@ -184,7 +185,7 @@ def test_a_nan_embedding_is_an_error_and_never_cached(tracks, weights, monkeypat
 
 def test_out_of_memory_in_the_model_retries_alone_then_skips(tracks, weights, monkeypatch):
     exact = _embed(tracks, weights, "librosa")
-    real, calls = embed.embed_inputs, []
+    real, calls = track_pipeline.embed_inputs, []
 
     def small_device(model, inputs, device, amp, batch_size=16, tempo_scales=(1.0,),
                      on_map=None):
@@ -193,7 +194,7 @@ def test_out_of_memory_in_the_model_retries_alone_then_skips(tracks, weights, mo
             raise torch.OutOfMemoryError("CUDA out of memory")
         return real(model, inputs, device, amp, batch_size, tempo_scales, on_map)
 
-    monkeypatch.setattr(embed, "embed_inputs", small_device)
+    monkeypatch.setattr(track_pipeline, "embed_inputs", small_device)
     run = _embed(tracks, weights, "librosa")  # batches of 2 tracks of equal length
     assert run.errors == {0: "the device ran out of memory in the model"}
     np.testing.assert_array_equal(run.embeddings[1:], exact.embeddings[1:])
@@ -209,14 +210,14 @@ def test_tracks_embedded_alone_keep_their_own_feature_maps(tracks, weights, monk
     scoring = ScoringConfig(segment_length=172, segment_hop=96, segment_source="map")
     recipe = Recipe(weights.model, replace(weights.features, scoring=scoring), CPU, False)
     exact = embed_tracks(tracks, weights, _settings("librosa"), extras=recipe)
-    real = embed.embed_inputs
+    real = track_pipeline.embed_inputs
 
     def one_at_a_time(model, inputs, *args):
         if len(inputs) > 1:
             raise torch.OutOfMemoryError("CUDA out of memory")
         return real(model, inputs, *args)
 
-    monkeypatch.setattr(embed, "embed_inputs", one_at_a_time)
+    monkeypatch.setattr(track_pipeline, "embed_inputs", one_at_a_time)
     run = embed_tracks(tracks, weights, _settings("librosa"), extras=recipe)
     assert not run.errors and sorted(run.extras) == list(range(len(tracks)))
     for i in range(len(tracks)):

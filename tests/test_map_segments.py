@@ -9,7 +9,8 @@ from conftest import run_cli, write_list
 
 from mirex_vi.config import MODEL_SIZES, FeatureConfig, ScoringConfig
 from mirex_vi.config.features import MAP_MIN_FRAMES, MAP_STRIDE
-from mirex_vi.inference.embed import embed_inputs, embed_stream, embed_tracks
+from mirex_vi.inference.embed import embed_inputs, embed_stream
+from mirex_vi.inference.tracks import embed_tracks
 from mirex_vi.inference.recipe import Recipe
 from mirex_vi.inference.segments import map_segments, window_starts
 from mirex_vi.inference.settings import EmbedSettings

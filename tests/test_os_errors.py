@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import mirex_vi.inference.cache
-import mirex_vi.inference.embed
+import mirex_vi.inference.tracks
 import mirex_vi.io.lists
 import mirex_vi.io.matrix
 from conftest import DiskFull, run_cli, write_list
@@ -104,7 +104,7 @@ def test_an_unreadable_file_faked(tmp_path, tracks, tiny_package, monkeypatch):
 def after_decoding(monkeypatch, nth: int, action) -> None:
     """Run ``action`` once a track is decoded, before it is embedded and cached: on the
     ``nth`` (0-based) call of ``embed.preprocess``, which takes each decoded track's CQT."""
-    real, calls = mirex_vi.inference.embed.preprocess, []
+    real, calls = mirex_vi.inference.tracks.preprocess, []
 
     def hooked(*args, **kwargs):
         if len(calls) == nth:
@@ -112,7 +112,7 @@ def after_decoding(monkeypatch, nth: int, action) -> None:
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(mirex_vi.inference.embed, "preprocess", hooked)
+    monkeypatch.setattr(mirex_vi.inference.tracks, "preprocess", hooked)
 
 
 def test_a_track_deleted_between_decoding_and_caching(tmp_path, tracks, tiny_package, monkeypatch):

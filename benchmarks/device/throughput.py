@@ -45,7 +45,8 @@ from benchmarks.speed.identify import serial_reference
 from mirex_vi.core.runtime import tolerance
 from mirex_vi.features.frontend import TorchFrontEnd
 from mirex_vi.features.workers import iter_files
-from mirex_vi.inference.embed import embed_inputs, embed_tracks
+from mirex_vi.inference.embed import embed_inputs
+from mirex_vi.inference.tracks import embed_tracks
 from mirex_vi.inference.settings import EmbedSettings
 from mirex_vi.io.matrix import read_distance_matrix
 from mirex_vi.model.weights import load_weights

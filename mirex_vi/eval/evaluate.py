@@ -196,7 +196,7 @@ def evaluate_audio(labels_tsv: Path, weights: str | None, settings: EmbedSetting
     import torch
     from tqdm import tqdm
 
-    from ..inference.embed import embed_tracks
+    from ..inference.tracks import embed_tracks
     from ..inference.recipe import Recipe
     from ..model.weights import load_weights
 

@@ -27,7 +27,7 @@ from ..io.matrix import write_distance_matrix
 from ..io.outputs import check_accepts_files, check_output_location, find_same_file
 from ..model.weights import LoadedWeights, load_weights, weight_files
 from .cache import EmbeddingCache
-from .embed import TrackError, embed_tracks
+from .tracks import TrackError, embed_tracks
 from .recipe import Recipe
 from .scoring import distance_rows, expand_by_neighbours
 from .settings import EmbedSettings

@@ -2,7 +2,7 @@
 
 ``identify``, ``evaluate --labels`` and the catalogue index resolve these once
 (:meth:`EmbedSettings.resolve`) and hand the one value down to
-:func:`~mirex_vi.inference.embed.embed_tracks`; :meth:`EmbedSettings.cache_key` is the part
+:func:`~mirex_vi.inference.tracks.embed_tracks`; :meth:`EmbedSettings.cache_key` is the part
 of it that changes an embedding, and so keys the embedding cache.
 """
 

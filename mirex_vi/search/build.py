@@ -1,6 +1,6 @@
 """Catalogue indexes: a track list or Discogs-VI-YT metadata in, an index folder out.
 
-Tracks are embedded by :func:`~mirex_vi.inference.embed.embed_tracks` (parallel decoding, the same
+Tracks are embedded by :func:`~mirex_vi.inference.tracks.embed_tracks` (parallel decoding, the same
 error handling, and an :class:`~mirex_vi.inference.cache.EmbeddingCache`, by default
 ``INDEX_DIR/embeddings``), so a killed build, run again, embeds only what the cache lacks.
 A track that cannot be embedded is left out of the index and listed in
@@ -29,7 +29,7 @@ import soundfile as sf
 
 from ..config import ScoringConfig
 from ..inference.cache import EmbeddingCache
-from ..inference.embed import EmbeddingRun, embed_tracks
+from ..inference.tracks import EmbeddingRun, embed_tracks
 from ..inference.recipe import Recipe
 from ..inference.settings import EmbedSettings
 from ..io.lists import InputError, read_list, write_errors

@@ -29,7 +29,6 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
