@@ -542,6 +542,8 @@ def test_distill_sources_distils_only_the_crops_of_the_named_source(dataset_dir,
     only_mix = with_overrides(cfg, ["distill_sources=[mix.0]"])
     assert distilled_cliques(only_mix, loader.dataset.clique_source, torch.device("cpu")).tolist() \
         == [False] * 10 + [True] * 6
+    with pytest.raises(ValueError, match="needs the source of every training clique"):
+        distilled_cliques(only_mix, [], torch.device("cpu"))
     all_main = torch.zeros(len(labels), dtype=torch.long)  # a batch with no mix.0 crop
     stats = train.training_step(dataclasses.replace(state, distilled=distilled_cliques(
         only_mix, loader.dataset.clique_source, torch.device("cpu"))), (batch[0], all_main,

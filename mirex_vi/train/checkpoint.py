@@ -269,9 +269,15 @@ def distilled_cliques(cfg: TrainConfig, clique_source: Sequence[int],
                       device: torch.device) -> torch.Tensor | None:
     """``(C,)`` bool on ``device``: which training cliques' crops are distilled, those whose
     source (``clique_source``, ``(C,)`` indices into ``cfg.source_names``) is one of
-    ``cfg.distill_sources``; None when that is empty (all are)."""
+    ``cfg.distill_sources``; None when that is empty (all are).
+
+    Raises:
+        ValueError: ``cfg.distill_sources`` names sources but ``clique_source`` is empty.
+    """
     if not cfg.distill_sources:
         return None
+    if not len(clique_source):
+        raise ValueError("distill_sources needs the source of every training clique")
     chosen = [cfg.source_names.index(name) for name in cfg.distill_sources]
     return torch.isin(torch.as_tensor(clique_source, dtype=torch.long),
                       torch.tensor(chosen)).to(device)

@@ -220,7 +220,6 @@ def build_training_state(cfg: TrainConfig, device: torch.device, ranks: Ranks,
     return state
 
 
-
 # --- one step, one epoch -------------------------------------------------------------------
 
 
