@@ -8,7 +8,8 @@ For the first ``--tracks`` audio files of LIST (one path a line), in this proces
 thread, so a busy machine changes the figures little (process time, not wall time): decode
 and librosa CQT, the plain embedding at the package's tempi (what ``identify`` does per
 track), and the recipe's extras (segment embeddings and chroma, ``recipe.Recipe.extras``;
-segments read off the feature map come from the plain pass, as in ``identify``); then the alignment of every ordered pair of those tracks and the segment rule over
+segments read off the feature map come from the plain pass, as in ``identify``); then the
+alignment of every ordered pair of those tracks and the segment rule over
 ``--collection`` x ``--collection`` pairs of tracks with as many windows. Prints each
 part and the recipe's total per track against plain identify's (each query re-ranks K
 candidates, and scores ``--collection`` pairs by its segments). The recipe is the package's
@@ -25,7 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mirex_vi.config import ScoringConfig
+from benchmarks.quality.rerank import parse_pair, parse_rule
+from mirex_vi.cli.common import scoring_changes
+from mirex_vi.config.features import SEGMENT_SOURCES
 from mirex_vi.features.frontend import checked_cqt, preprocess
 from mirex_vi.inference import align, segments
 from mirex_vi.inference.embed import embed_inputs
@@ -42,28 +45,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("list", type=Path)
     parser.add_argument("--tracks", type=int, default=20)
     parser.add_argument("--weights", default=None)
-    parser.add_argument("--segments", default=None, metavar="LENGTH,HOP")
-    parser.add_argument("--segment-rule", default=None, metavar="RULE[K]")
-    parser.add_argument("--segment-source", default=None, choices=["windows", "map"])
+    parser.add_argument("--segments", type=parse_pair, default=None, metavar="LENGTH,HOP")
+    parser.add_argument("--segment-rule", type=parse_rule, default=None, metavar="RULE[K]")
+    parser.add_argument("--segment-source", default=None, choices=SEGMENT_SOURCES)
     parser.add_argument("--rerank", type=int, default=None)
     parser.add_argument("--collection", type=int, default=1000)
     return parser.parse_args()
-
-
-def scoring(own: ScoringConfig, args: argparse.Namespace) -> ScoringConfig:
-    """The package's recipe ``own`` with the options given."""
-    changes: dict = {}
-    if args.segments:
-        length, hop = (int(v) for v in args.segments.split(","))
-        changes.update(segment_length=length, segment_hop=hop)
-    if args.segment_rule:
-        rule = args.segment_rule.rstrip("0123456789")
-        changes.update(segment_rule=rule, segment_k=int(args.segment_rule[len(rule):] or 1))
-    if args.segment_source:
-        changes["segment_source"] = args.segment_source
-    if args.rerank is not None:
-        changes["rerank"] = args.rerank
-    return replace(own, **changes)
 
 
 def main() -> None:
@@ -72,7 +59,8 @@ def main() -> None:
     paths = [line.strip() for line in args.list.read_text().splitlines() if line.strip()]
     paths = paths[: args.tracks]
     loaded = load_weights(args.weights)
-    cfg = scoring(loaded.features.scoring, args)
+    cfg = replace(loaded.features.scoring, **scoring_changes(
+        args.segments, args.segment_rule, None, None, args.segment_source, args.rerank))
     recipe = Recipe.of(loaded.model.eval(), loaded.features, cfg, CPU, False)
     spent = dict(cqt=0.0, plain=0.0, extras=0.0)
     extras, seconds = [], 0.0
