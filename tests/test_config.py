@@ -21,7 +21,8 @@ SHIPPED_STAGE = CONFIG_DIR / "history" / "vinet-mirex-synth-gpu-stage16.yaml"
 # Keys added since 91ea2d4; in the configs of that commit they must hold their defaults
 # (no pin aside), which leave the report's recipe unchanged.
 ADDED_KEYS = {"init_sha256", "cls_weight", "label_smoothing", "memory_size", "augment",
-              "val_features_dir", "mix", "distill_weight", "teacher_tempo_scales", "distill_sources"}
+              "val_features_dir", "mix", "distill_weight", "teacher_tempo_scales",
+              "distill_sources"}
 ADDED_FEATURE_KEYS = {"tempo_scales", "scoring"}  # likewise, in the features section
 # Stages tried and not shipped (weights/vinet-mirex-synth/MODEL_CARD.md); the next stage
 # starts from the same weights as they did.

@@ -19,7 +19,8 @@ version and every version is a query against all others as ``mirex-vi evaluate -
 ``--recipe``, by each package's own scoring recipe, its segments and re-rank made from the
 same stored features. Every later package against the first: the paired MAP difference
 (B - A, C - A, ...) and its 95 % interval from a bootstrap over cliques
-(``paired.compare``); the first is embedded once however many follow. Prints the table and the time taken.
+(``paired.compare``); the first is embedded once however many follow. Prints the table
+and the time taken.
 """
 
 from __future__ import annotations

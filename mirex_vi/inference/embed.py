@@ -126,7 +126,7 @@ def embed_stream(
     tracks), ``chunk_size`` of them in memory at a time, each at every one of
     ``tempo_scales``. With ``extras`` (``recipe.Recipe``), each input's extras go to
     ``on_extras`` with its index, in input order; where they read a feature map it is the
-    one of the pass that embedded the input, as in :func:`embed_tracks`.
+    one of the pass that embedded the input, as in :func:`.tracks.embed_tracks`.
 
     cuDNN autotuning is off meanwhile: tuning each distinct length would cost more than it
     saves.
