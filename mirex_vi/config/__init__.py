@@ -26,7 +26,7 @@ from .files import BASE_KEY, load_yaml, with_overrides
 from .train import MAIN_SOURCE, AugmentConfig, MixSource, TrainConfig
 
 __all__ = ["BASE_KEY", "CHROMA_KEYS", "FEATURE_BOUNDS", "MAIN_SOURCE", "MODEL_BOUNDS",
-           "MODEL_SIZES", "SCORING_BOUNDS", "TEMPO_SCALE_BOUNDS", "TRAIN_BOUNDS", "AugmentConfig", "Bounds",
-           "FeatureConfig", "MixSource", "ModelConfig", "ScoringConfig", "TrainConfig",
-           "embedding_features", "from_dict", "load_yaml", "parse_tempo_scales", "to_dict",
-           "with_overrides"]
+           "MODEL_SIZES", "SCORING_BOUNDS", "TEMPO_SCALE_BOUNDS", "TRAIN_BOUNDS",
+           "AugmentConfig", "Bounds", "FeatureConfig", "MixSource", "ModelConfig",
+           "ScoringConfig", "TrainConfig", "embedding_features", "from_dict", "load_yaml",
+           "parse_tempo_scales", "to_dict", "with_overrides"]
