@@ -24,8 +24,8 @@ from mirex_vi.model.weights import WeightsError, load_weights, sha256_file
 from mirex_vi.train import checkpoint, loop as train
 from mirex_vi.train.checkpoint import BEST, LAST, METRICS, distilled_cliques
 from mirex_vi.train.distributed import Ranks, init_distributed
-from mirex_vi.train.loop import (build_train_loader, build_training_state, lr_at, run_training,
-                                 train_epoch)
+from mirex_vi.train.inputs import build_train_loader
+from mirex_vi.train.loop import build_training_state, lr_at, run_training, train_epoch
 from mirex_vi.train.losses import distillation_loss, teacher_embeddings, triplet_loss
 
 REPO = Path(__file__).resolve().parent.parent

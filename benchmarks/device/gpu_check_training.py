@@ -28,7 +28,8 @@ from mirex_vi.model.packaging import import_checkpoint
 from mirex_vi.model.weights import load_weights
 from mirex_vi.train.checkpoint import BEST, LAST, METRICS, checkpoint_payload
 from mirex_vi.train.distributed import Ranks
-from mirex_vi.train.loop import build_train_loader, build_training_state, run_training, train_epoch
+from mirex_vi.train.inputs import build_train_loader
+from mirex_vi.train.loop import build_training_state, run_training, train_epoch
 
 
 def _training_overrides(work: Path, sizes) -> list[str]:

@@ -39,7 +39,8 @@ def train(config_path, overrides, resume, device, quiet) -> None:
     setup_logging(quiet)
     from ..config import TrainConfig, load_yaml, with_overrides
     from ..model.weights import WeightsError
-    from ..train.loop import TrainInputError, run_training
+    from ..train.inputs import TrainInputError
+    from ..train.loop import run_training
 
     try:
         cfg = load_yaml(config_path) if config_path else TrainConfig()
