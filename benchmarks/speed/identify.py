@@ -341,7 +341,7 @@ def measure(args: argparse.Namespace, one_pass: str) -> dict:
             row("serial, the authors' recipe (their class, tempo 1)", n, *serial,
                 front + threads * per_track["model"], front_cpu + per_track["model_cpu"], cores)]
     figures.update(stages_per_track=per_track, rows=[asdict(r) for r in rows],
-                   startup=dict(wall=runs["startup"][0], cpu=runs["startup"][1]),
+                   startup=dict(zip(("wall", "cpu"), runs["startup"])),
                    startup_one_pass=dict(zip(("wall", "cpu"), runs["startup one pass"])),
                    speedup_over_authors=rows[0].tracks_per_s / rows[2].tracks_per_s,
                    share_of_authors_bound=rows[0].tracks_per_s / rows[2].bound,
