@@ -60,7 +60,8 @@ def main() -> None:
     paths = paths[: args.tracks]
     loaded = load_weights(args.weights)
     cfg = replace(loaded.features.scoring, **scoring_changes(
-        args.segments, args.segment_rule, None, None, args.segment_source, args.rerank))
+        args.segments, args.segment_rule, segment_weight=None, segment_tempo_scales=None,
+        segment_source=args.segment_source, rerank=args.rerank))
     recipe = Recipe.of(loaded.model.eval(), loaded.features, cfg, CPU, False)
     spent = dict(cqt=0.0, plain=0.0, extras=0.0)
     extras, seconds = [], 0.0
