@@ -35,3 +35,37 @@ def test_workers_forked_after_start_forkserver_have_their_modules_loaded(tmp_pat
     assert _worker_modules(script, "cqt") == "True True"
     assert _worker_modules(script, "decode") == "False True"  # decoding only: no librosa
     assert _worker_modules(script, "none") == "False False"  # a bare forkserver imports nothing
+
+
+ONE_FILE = """
+import sys
+import numpy as np
+import soundfile as sf
+
+if __name__ == "__main__":
+    from mirex_vi.config import FeatureConfig
+    from mirex_vi.features.workers import iter_files, start_forkserver
+
+    if sys.argv[2] == "started":
+        start_forkserver()
+    tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(22050) / 22050)
+    sf.write(sys.argv[1], tone.astype(np.float32), 22050, subtype="PCM_16")
+    [result] = iter_files([sys.argv[1]], FeatureConfig(), workers=2)
+    print(result.cqt.shape[1], "librosa.core.constantq" in sys.modules)
+"""
+
+
+def test_one_file_goes_to_a_warm_forkserver_when_one_was_started(tmp_path):
+    """With the forkserver started (as identify does while torch loads), one file is done by
+    a warm worker instead of importing librosa here; without it, here (no pool to start)."""
+    script = tmp_path / "one.py"
+    script.write_text(ONE_FILE)
+
+    def run(mode: str) -> str:
+        done = subprocess.run([sys.executable, str(script), str(tmp_path / "a.wav"), mode],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert run("started") == "84 False"
+    assert run("cold") == "84 True"

@@ -68,12 +68,18 @@ def _preloaded(decode_only: bool) -> list[str]:
 def start_forkserver(decode_only: bool = False) -> None:
     """Start the worker pool's forkserver now, in the background, importing what the
     workers need (``decode_only``: no librosa), so that a pool started later forks warm
-    workers at once. Optional: a pool starts the forkserver itself when none is running.
+    workers at once, for a single file too (which this process would otherwise do itself,
+    importing librosa). Optional: a pool starts the forkserver itself when none is running.
     Call it from the main thread (see :mod:`~mirex_vi.core.lifeline`)."""
     from multiprocessing import forkserver
 
+    global _forkserver_started
     mp.get_context("forkserver").set_forkserver_preload(_preloaded(decode_only))
     forkserver.ensure_running()
+    _forkserver_started = True
+
+
+_forkserver_started = False  # by start_forkserver, in this process
 
 
 def default_workers() -> int:
@@ -179,8 +185,10 @@ def iter_files(paths: Sequence[str | Path], cfg: FeatureConfig, workers: int,
 
 def _iter_results(paths: Sequence[str | Path], cfg: FeatureConfig, workers: int,
                   decode_only: bool) -> Iterator[FileResult]:
-    """:func:`iter_files`, in this process or in a pool."""
-    results = _results_folder() if workers > 1 and len(paths) > 1 else None
+    """:func:`iter_files`, in this process or in a pool (for one file only when the
+    forkserver was started beforehand: starting it costs what doing the file here does)."""
+    pooled = workers > 1 and len(paths) > 0 and (len(paths) > 1 or _forkserver_started)
+    results = _results_folder() if pooled else None
     if results is None:
         for i, path in enumerate(paths):
             yield _job(i, str(path), cfg, decode_only)
