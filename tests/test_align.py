@@ -145,3 +145,19 @@ def test_the_rerank_is_the_same_on_one_thread_and_on_several():
         torch.set_num_threads(threads)
     assert torch.equal(alone, several)
     assert not torch.equal(alone, scores)  # the re-rank moved something
+
+
+@pytest.mark.parametrize("block", [1, 5, 64])
+def test_the_rerank_in_blocks_of_queries_aligns_each_pair_as_alignment_score_does(
+        monkeypatch, block):
+    from mirex_vi.inference import align
+
+    rng = np.random.default_rng(4)
+    chromas = [rng.random((30 + 5 * i, 12)).astype(np.float32) for i in range(12)]
+    scores, queries, cfg = torch.rand(12, 12), list(range(12)), ScoringConfig(rerank=4)
+    short = shortlists(scores, queries, cfg.rerank)
+    aligned = torch.tensor([[alignment_score(chromas[q], chromas[c], cfg) for c in row]
+                            for q, row in zip(queries, short.tolist())])
+    expected = reorder(scores, short, fuse(scores.gather(1, short), aligned, cfg.fusion_weight))
+    monkeypatch.setattr(align, "RERANK_BLOCK", block)
+    assert torch.equal(rerank(scores, queries, chromas, cfg), expected)

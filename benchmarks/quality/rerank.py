@@ -248,8 +248,9 @@ def rerank_systems(args, split, base_name, base_scores, plain, costs) -> list[di
     short = align.shortlists(base_scores, everyone, cfg.rerank)  # (N, K)
     align.alignment_score(split.chromas[0], split.chromas[0], cfg)  # compile before timing
     start = time.perf_counter()
-    aligned = torch.tensor([[align.alignment_score(split.chromas[q], split.chromas[c], cfg)
-                             for c in cands] for q, cands in enumerate(short.tolist())])
+    read = [align.Aligned.of(c, cfg.chroma_stack) for c in split.chromas]
+    aligned = torch.tensor([[align.aligned_score(read[q], read[c], cfg) for c in cands]
+                            for q, cands in enumerate(short.tolist())])
     costs[f"alignment stack={args.stack} kappa={args.kappa:g} key={args.key}"] = dict(
         s_per_pair=(time.perf_counter() - start) / short.numel(),
         chroma_frames_per_track=float(np.mean([len(c) for c in split.chromas])))
