@@ -83,16 +83,15 @@ def warmup() -> None:
     weights (used at image build)."""
     import numpy as np
 
-    from ..config import FeatureConfig, ScoringConfig
+    from ..config import FeatureConfig
     from ..features.frontend import compute_cqt
-    from ..inference.align import alignment_score
+    from ..inference.align import load_kernels
     from ..model.weights import load_weights
 
     cfg = FeatureConfig()
     noise = np.random.default_rng(0).standard_normal(2 * cfg.sample_rate).astype(np.float32)
     compute_cqt(0.1 * noise, cfg)
-    chroma = np.abs(noise[:120].reshape(10, 12))
-    alignment_score(chroma, chroma, ScoringConfig())
+    load_kernels()
     loaded = load_weights()
     click.echo(f"warm: CQT and alignment compiled, weights {loaded.name} verified (sha256 "
                f"{loaded.sha256})")

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,6 +27,7 @@ from ..io.lists import InputError, OutputError, TrackList, query_positions, read
 from ..io.matrix import write_distance_matrix
 from ..io.outputs import check_accepts_files, check_output_location, find_same_file
 from ..model.weights import LoadedWeights, load_weights, weight_files
+from . import align
 from .cache import EmbeddingCache
 from .tracks import TrackError, embed_tracks
 from .recipe import Recipe
@@ -161,6 +163,9 @@ def identify(job: IdentifyJob, settings: EmbedSettings, strict: bool = False,
                            job.weights.model.cfg.embedding_dim, settings, recipe.cache_key())
     summary = IdentifySummary(len(paths), len(job.query_indices), 0, 0.0, job.output,
                               errors_file(job.workdir, job.output))
+    if recipe.scoring.rerank:  # while the workers start, not between embedding and scoring
+        threading.Thread(target=_load_alignment_kernels, name="mirex-vi-kernels",
+                         daemon=True).start()
     with tqdm(total=len(paths), desc="embed", unit="track", disable=not progress) as bar:
         try:
             run = embed_tracks(paths, job.weights, settings, cache, strict, on_track=bar.update,
@@ -190,6 +195,11 @@ def identify(job: IdentifyJob, settings: EmbedSettings, strict: bool = False,
                           "rerun the same command once the problem is solved") from err
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _load_alignment_kernels() -> None:
+    with contextlib.suppress(Exception):  # the re-rank itself reports what fails
+        align.load_kernels()
 
 
 def _checked_cqt_backend(job: IdentifyJob, settings: EmbedSettings) -> EmbedSettings:
