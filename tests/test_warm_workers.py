@@ -1,9 +1,15 @@
-"""The worker pool's forkserver imports what the workers need once: workers start warm."""
+"""The worker pool's processes: forked warm from a forkserver that imported what they need
+once, used for a single file too once it runs, and below the main process's priority."""
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import os
 import subprocess
 import sys
+from concurrent.futures import ProcessPoolExecutor
+
+from mirex_vi.features import workers
 
 SCRIPT = """
 import multiprocessing as mp, sys
@@ -69,3 +75,9 @@ def test_one_file_goes_to_a_warm_forkserver_when_one_was_started(tmp_path):
 
     assert run("started") == "84 False"
     assert run("cold") == "84 True"
+
+
+def test_workers_yield_the_cores_to_the_main_process():
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("forkserver"),
+                             initializer=workers._start_worker, initargs=(os.getpid(),)) as pool:
+        assert pool.submit(os.nice, 0).result() == min(19, os.nice(0) + workers.WORKER_NICENESS)
