@@ -1,11 +1,12 @@
 """Helpers that more than one benchmark uses: the repository root, relative error, random
-unit vectors, a package's plain one-pass copy."""
+unit vectors, a package's plain one-pass copy, waiting for a device."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from mirex_vi.config import ScoringConfig
 from mirex_vi.config.base import to_dict
@@ -36,3 +37,9 @@ def plain_one_pass(weights: str | Path | None, folder: Path) -> Path:
     in one pass and scores by the plain inner product: the authors' recipe with its weights."""
     copy_package(resolve_weights(weights), folder, (1.0,), to_dict(ScoringConfig()))
     return folder
+
+
+def sync(device: torch.device) -> None:
+    """Wait for ``device``'s queued work (CUDA runs asynchronously), before reading a clock."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

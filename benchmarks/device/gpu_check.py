@@ -26,12 +26,9 @@ On one H200 (16 cores) the full sizes with ``--tracks 200`` took 151 s, step 5 4
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
-import datetime as dt
 import functools
-import json
 import logging
 import multiprocessing as mp
 import os
@@ -40,20 +37,19 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks.common import relative_error
+from benchmarks.common import relative_error, sync
 from benchmarks.device.gpu_check_training import amp_training, ddp_one_rank, resume_from_cpu
+from benchmarks.device.harness import (Report, device_run_parser, random_tiny_package,
+                                       run_device, write_track)
 from benchmarks.speed.identify import serial_reference
-from mirex_vi.config import MODEL_SIZES, FeatureConfig
-from mirex_vi.core.runtime import (FFT_PLAN_CACHE_SIZE, disable_tf32_without_amp, resolve_device,
-                                   tolerance)
+from mirex_vi.config import FeatureConfig
+from mirex_vi.core.runtime import FFT_PLAN_CACHE_SIZE, disable_tf32_without_amp, tolerance
 from mirex_vi.features.cqt_torch import TorchCQT
 from mirex_vi.features.frontend import PackedAudio, TorchFrontEnd, librosa_cqt
 from mirex_vi.inference.embed import embed_inputs
@@ -61,10 +57,8 @@ from mirex_vi.inference.identify import identify, prepare
 from mirex_vi.inference.selfcheck import measure_agreement
 from mirex_vi.inference.settings import EmbedSettings
 from mirex_vi.io.matrix import read_distance_matrix
-from mirex_vi.model.cqtnet import CQTNet
-from mirex_vi.model.packaging import write_package
 from mirex_vi.model.weights import LoadedWeights, load_weights
-from mirex_vi.synth import SR, piano_like, random_melody, write_audio
+from mirex_vi.synth import SR, piano_like
 from mirex_vi.train.checkpoint import git_commit
 
 CFG = FeatureConfig()
@@ -112,11 +106,6 @@ def music(seconds: float, smoke: bool) -> np.ndarray:
     """``(N,)`` float32 piano-like music at half full scale: 20-s excerpts of six seeds (one
     8-s excerpt when ``smoke``), repeated to ``seconds``."""
     return (0.5 * np.resize(_music_base(smoke), int(seconds * SR))).astype(np.float32)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _mib(value: int) -> float:
@@ -169,7 +158,7 @@ def cqt_accuracy(device: torch.device, sizes: Sizes, smoke: bool) -> dict:
             torch.cuda.reset_peak_memory_stats(device)
         with torch.inference_mode():
             ours = cqt(torch.from_numpy(y)[None].to(device))[0]
-            _sync(device)
+            sync(device)
         t2 = time.perf_counter()
         cqt_memory = _memory(device)
         if device.type == "cuda":
@@ -198,7 +187,7 @@ def distinct_lengths(device: torch.device, sizes: Sizes, smoke: bool,
     for i, n in enumerate(lengths, 1):
         embed_inputs(model, [front_end(PackedAudio.pack(source[:n]))], device, amp=True)
         if i % every == 0 or i == len(lengths):
-            _sync(device)
+            sync(device)
             seconds = round(time.perf_counter() - t0, 2)
             marks.append(dict(tracks=i, seconds=seconds, **_memory(device)))
     on_cuda = device.type == "cuda"
@@ -243,12 +232,6 @@ def precision_and_batching(device: torch.device, sizes: Sizes, smoke: bool,
                 batch_within_tolerance=all(batch[k] <= allowed[k] for k in batch))
 
 
-def _write_track(job: tuple[str, int, float]) -> None:
-    path, seed, seconds = job
-    if not Path(path).exists():
-        write_audio(Path(path), random_melody(seed, seconds), subtype="PCM_16")
-
-
 def _top_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
     """Mean share of each query's ``k`` nearest others that two square matrices agree on."""
     k = min(k, len(a) - 1)
@@ -276,9 +259,9 @@ def _synthetic_collection(work: Path, sizes: Sizes) -> tuple[list[Path], Path]:
     jobs = [(str(p), i, sizes.track_seconds) for i, p in enumerate(paths)]
     if sizes.workers > 1:
         with mp.get_context("spawn").Pool(sizes.workers) as pool:
-            pool.map(_write_track, jobs)
+            pool.map(write_track, jobs)
     else:
-        list(map(_write_track, jobs))
+        list(map(write_track, jobs))
     collection = work / "collection.txt"
     collection.write_text("".join(f"{p}\n" for p in paths))
     return paths, collection
@@ -318,67 +301,7 @@ def identify_end_to_end(device: torch.device, sizes: Sizes, work: Path,
     return out
 
 
-def _random_tiny_package(work: Path) -> Path:
-    torch.manual_seed(0)
-    model = CQTNet(MODEL_SIZES["tiny"])
-    write_package(work / "tiny-random", model.state_dict(), model.cfg, CFG,
-                  {"note": "random weights for the smoke run"}, "# tiny-random\n")
-    return work / "tiny-random"
-
-
 # --- the run --------------------------------------------------------------------------------
-
-
-class Report:
-    """The JSON report at ``path``: run facts, then one entry per step, rewritten after each."""
-
-    def __init__(self, path: Path, device: torch.device, sizes: Sizes, smoke: bool):
-        self.path = path
-        self.data = dict(started=dt.datetime.now().isoformat(timespec="seconds"),
-                         device=str(device), smoke=smoke, sizes=asdict(sizes), steps={})
-        self.t0 = time.perf_counter()
-
-    def run(self, name: str, step: Callable[..., dict], *args) -> None:
-        t0 = time.perf_counter()
-        try:
-            result = dict(ok=True, **step(*args))
-        except Exception as err:  # noqa: BLE001 - a failed step is a finding; the others still run
-            result = dict(ok=False, error=f"{type(err).__name__}: {err}",
-                          traceback=traceback.format_exc()[-3000:])
-        result["seconds"] = round(time.perf_counter() - t0, 1)
-        self.data["steps"][name] = result
-        self.data["total_s"] = round(time.perf_counter() - self.t0, 1)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.data, indent=1, default=str) + "\n")
-        print(f"{name}: {'ok' if result['ok'] else 'FAILED ' + result['error']} "
-              f"({result['seconds']} s)", flush=True)
-
-    def finish(self) -> int:
-        """Print where the report is and which steps failed; the exit status (1: some did)."""
-        failed = [k for k, v in self.data["steps"].items() if not v["ok"]]
-        print(f"report: {self.path} ({self.data.get('total_s', 0)} s); failed steps: "
-              f"{failed or 'none'}")
-        return 1 if failed else 0
-
-
-def device_run_parser(description: str, smoke_help: str) -> argparse.ArgumentParser:
-    """The options of every prepared device run: ``--out``, ``--device``, ``--smoke``,
-    ``--work``."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--out", type=Path, required=True, help="the JSON report")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--smoke", action="store_true", help=smoke_help)
-    parser.add_argument("--work", type=Path, help="scratch folder [default: a temporary one]")
-    return parser
-
-
-def run_device(parser: argparse.ArgumentParser, args: argparse.Namespace,
-               what: str) -> torch.device:
-    """``--device`` resolved; only ``--smoke`` runs on other than CUDA."""
-    device = resolve_device(args.device)
-    if device.type != "cuda" and not args.smoke:
-        parser.error(f"the full {what} needs a CUDA device; use --smoke elsewhere")
-    return device
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -394,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        spec = str(_random_tiny_package(work)) if args.smoke else None  # None: the shipped one
+        spec = str(random_tiny_package(work)) if args.smoke else None  # None: the shipped one
         weights = load_weights(spec)
         report.run("1_versions", versions, device)
         report.run("2_cqt_accuracy", cqt_accuracy, device, sizes, args.smoke)

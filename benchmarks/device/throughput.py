@@ -38,9 +38,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import plain_one_pass
-from benchmarks.device.gpu_check import (Report, _random_tiny_package, _sync, _write_track,
-                                         device_run_parser, run_device, versions)
+from benchmarks.common import plain_one_pass, sync
+from benchmarks.device.gpu_check import versions
+from benchmarks.device.harness import (Report, device_run_parser, random_tiny_package,
+                                       run_device, write_track)
 from benchmarks.speed.identify import serial_reference
 from mirex_vi.core.runtime import tolerance
 from mirex_vi.features.frontend import TorchFrontEnd
@@ -73,7 +74,7 @@ def synthesis(work: Path, sizes: Sizes) -> dict:
     jobs = [(str(p), i, sizes.seconds) for i, p in enumerate(paths)]
     t0 = time.perf_counter()
     with mp.get_context("spawn").Pool(sizes.workers) as pool:
-        pool.map(_write_track, jobs, chunksize=4)
+        pool.map(write_track, jobs, chunksize=4)
     os.sync()
     (work / "collection.txt").write_text("".join(f"{p}\n" for p in paths))
     return dict(tracks=len(paths), seconds_each=sizes.seconds,
@@ -129,18 +130,18 @@ def stage_limits(work: Path, weights: str | None, device: torch.device, sizes: S
     decode = len(audios) / (time.perf_counter() - t0)
     front_end, b = TorchFrontEnd(loaded.features, device), settings.batch_size
     front_end.batch(audios[:b])  # first-call costs (cuFFT plans)
-    _sync(device)
+    sync(device)
     t0, inputs = time.perf_counter(), []
     for start in range(0, len(audios), b):
         inputs += front_end.batch(audios[start : start + b])
-    _sync(device)
+    sync(device)
     cqt = len(audios) / (time.perf_counter() - t0)
     model, scales = loaded.model.to(device).eval(), loaded.features.tempo_scales
     embed_inputs(model, inputs[:b], device, settings.amp, b, scales)
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     embed_inputs(model, inputs, device, settings.amp, b, scales)
-    _sync(device)
+    sync(device)
     return dict(batch=b, tracks=len(audios), decode_tracks_per_s=round(decode, 1),
                 front_end_tracks_per_s=round(cqt, 1),
                 model_tracks_per_s=round(len(audios) / (time.perf_counter() - t0), 1))
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        weights = str(_random_tiny_package(work)) if args.smoke else args.weights
+        weights = str(random_tiny_package(work)) if args.smoke else args.weights
         one_pass = plain_one_pass(weights, work / "one-pass")
         report.run("1_versions", versions, device)
         report.run("2_synthesis", synthesis, work, sizes)

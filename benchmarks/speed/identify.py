@@ -59,7 +59,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.common import plain_one_pass  # noqa: E402
+from benchmarks.common import plain_one_pass, sync  # noqa: E402
 
 from mirex_vi.config import FeatureConfig  # noqa: E402
 from mirex_vi.core.runtime import resolve_device  # noqa: E402
@@ -77,11 +77,6 @@ from mirex_vi.synth import write_tracks  # noqa: E402
 
 CFG = FeatureConfig()
 _PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def authors_model(loaded: LoadedWeights, device: torch.device) -> torch.nn.Module:
@@ -144,7 +139,7 @@ def model_cost(loaded: LoadedWeights, inputs: list[np.ndarray], device: torch.de
         for x in batches:
             w0, c0 = time.perf_counter(), time.process_time()
             emb = embed_batch(model, x.to(device), tempo_scales)
-            _sync(device)
+            sync(device)
             wall, cpu = wall + time.perf_counter() - w0, cpu + time.process_time() - c0
             out.append(emb[0].float().cpu().numpy())
     return np.stack(out), wall / len(inputs), cpu / len(inputs)
