@@ -286,7 +286,7 @@ def _ddp_worker(rank, world, port, cfg, out_dir):
     torch.set_num_threads(1)
     ranks, device = init_distributed("cpu")
     state = build_training_state(cfg, device, ranks)
-    loader, sampler = build_train_loader(cfg, ranks, device)
+    loader, _ = build_train_loader(cfg, ranks, device)
     stats = train_epoch(state, loader, cfg, torch.Generator().manual_seed(rank), ranks)
     seen = sorted(int(v) for _, _, versions in loader for v in versions)
     torch.save({"state": state.bare_model.state_dict(), "steps": stats["steps"], "seen": seen},
