@@ -164,7 +164,7 @@ def _collect(reply: _Reply, results_dir: str) -> FileResult:
 # the model's threads (identify on the CPU), the model, the pipeline's one serial stage, gets
 # a core whenever it needs one (an OpenMP thread that waits for a core holds up its whole
 # pass), and the workers, a few files ahead, take the rest. 60 tracks of 3 min on two
-# cores: 0.3 s faster out of 20 in each of 6 alternating pairs of runs.
+# cores: faster in each of 6 rounds against un-niced workers; at 10, by 0.2-0.4 s out of 20.
 WORKER_NICENESS = 10
 
 # The reason given to the files in flight when a worker process dies (the kernel's OOM
