@@ -55,12 +55,14 @@ GROUP = 32  # tracks whose windows are embedded together
 @dataclass
 class Split:
     """The versions of a split: ``inputs`` ``((F, T') model input, frames)``, ``chromas``
-    ``(T, 12)``, ``labels`` clique ids, all in one order."""
+    ``(T, 12)``, ``labels`` clique ids, all in one order; ``maps``, each input's ``(C, T'')``
+    feature map from its own pass, once :func:`feature_maps` has made them."""
 
     ids: list[str]
     labels: list[str]
     inputs: list[tuple[np.ndarray, int]]
     chromas: list[np.ndarray]
+    maps: list[torch.Tensor] | None = None
 
 
 def load_split(args: argparse.Namespace, loaded: LoadedWeights) -> Split:
@@ -125,10 +127,11 @@ def embed_segment_sets(loaded: LoadedWeights, split: Split, cfg: ScoringConfig,
     features = replace(loaded.features, scoring=cfg)
     start = time.perf_counter()
     if cfg.reads_map:  # the cost is the map's columns, the pass itself being plain's
+        maps = feature_maps(model, split)
+        start = time.perf_counter()
         with torch.inference_mode():
-            maps = [(segments.feature_map(model, x, CPU), n) for x, n in split.inputs]
-            start = time.perf_counter()
-            parts = [segments.map_segments(model, fmap, n, cfg) for fmap, n in maps]
+            parts = [segments.map_segments(model, fmap, n, cfg)
+                     for fmap, (_, n) in zip(maps, split.inputs)]
     else:
         for a in range(0, len(split.inputs), GROUP):
             parts += segments.embed_segments(model, split.inputs[a : a + GROUP], features, CPU,
@@ -136,6 +139,15 @@ def embed_segment_sets(loaded: LoadedWeights, split: Split, cfg: ScoringConfig,
     flat = torch.cat(parts)
     return dict(flat=flat.numpy(), counts=np.array([len(p) for p in parts]),
                 seconds=np.float64((time.perf_counter() - start) / len(flat)))
+
+
+def feature_maps(model: torch.nn.Module, split: Split) -> list[torch.Tensor]:
+    """``split.maps``, made on the first call: one pass per input, shared by every
+    ``--segments`` config read off the map."""
+    if split.maps is None:
+        with torch.inference_mode():
+            split.maps = [segments.feature_map(model, x, CPU) for x, _ in split.inputs]
+    return split.maps
 
 
 def figures(scores: torch.Tensor, labels: list[str]) -> RetrievalResult:
@@ -223,9 +235,10 @@ def segment_systems(args, loaded, split, plain_scores, plain, costs) -> tuple[li
             model_s_per_segment=float(sets["seconds"]),
             segments_per_track=float(sets["counts"].mean()))
         for name, k in map(parse_rule, args.rules):
+            rule = ScoringConfig(segment_rule=name, segment_k=k)
+            segments.segment_scores(packed, everyone[:1], rule)  # first-call costs, untimed
             start = time.perf_counter()
-            seg = segments.segment_scores(packed, everyone, ScoringConfig(segment_rule=name,
-                                                                          segment_k=k))
+            seg = segments.segment_scores(packed, everyone, rule)
             alone = segments.one_window_pairs(packed, everyone)
             costs[f"segments {length},{hop}"][f"{name}{k}_s_per_pair"] = (
                 (time.perf_counter() - start) / len(everyone) ** 2)
